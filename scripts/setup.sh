@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Idempotent host setup: Debian packages + the project virtualenv (.venv).
+# Re-runs are fast: a stamp records what was installed; it is redone when the
+# package list or pyproject.toml changes.
+set -euo pipefail
+top="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$top"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: must run as root (installs Debian packages, creates namespaces)" >&2
+  exit 2
+fi
+
+stamp_input="$(cat scripts/apt-packages.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ -f .setup-stamp ] && [ "$(cat .setup-stamp)" = "$stamp_input" ] && [ -x .venv/bin/nodeos ]; then
+  exit 0
+fi
+
+packages="$(grep -v '^\s*#' scripts/apt-packages.txt | awk 'NF{print $1}' | sort -u | tr '\n' ' ')"
+echo "setup: installing Debian packages: $packages" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $packages >/dev/null
+
+# Daemons from the lab catalog are started by the agents, not by the host.
+for unit in memcached nginx; do
+  systemctl disable --now "$unit" >/dev/null 2>&1 || true
+done
+
+# Debian's interpreter, the same one the node image ships.
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating virtualenv .venv" >&2
+  /usr/bin/python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip wheel setuptools
+.venv/bin/pip install -q -e '.[test,image]'
+echo "$stamp_input" > .setup-stamp
+echo "setup: done" >&2
