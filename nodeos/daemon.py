@@ -1,0 +1,66 @@
+"""Wiring of the `nodeos agent` process: config, identity, agent, control API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import log
+from .agent import Agent
+from .config import ConfigError, load_config
+from .control import ControlServer
+from .discovery import InterfaceError
+from .identity import IdentityError, load_identity
+
+EXIT_OK = 0
+EXIT_CONFIG = 2  # bad config, identity or environment: restarting will not help
+
+
+def _routes(agent: Agent) -> tuple[dict[str, Any], dict[str, Any]]:
+    def status(_: dict[str, Any]) -> tuple[int, Any]:
+        return 200, agent.status()
+
+    def events(params: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            since, limit = int(params.get("since", 0)), int(params.get("limit", 200))
+        except ValueError:
+            return 400, {"error": "since and limit must be integers"}
+        return 200, agent.events(since, limit)
+
+    def lease(_: dict[str, Any]) -> tuple[int, Any]:
+        return 200, {"node_id": agent.node_id, "may_act": agent.may_act(), "fenced": agent.fenced()}
+
+    get = {"/status": status, "/events": events, "/lease": lease}
+    post: dict[str, Any] = {}
+    if agent.services is not None:
+        get.update(agent.services.get_routes())
+        post.update(agent.services.post_routes())
+    return get, post
+
+
+def run_agent(config_path: Path | None, identity_path: Path, state_dir: Path) -> int:
+    try:
+        config = load_config(config_path)
+        identity = load_identity(identity_path)
+        agent = Agent(config, identity, state_dir)
+    except (ConfigError, IdentityError, InterfaceError, RuntimeError) as exc:
+        log.event("agent.refused", level="error", error=str(exc))
+        return EXIT_CONFIG
+    attach_services(agent)
+    get, post = _routes(agent)
+    server = ControlServer(state_dir / "agent.sock", ("0.0.0.0", config.status_port), get, post, {"/status", "/events"})
+    server.start()
+    agent.install_signal_handlers()
+    try:
+        return agent.run()
+    finally:
+        server.stop()
+
+
+def attach_services(agent: Agent) -> None:
+    """Attach the services layer (Service Monitor + node side) when available."""
+    try:
+        from .services import ServicesLayer
+    except ImportError:
+        return
+    agent.services = ServicesLayer(agent)

@@ -1,0 +1,153 @@
+"""`nodeos lab ...`: bring a lab cluster up and down, look at it, inject faults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .lab import Lab, LabError, destroy
+
+
+def _progress(message: str) -> None:
+    print(f"  ... {message}", file=sys.stderr, flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    try:
+        lab = Lab.create(args.name, args.nodes, args.expect, catalog=None if args.no_services else args.catalog)
+        print(f"lab {args.name}: bridge {lab.spec.bridge}, {args.nodes} namespaces; starting agents", file=sys.stderr)
+        lab.start_all()
+        if args.no_wait:
+            return 0
+        view = lab.wait_formed(args.timeout, progress=_progress)
+    except LabError as exc:
+        print(f"nodeos lab: {exc}", file=sys.stderr)
+        print(f"  (logs: /run/nodeos-lab/{args.name}/nodes/*/agent.log; clean up with 'nodeos lab down --name {args.name}')", file=sys.stderr)
+        return 1
+    leader = view["leader"]
+    print(f"lab {args.name}: formed, {args.nodes} members, leader {leader} ({lab.node_name_of(leader)})")
+    print(f"  next: nodeos lab status --name {args.name} | nodeos status --lab-node n1 | nodeos lab down --name {args.name}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    removed = destroy(args.name)
+    print(f"lab {args.name}: removed {len(removed)} namespaces/links" if removed else f"lab {args.name}: nothing to remove")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        view = Lab.load(args.name).status()
+    except LabError as exc:
+        print(f"nodeos lab: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    print(f"lab {view['lab']} on bridge {view['bridge']}" + (f"; PARTITIONED {view['partitioned']}" if view["partitioned"] else ""))
+    for node in view["nodes"]:
+        status = node["status"] or {}
+        role = "leader" if status.get("is_leader") else ("monitor" if status.get("may_act") else "")
+        print(f"  {node['name']:<4} {node['address']:<12} pid {str(node['agent_pid'] or '-'):<8} "
+              f"{status.get('node_id', '-'):<13} {status.get('formation', 'down'):<9} "
+              f"members {len(status.get('members') or [])} leader {status.get('leader') or '-'} {role}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    try:
+        node = Lab.load(args.name).add_node()
+    except LabError as exc:
+        print(f"nodeos lab: {exc}", file=sys.stderr)
+        return 1
+    print(f"lab {args.name}: started {node.name} ({node.ip}); it joins the existing cluster")
+    return 0
+
+
+def _fault(args: argparse.Namespace) -> int:
+    try:
+        lab = Lab.load(args.name)
+        result = _apply_fault(lab, args)
+    except LabError as exc:
+        print(f"nodeos lab: {exc}", file=sys.stderr)
+        return 1
+    print(result)
+    return 0
+
+
+def _apply_fault(lab: Lab, args: argparse.Namespace) -> str:
+    kind = args.fault
+    if kind == "crash":
+        return f"{args.node}: killed {len(lab.crash(args.node))} processes"
+    if kind == "reboot":
+        return f"{args.node}: rebooted, agent pid {lab.reboot(args.node)}"
+    if kind == "start":
+        return f"{args.node}: agent pid {lab.start_agent(args.node)}"
+    if kind == "stop":
+        lab.stop_agent(args.node)
+        return f"{args.node}: stopped"
+    if kind == "disconnect":
+        lab.disconnect(args.node)
+        return f"{args.node}: link down"
+    if kind == "reconnect":
+        lab.reconnect(args.node)
+        return f"{args.node}: link up"
+    if kind == "partition":
+        lab.partition(args.nodes)
+        return f"partitioned: {lab.spec.partitioned}"
+    if kind == "heal":
+        lab.heal()
+        return "partition healed"
+    if kind == "kill-service":
+        from .services_lab import kill_service
+
+        return kill_service(lab, args.service)
+    raise LabError(f"unknown fault {kind}")
+
+
+def register(sub: Any) -> None:
+    lab = sub.add_parser("lab", help="a test cluster of real agents in network namespaces on this machine (root)")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    lab_sub.required = True
+
+    def named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--name", default="lab", help="lab name, 1-6 letters/digits (default: %(default)s)")
+        return parser
+
+    up = named(lab_sub.add_parser("up", help="create bridge + namespaces, start an agent in each, wait for the cluster"))
+    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default: %(default)s)")
+    up.add_argument("--expect", type=int, help="bootstrap_expect (default: the number of nodes)")
+    up.add_argument("--catalog", default="lab", help="service catalog: 'lab' (packaged) or a YAML path (default: %(default)s)")
+    up.add_argument("--no-services", action="store_true", help="run no catalog services, consensus only")
+    up.add_argument("--no-wait", action="store_true", help="do not wait for the cluster to form")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for formation (default: %(default)s)")
+    up.set_defaults(func=_up)
+
+    down = named(lab_sub.add_parser("down", help="remove everything the lab made (also after a crash of the lab)"))
+    down.set_defaults(func=_down)
+
+    status = named(lab_sub.add_parser("status", help="each node: namespace, address, agent pid, its view of the cluster"))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+
+    add = named(lab_sub.add_parser("add", help="start one more node; it joins the running cluster"))
+    add.set_defaults(func=_add)
+
+    fault = named(lab_sub.add_parser("fault", help="inject a fault"))
+    fault_sub = fault.add_subparsers(dest="fault", metavar="FAULT")
+    fault_sub.required = True
+    for kind, text in [("crash", "SIGKILL the node's agent and everything it started"),
+                       ("reboot", "crash, then start again from its disk state"),
+                       ("stop", "stop the agent gracefully (SIGTERM)"), ("start", "start a stopped/crashed agent"),
+                       ("disconnect", "pull the node's cable (link down)"), ("reconnect", "plug it back in")]:
+        parser = fault_sub.add_parser(kind, help=text)
+        parser.add_argument("node", help="node name, e.g. n1")
+    partition = fault_sub.add_parser("partition", help="cut the listed nodes off from all others (nftables)")
+    partition.add_argument("nodes", nargs="+", help="nodes on one side")
+    fault_sub.add_parser("heal", help="remove the partition")
+    kill = fault_sub.add_parser("kill-service", help="SIGKILL a catalog service's process on its node")
+    kill.add_argument("service", help="service name, e.g. memcached")
+    fault.set_defaults(func=_fault)

@@ -1,0 +1,41 @@
+"""Human-readable rendering of status and events for the CLI."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"node      {status['node_id']}  ({status['address']})",
+        f"cluster   {status['cluster_id']}  group {status.get('group_id') or '-'}",
+        f"formation {status['formation']}  (bootstrap_expect {status.get('bootstrap_expect')})",
+        f"leader    {status.get('leader') or '-'}   monitor {status.get('monitor') or '-'}   term {status.get('term')}",
+        f"this node {'holds the Monitor lease' if status.get('may_act') else 'is not the Monitor'}"
+        f"{'; FENCED (no quorum-backed leader)' if status.get('fenced') and status['formation'] == 'member' else ''}",
+    ]
+    members = status.get("members") or []
+    if members:
+        rows = [[m.get("node_id") or "?", m["raft_addr"], m["status"], "leader" if m.get("node_id") == status.get("leader") else ""] for m in members]
+        lines += ["", _table(rows, ["MEMBER", "RAFT", "STATUS", ""])]
+    services = status.get("services") or []
+    if services:
+        rows = [[s["name"], s.get("node") or "-", s.get("vip") or "-", s.get("health") or "-", str(s.get("restarts", 0)), s.get("note") or ""] for s in services]
+        lines += ["", _table(rows, ["SERVICE", "NODE", "VIP", "HEALTH", "RESTARTS", ""])]
+    return "\n".join(lines)
+
+
+def render_event(event: dict[str, Any]) -> str:
+    when = datetime.datetime.fromtimestamp(event["ts"]).strftime("%H:%M:%S.%f")[:-3]
+    parts = [f"{event['seq']:>5} {when} {event['kind']:<22}"]
+    for key in ("service", "node", "reason", "outcome", "detail"):
+        if event.get(key):
+            parts.append(f"{key}={event[key]}")
+    return " ".join(parts)
