@@ -156,12 +156,13 @@ class Lab:
         netns.create_namespace(node.ns, self.spec.bridge, node.veth, f"{node.ip}/{PREFIXLEN}")
         Path(node.state_dir).mkdir(parents=True, exist_ok=True)
 
-    def add_node(self) -> LabNode:
+    def add_node(self, identity: Path | None = None) -> LabNode:
+        """One more node on the bridge; `identity` overrides the lab's (tests: a rogue node)."""
         index = max((n.index for n in self.spec.nodes.values()), default=0) + 1
         node = self._plan_node(index)
         self.save()
         self._make_node_network(node)
-        self.start_agent(node.name)
+        self.start_agent(node.name, identity)
         return node
 
     def add_client(self) -> str:
@@ -173,7 +174,7 @@ class Lab:
         return self.spec.client["ns"]
 
     # -- agents ----------------------------------------------------------------
-    def start_agent(self, name: str) -> int:
+    def start_agent(self, name: str, identity: Path | None = None) -> int:
         node = self.node(name)
         if node.pid is not None and _alive(node.pid):
             raise LabError(f"{name}: agent already running (pid {node.pid})")
@@ -181,7 +182,7 @@ class Lab:
         state_dir.mkdir(parents=True, exist_ok=True)
         logfile = open(state_dir / "agent.log", "ab")
         argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "agent",
-                "--config", str(self.config_path), "--identity", str(self.identity_path), "--state-dir", str(state_dir)]
+                "--config", str(self.config_path), "--identity", str(identity or self.identity_path), "--state-dir", str(state_dir)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("NOTIFY_SOCKET", None)
         proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

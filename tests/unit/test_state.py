@@ -1,0 +1,96 @@
+"""ClusterState: deterministic, never reads time or randomness, survives bad ops."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import time
+
+import pytest
+
+from nodeos.state import MAX_EVENTS, ClusterState
+
+
+def ops_sequence() -> list[dict]:
+    return [
+        {"op": "node_join", "now": 10.0, "node": "a", "raft_addr": "10.0.0.1:7371", "ip": "10.0.0.1", "facts": {"cpus": 2}},
+        {"op": "node_join", "now": 10.1, "node": "b", "raft_addr": "10.0.0.2:7371", "ip": "10.0.0.2"},
+        {"op": "init_cluster", "now": 10.2, "group_id": "g", "cluster_id": "c"},
+        {"op": "heartbeat", "now": 10.3, "leader": "a"},
+        {"op": "node_status", "now": 11.0, "node": "b", "status": "lost", "reason": "no answer"},
+        {"op": "heartbeat", "now": 11.1, "leader": "b"},
+        {"op": "node_join", "now": 12.0, "node": "b", "raft_addr": "10.0.0.2:7371", "ip": "10.0.0.2"},
+    ]
+
+
+@pytest.fixture
+def no_clock_or_randomness(monkeypatch):
+    def forbidden(*_a, **_k):
+        raise AssertionError("replicated state read the clock or randomness")
+
+    for name in ("time", "monotonic", "perf_counter"):
+        monkeypatch.setattr(time, name, forbidden)
+    monkeypatch.setattr(random, "random", forbidden)
+    monkeypatch.setattr(random, "randint", forbidden)
+
+
+def test_applying_the_same_log_gives_the_same_state(no_clock_or_randomness):
+    one, two = ClusterState(), ClusterState()
+    for op in ops_sequence():
+        assert one.apply(dict(op)) == two.apply(dict(op))
+    assert one.to_dict() == two.to_dict()
+    assert one.events == two.events
+
+
+def test_node_lifecycle_is_recorded_as_events():
+    state = ClusterState()
+    for op in ops_sequence():
+        assert state.apply(op)["ok"]
+    assert state.group_id == "g" and state.monitor == "b" and state.heartbeat_seq == 2
+    assert state.nodes["b"].status == "up"
+    kinds = [e["kind"] for e in state.events]
+    assert kinds == ["node.joined", "node.joined", "cluster.formed", "monitor.elected", "node.lost", "monitor.elected", "node.back"]
+
+
+def test_init_cluster_is_idempotent():
+    state = ClusterState()
+    state.apply({"op": "init_cluster", "now": 1.0, "group_id": "g1", "cluster_id": "c"})
+    result = state.apply({"op": "init_cluster", "now": 2.0, "group_id": "g2", "cluster_id": "c"})
+    assert result == {"ok": True, "already": True} and state.group_id == "g1"
+
+
+@pytest.mark.parametrize("op", [
+    None, "heartbeat", {"op": "nope", "now": 1.0}, {"op": "heartbeat"}, {"op": "heartbeat", "now": "x"},
+    {"op": "heartbeat", "now": 1.0, "leader": 5}, {"op": "node_status", "now": 1.0, "node": "zz", "status": "up"},
+    {"op": "node_status", "now": 1.0, "node": "a", "status": "sleeping"},
+    {"op": "node_join", "now": 1.0, "node": "x", "raft_addr": "r", "ip": "i", "facts": [1]},
+])
+def test_bad_operations_are_refused_without_change(op):
+    state = ClusterState()
+    state.apply(ops_sequence()[0])
+    before = pickle.dumps(state.to_dict())
+    result = state.apply(op)
+    assert result["ok"] is False and result["error"]
+    assert pickle.dumps(state.to_dict()) == before
+
+
+def test_event_log_is_bounded():
+    state = ClusterState()
+    for i in range(MAX_EVENTS + 50):
+        state.apply({"op": "event", "now": float(i), "kind": "test.event", "detail": str(i)})
+    assert len(state.events) == MAX_EVENTS
+    assert state.events[0]["seq"] == 51 and state.events[-1]["seq"] == MAX_EVENTS + 50
+
+
+def test_cluster_time_never_goes_backwards():
+    state = ClusterState()
+    state.apply({"op": "heartbeat", "now": 10.0, "leader": "a"})
+    state.apply({"op": "heartbeat", "now": 5.0, "leader": "a"})
+    assert state.time == 10.0
+
+
+def test_state_pickles_for_raft_snapshots():
+    state = ClusterState()
+    for op in ops_sequence():
+        state.apply(op)
+    assert pickle.loads(pickle.dumps(state)).to_dict() == state.to_dict()
