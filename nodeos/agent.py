@@ -267,7 +267,11 @@ class Agent:
                                "ip": self.iface.ip, "facts": node_facts()})
 
     def _leader_duties(self, now: float) -> None:
-        """Work only the lease holder does: init, joins, node liveness, Monitor."""
+        """Work only the lease holder does: init, joins, node liveness.
+
+        The Service Monitor runs in the services layer's own thread (health
+        checks and ARP probes may block), also gated by may_act().
+        """
         assert self.consensus is not None
         if not self._cluster_initialised:
             group_id = self.formation.group.group_id if self.formation.group else "?"
@@ -275,8 +279,6 @@ class Agent:
             self._cluster_initialised = True
         self._join_tick(now)
         self._liveness_tick(now)
-        if self.services is not None:
-            self.services.monitor_tick(now)
 
     def _join_tick(self, now: float) -> None:
         assert self.consensus is not None
@@ -340,8 +342,6 @@ class Agent:
         self._registration_tick(now)
         if self._may_act:
             self._leader_duties(now)
-        if self.services is not None:
-            self.services.node_tick(now, fenced=self.fenced())
 
     def run(self) -> int:
         self.discovery.start()
@@ -408,7 +408,7 @@ class Agent:
         }
         if self.consensus is None:
             return out
-        state = self.consensus.cluster.read(lambda s: s.snapshot())
+        state = self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
         ids = {r.raft_addr: r.node_id for r in state.nodes.values()}
         leader_addr = self.consensus.leader_addr()
         raft = self.consensus.raft_status()

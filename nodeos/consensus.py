@@ -24,6 +24,7 @@ from pysyncobj import tcp_connection
 from pysyncobj.transport import TCPTransport
 
 from . import log
+from . import placement  # noqa: F401  (registers the service operations: every node must know all ops)
 from .config import Timing
 from .state import ClusterState
 

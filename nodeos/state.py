@@ -34,22 +34,30 @@ class NodeRecord:
 
 
 @dataclass
+class Instance:
+    """Desired state of a service's instance on one node (restart bookkeeping)."""
+
+    generation: int = 0  # bumped to ask the hosting agent for a restart in place
+    restarts: int = 0  # restarts in place since the instance was last healthy long enough
+    backoff_until: float = 0.0  # cluster time before which no new restart is ordered
+
+
+@dataclass
 class ServiceRecord:
-    """Desired and observed state of one catalog service (see monitor.py)."""
+    """Desired and observed state of one catalog service (see placement.py, monitor.py)."""
 
     name: str
     placement: str  # "singleton" | "every-node"
     node: str | None = None  # singleton: where it should run
     vip: str | None = None
-    generation: int = 0  # bumped to ask the hosting agent for a restart in place
-    restarts: int = 0  # restarts in place since the service was last healthy long enough
-    backoff_until: float = 0.0  # cluster time before which no new restart is ordered
-    healthy_since: float | None = None
-    migration: dict[str, Any] | None = None  # {"from", "to", "reason", "started", "phase"}
-    # node -> {"state": starting|healthy|unhealthy|stopped, "since": t, "generation": g, "detail": str}
+    migration: dict[str, Any] | None = None  # {"from", "to", "reason", "started", "phase": releasing|starting}
+    instances: dict[str, Instance] = field(default_factory=dict)  # node -> restart bookkeeping
+    # node -> {"state": starting|healthy|unhealthy|failed|stopped, "since": t, "generation": g, "detail": str}
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Monitor's end-to-end probe through the VIP: {"ok": bool, "since": t}
-    probe: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)  # Monitor's probe through the VIP: {"ok", "since"}
+
+    def instance(self, node: str) -> Instance:
+        return self.instances.setdefault(node, Instance())
 
 
 class ClusterState:
@@ -99,8 +107,15 @@ class ClusterState:
     def up_nodes(self) -> list[str]:
         return sorted(n for n, rec in self.nodes.items() if rec.status == "up")
 
-    def snapshot(self) -> "ClusterState":
-        return copy.deepcopy(self)
+    def snapshot(self, with_events: bool = True) -> "ClusterState":
+        """A private copy for readers outside the apply lock."""
+        if with_events:
+            return copy.deepcopy(self)
+        events, self.events = self.events, []
+        try:
+            return copy.deepcopy(self)
+        finally:
+            self.events = events
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,8 +127,14 @@ class ClusterState:
             "monitor": self.monitor,
             "nodes": {n: vars(r).copy() for n, r in sorted(self.nodes.items())},
             "catalog_version": self.catalog_version,
-            "services": {s: copy.deepcopy(vars(r)) for s, r in sorted(self.services.items())},
+            "services": {s: _service_dict(r) for s, r in sorted(self.services.items())},
         }
+
+
+def _service_dict(record: ServiceRecord) -> dict[str, Any]:
+    data = copy.deepcopy(vars(record))
+    data["instances"] = {n: vars(i).copy() for n, i in sorted(record.instances.items())}
+    return data
 
 
 def _require(op: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

@@ -1,0 +1,43 @@
+"""Lab faults on services: SIGKILL a catalog service's main process on its node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from .lab import Lab, LabError
+
+
+def service_host(lab: Lab, service: str) -> str:
+    """The lab node name whose agent runs `service` now (asks the nodes themselves)."""
+    from .control import ControlError, request
+
+    for name in sorted(lab.spec.nodes):
+        try:
+            code, local = request(lab.node_socket(name), "GET", "/local", timeout=1.0)
+        except ControlError:
+            continue
+        if code == 200 and local["services"].get(service, {}).get("pid"):
+            return name
+    raise LabError(f"no node runs {service!r} right now")
+
+
+def kill_service(lab: Lab, service: str) -> str:
+    host = service_host(lab, service)
+    record = Path(lab.node(host).state_dir) / "services" / service / "pid.json"
+    try:
+        pid = int(json.loads(record.read_text())["pid"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise LabError(f"{service} on {host}: no usable pid record ({exc})") from exc
+    if pid not in _namespace_pids(lab, host):
+        raise LabError(f"{service} on {host}: pid {pid} is not in the node's namespace; not signalling it")
+    os.kill(pid, signal.SIGKILL)
+    return f"{service} on {host}: SIGKILL sent to pid {pid}"
+
+
+def _namespace_pids(lab: Lab, host: str) -> list[int]:
+    from . import netns
+
+    return netns.namespace_pids(lab.node(host).ns)
