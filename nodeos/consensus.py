@@ -14,14 +14,20 @@ covered by tests/lab/test_raft_port.py.
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj import tcp_connection
-from pysyncobj.transport import TCPTransport
+_REAL_INET_NTOP = socket.inet_ntop
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj import tcp_connection  # noqa: E402
+from pysyncobj.transport import TCPTransport  # noqa: E402
+
+# pysyncobj 0.3.17 (win_inet_pton.py) replaces socket.inet_ntop with a
+# Windows-only version on every OS; pyroute2 then cannot decode addresses.
+socket.inet_ntop = _REAL_INET_NTOP
 
 from . import log
 from . import placement  # noqa: F401  (registers the service operations: every node must know all ops)

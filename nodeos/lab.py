@@ -54,6 +54,7 @@ class LabNode:
     ip: str
     state_dir: str
     pid: int | None = None
+    disconnected: bool = False  # cable pulled by `disconnect` (survives reboots)
 
 
 @dataclass
@@ -180,6 +181,7 @@ class Lab:
             raise LabError(f"{name}: agent already running (pid {node.pid})")
         state_dir = Path(node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._boot_network(node)
         logfile = open(state_dir / "agent.log", "ab")
         argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "agent",
                 "--config", str(self.config_path), "--identity", str(identity or self.identity_path), "--state-dir", str(state_dir)]
@@ -196,9 +198,23 @@ class Lab:
         for name in sorted(self.spec.nodes, key=lambda n: self.spec.nodes[n].index):
             self.start_agent(name)
 
+    def _boot_network(self, node: LabNode) -> None:
+        """Like a machine booting: only its own address, and its cable as it was left."""
+        result = subprocess.run(["ip", "-n", node.ns, "-j", "-4", "addr", "show", "dev", "eth0"], capture_output=True, text=True, check=True)
+        for entry in json.loads(result.stdout or "[]"):
+            for addr in entry.get("addr_info", []):
+                if addr["local"] != node.ip:
+                    subprocess.run(["ip", "-n", node.ns, "addr", "del", f"{addr['local']}/{addr['prefixlen']}", "dev", "eth0"], check=True)
+        netns.set_link(None, node.veth, up=not node.disconnected)
+
     def crash(self, name: str) -> list[int]:
-        """SIGKILL the node's agent and everything it started (all processes in its namespace)."""
+        """A node crash: SIGKILL everything in its namespace, and it falls silent on the wire.
+
+        The namespace's kernel would otherwise keep answering ARP for the
+        dead node's VIPs, which a crashed machine does not.
+        """
         node = self.node(name)
+        netns.set_link(None, node.veth, up=False)
         killed = _kill_namespace(node.ns, signal.SIGKILL)
         if node.pid is not None:
             _reap(node.pid)
@@ -223,10 +239,17 @@ class Lab:
 
     # -- network faults ------------------------------------------------------
     def disconnect(self, name: str) -> None:
-        netns.set_link(None, self.node(name).veth, up=False)
+        node = self.node(name)
+        node.disconnected = True
+        self.save()
+        netns.set_link(None, node.veth, up=False)
 
     def reconnect(self, name: str) -> None:
-        netns.set_link(None, self.node(name).veth, up=True)
+        node = self.node(name)
+        node.disconnected = False
+        self.save()
+        if node.pid is not None:  # a crashed node stays silent until it is started
+            netns.set_link(None, node.veth, up=True)
 
     def partition(self, side: list[str]) -> None:
         """Cut `side` off from every other node (and the client stays with the majority)."""

@@ -139,15 +139,20 @@ def register(sub: Any) -> None:
     fault = named(lab_sub.add_parser("fault", help="inject a fault"))
     fault_sub = fault.add_subparsers(dest="fault", metavar="FAULT")
     fault_sub.required = True
+    def leaf(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        # Also accept --name after the fault's own arguments.
+        parser.add_argument("--name", default=argparse.SUPPRESS, help="lab name (default: lab)")
+        return parser
+
     for kind, text in [("crash", "SIGKILL the node's agent and everything it started"),
                        ("reboot", "crash, then start again from its disk state"),
                        ("stop", "stop the agent gracefully (SIGTERM)"), ("start", "start a stopped/crashed agent"),
                        ("disconnect", "pull the node's cable (link down)"), ("reconnect", "plug it back in")]:
-        parser = fault_sub.add_parser(kind, help=text)
+        parser = leaf(fault_sub.add_parser(kind, help=text))
         parser.add_argument("node", help="node name, e.g. n1")
-    partition = fault_sub.add_parser("partition", help="cut the listed nodes off from all others (nftables)")
+    partition = leaf(fault_sub.add_parser("partition", help="cut the listed nodes off from all others (nftables)"))
     partition.add_argument("nodes", nargs="+", help="nodes on one side")
-    fault_sub.add_parser("heal", help="remove the partition")
-    kill = fault_sub.add_parser("kill-service", help="SIGKILL a catalog service's process on its node")
+    leaf(fault_sub.add_parser("heal", help="remove the partition"))
+    kill = leaf(fault_sub.add_parser("kill-service", help="SIGKILL a catalog service's process on its node"))
     kill.add_argument("service", help="service name, e.g. memcached")
     fault.set_defaults(func=_fault)

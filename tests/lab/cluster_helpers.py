@@ -101,3 +101,108 @@ def rss_mb(pid: int) -> float:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+# -- services: a client namespace on the lab bridge -------------------------------
+
+CLIENT_SCRIPT = r'''
+import json, socket, sys, time
+from nodeos import arp
+kind = sys.argv[1]
+if kind == "who_has":
+    print(json.dumps(sorted(arp.who_has("eth0", sys.argv[2], timeout=float(sys.argv[3])))))
+elif kind == "memcached":
+    s = socket.create_connection((sys.argv[2], 11211), timeout=2)
+    s.sendall(b"version\r\n")
+    print(json.dumps(s.recv(100).decode().strip()))
+elif kind == "http":
+    s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=2)
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    print(json.dumps(data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()))
+elif kind == "sample_arp":
+    # One raw socket; an ARP request for the VIP every `period`; each reply is
+    # attributed to the window of the latest request (kernel replies take <1 ms).
+    import os, select
+    vip, stop, period = sys.argv[2], sys.argv[3], float(sys.argv[4])
+    mac, me = arp.interface_mac("eth0"), arp.interface_ipv4("eth0")
+    sock = arp._open("eth0")
+    request = arp.build_arp(arp.ARP_REQUEST, mac, me, arp.ZERO_MAC, vip)
+    window, sent = None, 0
+    next_send = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= next_send:
+            if window is not None:
+                print(json.dumps(window), flush=True)
+            if sent % 10 == 0 and os.path.exists(stop):
+                break
+            sock.send(request)
+            sent += 1
+            window = {"t": now, "vip": vip, "macs": []}
+            next_send = max(next_send + period, now + period / 2)
+            continue
+        ready, _, _ = select.select([sock], [], [], next_send - now)
+        if ready:
+            frame, address = sock.recvfrom(2048)
+            if address[2] == arp._PACKET_OUTGOING:
+                continue
+            try:
+                packet = arp.parse_arp(frame)
+            except arp.ArpError:
+                continue
+            if packet.op == arp.ARP_REPLY and packet.sender_ip == vip and packet.sender_mac not in window["macs"]:
+                window["macs"].append(packet.sender_mac)
+'''
+
+
+def in_client(lab: Lab, *args: str, timeout: float = 10.0) -> Any:
+    ns = lab.add_client()
+    result = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT_SCRIPT, *args],
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout)
+
+
+def service_row(lab: Lab, node: str, service: str) -> dict[str, Any]:
+    for row in status_json(lab, node)["services"]:
+        if row["name"] == service:
+            return row
+    raise AssertionError(f"{service} not in the status of {node}")
+
+
+def host_of(lab: Lab, service: str) -> str | None:
+    """Lab node name whose agent runs `service` now (per the nodes' own /local)."""
+    running = []
+    for name in sorted(lab.spec.nodes):
+        try:
+            code, local = request(lab.node_socket(name), "GET", "/local", timeout=1.0)
+        except ControlError:
+            continue
+        if code == 200 and local["services"].get(service, {}).get("pid"):
+            running.append(name)
+    assert len(running) <= 1, f"{service} runs on {running}"
+    return running[0] if running else None
+
+
+def node_mac(lab: Lab, name: str) -> str:
+    from nodeos import netns
+
+    return netns.link_mac(lab.node(name).ns, "eth0")
+
+
+def wait_services_healthy(lab: Lab, node: str = "n1", timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    def ready() -> dict[str, dict[str, Any]] | None:
+        status = lab.node_status(node)
+        if not status or not status["services"]:
+            return None
+        rows = {r["name"]: r for r in status["services"]}
+        singles = [r for r in rows.values() if r["placement"] == "singleton"]
+        if all(r["health"] == "healthy" and r["vip"] and (r.get("probe") or {}).get("ok") for r in singles):
+            return rows
+        return None
+
+    return wait_until(ready, timeout, "all singletons healthy with a VIP that answers")

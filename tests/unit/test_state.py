@@ -94,3 +94,12 @@ def test_state_pickles_for_raft_snapshots():
     for op in ops_sequence():
         state.apply(op)
     assert pickle.loads(pickle.dumps(state)).to_dict() == state.to_dict()
+
+
+def test_importing_consensus_keeps_socket_inet_ntop_working():
+    """pysyncobj 0.3.17 swaps in a Windows-only inet_ntop; pyroute2 needs the real one."""
+    import socket
+
+    import nodeos.consensus  # noqa: F401
+
+    assert socket.inet_ntop(socket.AF_INET, b"\x0a\x4d\x00\xfe") == "10.77.0.254"

@@ -1,0 +1,310 @@
+"""Service catalog: the shipped catalogs load, round-trip, and bad input is
+reported as one CatalogError naming file, line and field."""
+
+from __future__ import annotations
+
+import copy
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nodeos.catalog import (
+    Catalog,
+    CatalogError,
+    HealthCheckSpec,
+    load_catalog,
+    packaged_catalog,
+    parse_catalog,
+    render_template,
+)
+
+MINIMAL = """\
+services:
+  web:
+    placement: singleton
+    port: 80
+    start:
+      command: [nginx, -c, "{run_dir}/nginx.conf"]
+    health:
+      - type: http
+        port: 80
+"""
+
+
+def parse(text: str) -> Catalog:
+    return parse_catalog(textwrap.dedent(text), "catalog.yaml")
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(CatalogError) as info:
+        parse(text)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- shipped catalogs
+
+
+def test_lab_catalog_loads_with_expected_services() -> None:
+    catalog = load_catalog(packaged_catalog("lab"))
+    assert set(catalog.names()) == {"memcached", "nginx", "node-http"}
+    assert catalog["memcached"].placement == "singleton" and catalog["memcached"].vip
+    assert catalog["memcached"].port == 11211
+    assert [c.type for c in catalog["memcached"].health] == ["process", "tcp"]
+    assert catalog["memcached"].health[1].port == 11211  # defaulted to the service port
+    assert "-u" in catalog["memcached"].command  # memcached refuses root without it
+    nginx = catalog["nginx"]
+    assert nginx.vip and nginx.port == 80 and "nginx.conf" in nginx.files
+    assert nginx.health[1] == HealthCheckSpec(
+        type="http", port=80, path="/", expect_status=200, expect_body="nginx on node"
+    )
+    assert catalog["node-http"].placement == "every-node" and not catalog["node-http"].vip
+    assert catalog.start_order().index("memcached") < catalog.start_order().index("nginx")
+
+
+def test_lab_nginx_conf_renders_under_run_dir() -> None:
+    nginx = load_catalog(packaged_catalog("lab"))["nginx"]
+    values = nginx.template_values(node_id="node-7", run_dir="/srv/run/nginx", vip="10.0.0.9", bind="0.0.0.0")
+    conf = nginx.render_files(values)["nginx.conf"]
+    assert "daemon off;" in conf and "listen 80 default_server;" in conf
+    assert "pid /srv/run/nginx/nginx.pid;" in conf
+    assert "node-7" in conf and "{" in conf  # nginx blocks survive templating
+    for line in conf.splitlines():
+        if "_temp_path" in line or line.strip().startswith("pid "):
+            assert "/srv/run/nginx/" in line
+    assert nginx.render_command(values)[:3] == ["nginx", "-p", "/srv/run/nginx"]
+
+
+@pytest.mark.parametrize("name", ["lab", "default"])
+def test_packaged_catalogs_round_trip_exactly(name: str) -> None:
+    catalog = load_catalog(packaged_catalog(name))
+    data = catalog.to_dict()
+    through_json = json.loads(json.dumps(data))  # what the Raft log stores
+    assert through_json == data
+    again = Catalog.from_dict(through_json)
+    assert again == catalog
+    assert again.to_dict() == data
+
+
+def test_default_catalog_matches_lab_catalog() -> None:
+    lab = load_catalog(packaged_catalog("lab"))
+    default = load_catalog(packaged_catalog("default"))
+    assert default.names() == lab.names()
+    for spec in default:
+        twin = lab[spec.name]
+        assert spec.unit and spec.unit.endswith(".service")
+        for attr in ("placement", "vip", "port", "health", "restart", "depends_on", "resources"):
+            assert getattr(spec, attr) == getattr(twin, attr), f"{spec.name}.{attr} differs"
+    assert default["nginx"].unit == "nginx.service"
+    assert default["memcached"].unit == "memcached.service"
+
+
+def test_defaults_fill_in() -> None:
+    web = parse(MINIMAL)["web"]
+    assert web.vip is True  # singletons get a VIP unless told otherwise
+    assert (web.restart.max_restarts, web.restart.backoff_initial, web.restart.backoff_max) == (3, 0.5, 30.0)
+    assert web.restart.reset_after == 60.0
+    check = web.health[0]
+    assert (check.interval, check.timeout, check.rise, check.fall) == (1.0, 1.0, 2, 2)
+    assert (check.path, check.expect_status, check.expect_body) == ("/", 200, None)
+
+
+def test_missing_health_means_a_process_check() -> None:
+    catalog = parse(
+        """
+        services:
+          worker:
+            placement: every-node
+            start: {command: [sleep, "100"]}
+        """
+    )
+    assert [c.type for c in catalog["worker"].health] == ["process"]
+    assert catalog["worker"].vip is False
+
+
+def test_backoff_doubles_and_caps() -> None:
+    policy = parse(MINIMAL)["web"].restart
+    assert [policy.backoff(n) for n in range(3)] == [0.5, 1.0, 2.0]
+    assert policy.backoff(20) == 30.0
+    assert policy.backoff(10_000) == 30.0
+
+
+def test_start_order_is_topological_and_deterministic() -> None:
+    catalog = parse(
+        """
+        services:
+          c: {placement: every-node, start: {unit: c.service}, depends_on: [b]}
+          b: {placement: every-node, start: {unit: b.service}, depends_on: [a]}
+          z: {placement: every-node, start: {unit: z.service}}
+          a: {placement: every-node, start: {unit: a.service}}
+        """
+    )
+    assert catalog.start_order() == ["a", "b", "c", "z"]
+
+
+def test_render_template_leaves_shell_and_nginx_variables() -> None:
+    values = {"port": "80"}
+    assert render_template("listen {port}; set $x ${host}; if ($a) { }", values) == (
+        "listen 80; set $x ${host}; if ($a) { }"
+    )
+
+
+# ---------------------------------------------------------------- errors: file:line: field
+
+
+def test_bad_port_names_file_line_and_field() -> None:
+    message = error_of(
+        """\
+        services:
+          nginx:
+            placement: singleton
+            port: 80
+            start: {command: [nginx]}
+            health:
+              - type: tcp
+                port: 70000
+        """
+    )
+    assert message.startswith("catalog.yaml:8: services.nginx.health[0].port: must be an integer 1-65535")
+
+
+@pytest.mark.parametrize(
+    ("snippet", "line", "field", "words"),
+    [
+        ("placement: somewhere", 3, "services.svc.placement", "must be one of: singleton, every-node"),
+        ("port: '80'", 3, "services.svc.port", "must be an integer 1-65535"),
+        ("port: true", 3, "services.svc.port", "must be an integer"),
+        ("vip: yes please", 3, "services.svc.vip", "must be true or false"),
+        ("colour: blue", 3, "services.svc.colour", "unknown key"),
+        ("restart: {max_restarts: -1}", 3, "services.svc.restart.max_restarts", "must be an integer 0-1000"),
+        ("restart: {backoff_initial: 0}", 3, "services.svc.restart.backoff_initial", "must be a number > 0"),
+        ("restart: {backoff_initial: 5, backoff_max: 1}", 3, "services.svc.restart.backoff_max", ">= backoff_initial"),
+        ("resources: {cpu: fast}", 3, "services.svc.resources.cpu", "must be a number"),
+        ("resources: {memory_mb: 1.5}", 3, "services.svc.resources.memory_mb", "must be an integer"),
+        ("depends_on: svc2", 3, "services.svc.depends_on", "must be a list"),
+        ("files: {../etc/passwd: x}", 3, "services.svc.files.../etc/passwd", "plain file name"),
+        ("files: {pid.json: x}", 3, "services.svc.files.pid.json", "plain file name"),
+        ("files: {a.conf: [1]}", 3, "services.svc.files.a.conf", "content must be a string"),
+        ("health: []", 3, "services.svc.health", "non-empty list"),
+        ("health: [{type: ping}]", 3, "services.svc.health[0].type", "must be one of: process, tcp"),
+        ("health: [{type: tcp, path: /}]", 3, "services.svc.health[0].path", "only allowed for http"),
+        ("health: [{type: http, expect_status: 700}]", 3, "services.svc.health[0].expect_status", "100-599"),
+        ("health: [{type: http, path: healthz}]", 3, "services.svc.health[0].path", "must start with '/'"),
+        ("health: [{type: tcp, interval: -1}]", 3, "services.svc.health[0].interval", "must be a number > 0"),
+        ("health: [{type: tcp, rise: 0}]", 3, "services.svc.health[0].rise", "must be an integer 1-100"),
+        ("health: [{type: command}]", 3, "services.svc.health[0]", "needs 'command'"),
+        ("health: [{type: command, command: [check, 3]}]", 3, "services.svc.health[0].command[1]", "must be a string"),
+    ],
+)
+def test_field_errors(snippet: str, line: int, field: str, words: str) -> None:
+    text = "services:\n  svc:\n    " + snippet + "\n    start: {command: [x]}\n"
+    if "placement" not in snippet:
+        text += "    placement: singleton\n"
+    if "port" not in snippet.split(":")[0]:
+        text += "    port: 1234\n"
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(text, "catalog.yaml")
+    message = str(info.value)
+    assert message.startswith(f"catalog.yaml:{line}: {field}: "), message
+    assert words in message
+
+
+def test_error_on_a_later_line_points_there() -> None:
+    message = error_of(MINIMAL + "    restart:\n      reset_after: soon\n")
+    assert message.startswith("catalog.yaml:11: services.web.restart.reset_after: must be a number")
+
+
+def test_unknown_top_level_key() -> None:
+    assert error_of(MINIMAL + "servces: {}\n").startswith("catalog.yaml:10: servces: unknown key")
+
+
+def test_missing_required_fields() -> None:
+    assert "'placement' is required" in error_of("services:\n  a:\n    start: {unit: a.service}\n")
+    message = error_of("services:\n  a:\n    placement: every-node\n")
+    assert message.startswith("catalog.yaml:2: services.a: 'start' is required")
+    assert "needs 'unit'" in error_of("services:\n  a:\n    placement: every-node\n    start: {}\n")
+    assert "'services' is required" in error_of("version: 1\n")
+    assert "'port' is required" in error_of("services:\n  a:\n    placement: singleton\n    start: {unit: a}\n")
+
+
+def test_every_node_service_cannot_have_a_vip() -> None:
+    message = error_of("services:\n  a:\n    placement: every-node\n    vip: true\n    start: {unit: a}\n")
+    assert message.startswith("catalog.yaml:4: services.a.vip: only singleton services can have a VIP")
+
+
+def test_unknown_dependency() -> None:
+    message = error_of(MINIMAL + "    depends_on: [db]\n")
+    assert message.startswith("catalog.yaml:10: services.web.depends_on[0]: unknown service 'db'")
+
+
+def test_dependency_cycle_is_named() -> None:
+    message = error_of(
+        """\
+        services:
+          a: {placement: every-node, start: {unit: a}, depends_on: [b]}
+          b: {placement: every-node, start: {unit: b}, depends_on: [c]}
+          c: {placement: every-node, start: {unit: c}, depends_on: [a]}
+          d: {placement: every-node, start: {unit: d}}
+        """
+    )
+    assert message.startswith("catalog.yaml:2: services.a.depends_on: dependency cycle: a -> b -> c -> a")
+
+
+def test_self_dependency() -> None:
+    assert "cannot depend on itself" in error_of(MINIMAL + "    depends_on: [web]\n")
+
+
+def test_unknown_placeholder_and_vip_placeholder_without_vip() -> None:
+    message = error_of(MINIMAL.replace('"{run_dir}/nginx.conf"', '"{rundir}/nginx.conf"'))
+    assert message.startswith("catalog.yaml:6: services.web.start.command[2]: unknown placeholder {rundir}")
+    message = error_of(
+        "services:\n  a:\n    placement: every-node\n    start: {command: [x, '{vip}']}\n"
+    )
+    assert "uses {vip} but the service has no VIP" in message
+
+
+def test_bad_service_name() -> None:
+    assert "service names must match" in error_of("services:\n  Bad/Name: {placement: every-node}\n")
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    message = error_of("services:\n  a: {placement: every-node\n  b: [\n")
+    assert message.startswith("catalog.yaml:") and "not valid YAML" in message
+
+
+def test_duplicate_key() -> None:
+    message = error_of(MINIMAL + "    port: 81\n")
+    assert message.startswith("catalog.yaml:10: services.web.port: duplicate key")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "[]", "just a string", "services: 5", "services: {}", "services: {a: 5}", "services:\n  1: {}\n",
+     "a: &x [*x]\n", "services: !!python/object:os.system {}\n", "\x00\x01", "{[1]: 2}",
+     "services:\n  a:\n    <<: {placement: singleton}\n", "version: 2\nservices: {}\n",
+     "services: {a: {placement: every-node, start: {unit: a}, health: [{type: tcp}]}}"],
+)
+def test_garbage_only_ever_raises_catalog_error(text: str) -> None:
+    with pytest.raises(CatalogError):
+        parse_catalog(text, "catalog.yaml")
+
+
+def test_from_dict_validates_too() -> None:
+    data = load_catalog(packaged_catalog("lab")).to_dict()
+    bad = copy.deepcopy(data)
+    bad["services"]["nginx"]["health"][1]["port"] = 0
+    with pytest.raises(CatalogError) as info:
+        Catalog.from_dict(bad, "raft")
+    assert str(info.value).startswith("raft: services.nginx.health[1].port: must be an integer 1-65535")
+    for garbage in (None, [], {"services": {"x": None}}, {"services": {"x": {"placement": 3}}}, {1: 2}):
+        with pytest.raises(CatalogError):
+            Catalog.from_dict(garbage)
+
+
+def test_load_catalog_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path / "nope.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(CatalogError):
+        load_catalog(tmp_path / "bin.yaml")

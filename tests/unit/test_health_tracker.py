@@ -1,0 +1,112 @@
+"""Rise/fall debouncing and per-check scheduling: pure, no clock, no network."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodeos.catalog import HealthCheckSpec
+from nodeos.health import CheckResult, HealthTracker, ServiceHealth
+
+
+def feed(tracker: HealthTracker, results: str) -> list[str | None]:
+    """'+' is a success, '-' a failure; returns observe()'s answers."""
+    return [tracker.observe(r == "+") for r in results]
+
+
+def test_starts_in_starting_and_needs_rise_successes() -> None:
+    tracker = HealthTracker(rise=3, fall=2)
+    assert tracker.state == "starting"
+    assert feed(tracker, "++") == [None, None]
+    assert tracker.observe(True) == "healthy"
+    assert tracker.state == "healthy"
+    assert tracker.observe(True) is None  # no repeated change reports
+
+
+def test_fall_failures_in_a_row_make_it_unhealthy() -> None:
+    tracker = HealthTracker(rise=1, fall=3)
+    assert tracker.observe(True) == "healthy"
+    assert feed(tracker, "--") == [None, None]
+    assert tracker.observe(False) == "unhealthy"
+    assert tracker.observe(False) is None
+
+
+def test_a_success_resets_the_failure_run() -> None:
+    tracker = HealthTracker(rise=1, fall=2)
+    tracker.observe(True)
+    assert feed(tracker, "-+-+-+") == [None] * 6  # flapping never reaches fall=2
+    assert tracker.state == "healthy"
+
+
+def test_a_failure_resets_the_success_run() -> None:
+    tracker = HealthTracker(rise=2, fall=2)
+    assert feed(tracker, "--") == [None, "unhealthy"]
+    assert feed(tracker, "+-+-") == [None] * 4
+    assert feed(tracker, "++") == [None, "healthy"]
+
+
+def test_starting_can_go_straight_to_unhealthy() -> None:
+    tracker = HealthTracker(rise=2, fall=1)
+    assert tracker.observe(False) == "unhealthy"
+
+
+def test_reset_goes_back_to_starting() -> None:
+    tracker = HealthTracker(rise=1, fall=1)
+    tracker.observe(True)
+    tracker.reset()
+    assert tracker.state == "starting"
+    assert tracker.observe(False) == "unhealthy"
+
+
+@pytest.mark.parametrize(("rise", "fall"), [(0, 1), (1, 0), (-1, 2)])
+def test_thresholds_must_be_positive(rise: int, fall: int) -> None:
+    with pytest.raises(ValueError):
+        HealthTracker(rise=rise, fall=fall)
+
+
+def test_same_input_same_output() -> None:
+    pattern = "+-++--+++---+"
+    assert feed(HealthTracker(2, 2), pattern) == feed(HealthTracker(2, 2), pattern)
+
+
+# ---------------------------------------------------------------- ServiceHealth
+
+FAST = HealthCheckSpec(type="process", interval=1.0, rise=1, fall=1)
+SLOW = HealthCheckSpec(type="tcp", port=80, interval=5.0, rise=2, fall=2)
+
+
+def test_all_checks_due_at_first_then_by_interval() -> None:
+    health = ServiceHealth([FAST, SLOW], now=100.0)
+    assert health.due(100.0) == [0, 1]
+    health.record(0, True, now=100.0)
+    health.record(1, True, now=100.0)
+    assert health.due(100.5) == []
+    assert health.due(101.0) == [0]
+    assert health.due(105.0) == [0, 1]
+    assert health.next_due() == 101.0
+    assert health.check_spec(1) is SLOW and health.checks == (FAST, SLOW)
+
+
+def test_service_is_healthy_only_when_every_check_is() -> None:
+    health = ServiceHealth([FAST, SLOW], now=0.0)
+    assert health.record(0, True, now=0.0) is None  # FAST healthy, SLOW still starting
+    assert health.state == "starting"
+    assert health.record(1, True, now=0.0) is None
+    assert health.record(1, CheckResult(True, "connected", 0.01), now=5.0) == "healthy"
+    assert health.record(0, False, now=6.0) == "unhealthy"  # any unhealthy check
+    assert health.record(0, True, now=7.0) == "healthy"
+    details = health.details()
+    assert details[1] == {"type": "tcp", "state": "healthy", "ok": True, "detail": "connected"}
+
+
+def test_reset_makes_everything_due_and_starting() -> None:
+    health = ServiceHealth([FAST], now=0.0)
+    health.record(0, True, now=0.0)
+    assert health.state == "healthy"
+    health.reset(now=50.0)
+    assert health.state == "starting"
+    assert health.due(50.0) == [0]
+
+
+def test_no_checks_stays_starting() -> None:
+    health = ServiceHealth([], now=0.0)
+    assert health.due(0.0) == [] and health.state == "starting" and health.next_due() is None

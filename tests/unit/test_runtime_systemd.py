@@ -1,0 +1,96 @@
+"""SystemdRuntime builds the right systemctl commands and reports failures.
+
+There is no systemd as PID 1 on the test machines, so a fake runner stands
+in for subprocess; the real commands run only on nodes booted from the image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Sequence
+
+import pytest
+
+from nodeos.catalog import load_catalog, packaged_catalog
+from nodeos.runtime import Runtime, ServiceContext, ServiceRuntimeError, SystemdRuntime
+
+CATALOG = load_catalog(packaged_catalog("default"))
+CTX = ServiceContext(node_id="n1", vip="10.0.0.200")
+
+
+class FakeSystemctl:
+    def __init__(self, replies: dict[str, tuple[int, str, str]] | None = None) -> None:
+        self.calls: list[tuple[list[str], float]] = []
+        self.replies = replies or {}
+
+    def __call__(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(argv), timeout))
+        code, out, err = self.replies.get(argv[1], (0, "", ""))
+        return subprocess.CompletedProcess(list(argv), code, out, err)
+
+
+def test_is_a_runtime() -> None:
+    assert isinstance(SystemdRuntime(runner=FakeSystemctl()), Runtime)
+
+
+def test_start_stop_status_commands() -> None:
+    fake = FakeSystemctl({"show": (0, "4242\n", "")})
+    runtime = SystemdRuntime(runner=fake, command_timeout=12.0)
+    runtime.start(CATALOG["nginx"], CTX)
+    assert runtime.is_running("nginx")
+    assert runtime.main_pid("nginx") == 4242
+    runtime.stop("nginx", timeout=20.0)
+    assert [argv for argv, _ in fake.calls] == [
+        ["systemctl", "start", "nginx.service"],
+        ["systemctl", "is-active", "--quiet", "nginx.service"],
+        ["systemctl", "show", "-p", "MainPID", "--value", "nginx.service"],
+        ["systemctl", "stop", "nginx.service"],
+    ]
+    assert [timeout for _, timeout in fake.calls] == [12.0, 12.0, 12.0, 20.0]
+
+
+def test_main_pid_zero_means_none_and_inactive_means_not_running() -> None:
+    runtime = SystemdRuntime(
+        units={"memcached": "memcached.service"},
+        runner=FakeSystemctl({"show": (0, "0\n", ""), "is-active": (3, "", "")}),
+    )
+    assert runtime.main_pid("memcached") is None
+    assert not runtime.is_running("memcached")
+    assert runtime.running() == set()
+
+
+def test_known_units_are_used_after_an_agent_restart() -> None:
+    fake = FakeSystemctl()
+    units = {spec.name: spec.unit for spec in CATALOG if spec.unit}
+    runtime = SystemdRuntime(units=units, runner=fake)
+    runtime.stop_all()
+    assert sorted(argv[2] for argv, _ in fake.calls) == ["memcached.service", "nginx.service", "node-http.service"]
+    assert runtime.running() == {"memcached", "nginx", "node-http"}
+
+
+def test_failure_is_a_clear_error() -> None:
+    fake = FakeSystemctl({"start": (5, "", "Failed to start nginx.service: Unit nginx.service not found.\n")})
+    with pytest.raises(ServiceRuntimeError, match="nginx: 'systemctl start nginx.service' failed: .*not found"):
+        SystemdRuntime(runner=fake).start(CATALOG["nginx"], CTX)
+
+
+def test_timeout_and_missing_systemctl() -> None:
+    def hangs(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        raise subprocess.TimeoutExpired(list(argv), timeout)
+
+    with pytest.raises(ServiceRuntimeError, match="timed out after 3s"):
+        SystemdRuntime(runner=hangs, command_timeout=3).start(CATALOG["nginx"], CTX)
+    with pytest.raises(ServiceRuntimeError, match="cannot run"):
+        SystemdRuntime(systemctl="/nonexistent/systemctl").start(CATALOG["nginx"], CTX)
+
+
+def test_spec_without_unit_is_refused() -> None:
+    lab = load_catalog(packaged_catalog("lab"))
+    with pytest.raises(ServiceRuntimeError, match="no start.unit"):
+        SystemdRuntime(runner=FakeSystemctl()).start(lab["nginx"], CTX)
+
+
+def test_garbage_main_pid() -> None:
+    runtime = SystemdRuntime(runner=FakeSystemctl({"show": (0, "n/a\n", "")}))
+    with pytest.raises(ServiceRuntimeError, match="MainPID"):
+        runtime.main_pid("nginx")
