@@ -300,12 +300,11 @@ class Agent:
                 "raft.member_added" if not error else "raft.member_add_failed", joining=n, error=error))
             return
 
-    def node_liveness(self, now: float) -> dict[str, float]:
+    def node_liveness(self) -> dict[str, float]:
         """Seconds since each member last answered the leader (leader only)."""
         assert self.consensus is not None
-        responses = self.consensus.last_response_times()
         ids = self._addr_to_node_id()
-        ages = {ids.get(addr, addr): now - when for addr, when in responses.items()}
+        ages = {ids.get(addr, addr): age for addr, age in self.consensus.response_ages().items()}
         ages[self.node_id] = 0.0
         return ages
 
@@ -315,7 +314,7 @@ class Agent:
 
     def _liveness_tick(self, now: float) -> None:
         assert self.consensus is not None
-        ages = self.node_liveness(now)
+        ages = self.node_liveness()
         nodes = self.consensus.cluster.read(lambda s: {n: r.status for n, r in s.nodes.items()})
         for node_id, status in nodes.items():
             age = ages.get(node_id)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 _REAL_INET_NTOP = socket.inet_ntop
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
 from pysyncobj import tcp_connection  # noqa: E402
+from pysyncobj.monotonic import monotonic as raft_clock  # noqa: E402
 from pysyncobj.transport import TCPTransport  # noqa: E402
 
 # pysyncobj 0.3.17 (win_inet_pton.py) replaces socket.inet_ntop with a
@@ -192,12 +193,17 @@ class Consensus:
     def term(self) -> int:
         return int(self._syncobj.raftCurrentTerm)
 
-    def last_response_times(self) -> dict[str, float]:
-        """Leader only: monotonic time of each follower's last answer (pysyncobj internal)."""
+    def response_ages(self) -> dict[str, float]:
+        """Leader only: seconds since each follower last answered (pysyncobj internal).
+
+        Measured on pysyncobj's own clock (CLOCK_MONOTONIC_RAW), which can be
+        far from time.monotonic(): never mix timestamps of the two.
+        """
         for _ in range(3):
             try:
                 raw = dict(self._syncobj._SyncObj__lastResponseTime)
-                return {node.address: when for node, when in raw.items()}
+                now = raft_clock()
+                return {node.address: now - when for node, when in raw.items()}
             except RuntimeError:
                 continue  # changed under us by the tick thread; try again
         return {}

@@ -88,8 +88,8 @@ class ClusterState:
             now = op.get("now")
             if not isinstance(now, (int, float)) or isinstance(now, bool):
                 raise OpError("operation needs a numeric 'now'")
-            self.time = max(self.time, float(now))
             result = handler(self, op) or {}
+            self.time = max(self.time, float(now))  # only a valid op moves cluster time
             self.applied += 1
             return {"ok": True, **result}
         except OpError as exc:

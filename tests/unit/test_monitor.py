@@ -1,0 +1,157 @@
+"""The Service Monitor's decisions, on the pure replicated state (no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+import nodeos.placement  # noqa: F401  (registers the service ops)
+from nodeos.catalog import load_catalog, packaged_catalog
+from nodeos.monitor import decide
+from nodeos.node_services import desired_here
+from nodeos.state import ClusterState
+
+CATALOG = load_catalog(packaged_catalog("lab"))
+
+
+def apply(state: ClusterState, op: dict) -> dict:
+    result = state.apply(op)
+    assert result["ok"], result
+    return result
+
+
+@pytest.fixture
+def state() -> ClusterState:
+    s = ClusterState()
+    for i, node in enumerate(["a", "b", "c"]):
+        apply(s, {"op": "node_join", "now": 1.0, "node": node, "raft_addr": f"10.0.0.{i + 1}:7371", "ip": f"10.0.0.{i + 1}"})
+    apply(s, {"op": "catalog_set", "now": 1.0, "catalog": CATALOG.to_dict()})
+    return s
+
+
+def run_monitor(state: ClusterState, now: float, rounds: int = 1) -> list[dict]:
+    """Decide and apply, as the Monitor does (each op commits before the next pass)."""
+    all_ops = []
+    for _ in range(rounds):
+        ops = decide(state, CATALOG, now, "a")
+        for op in ops:
+            apply(state, op)
+        all_ops += ops
+    return all_ops
+
+
+def report(state: ClusterState, service: str, node: str, health: str, now: float) -> None:
+    record = state.services[service]
+    generation = record.instances[node].generation if node in record.instances else 0
+    apply(state, {"op": "report_health", "now": now, "service": service, "node": node, "state": health, "generation": generation})
+
+
+def test_singletons_are_spread_over_nodes(state):
+    ops = run_monitor(state, 2.0)
+    placed = {op["service"]: op["node"] for op in ops if op["op"] == "place"}
+    assert set(placed) == {"memcached", "nginx"}
+    assert placed["memcached"] != placed["nginx"]
+    assert run_monitor(state, 2.1) == []  # nothing more to do: decisions are idempotent
+
+
+def test_failure_restarts_in_place_with_exponential_backoff_then_migrates(state):
+    run_monitor(state, 2.0)
+    home = state.services["memcached"].node
+    now = 3.0
+    delays = []
+    for attempt in range(3):
+        report(state, "memcached", home, "failed", now)
+        ops = run_monitor(state, now)
+        assert [o["op"] for o in ops] == ["restart"] and ops[0]["node"] == home
+        delays.append(ops[0]["backoff_until"] - now)
+        if attempt < 2:  # failing again at once: no restart before the back-off deadline
+            report(state, "memcached", home, "failed", now + 0.01)
+            assert run_monitor(state, now + 0.01) == []
+        now = ops[0]["backoff_until"] + 0.01
+    assert delays == [0.5, 1.0, 2.0]
+    report(state, "memcached", home, "failed", now)
+    ops = run_monitor(state, now)
+    assert [o["op"] for o in ops] == ["migrate"] and ops[0]["to"] != home
+    assert "after 3 restarts" in ops[0]["reason"]
+    migration = state.services["memcached"].migration
+    assert migration["phase"] == "releasing"  # the source is alive: it must stop first
+
+
+def test_migration_waits_for_release_then_completes_on_health(state):
+    run_monitor(state, 2.0)
+    record = state.services["memcached"]
+    source = record.node
+    target = next(n for n in "abc" if n != source)
+    apply(state, {"op": "migrate", "now": 5.0, "service": "memcached", "to": target, "reason": "operator"})
+    assert not desired_here(state, CATALOG, target, fenced=False, running=set())["memcached"].run
+    assert desired_here(state, CATALOG, source, fenced=False, running={"memcached"})["memcached"].release_pending
+    assert run_monitor(state, 5.1) == []  # the source has not released yet
+    report(state, "memcached", source, "stopped", 5.2)
+    assert [o["op"] for o in run_monitor(state, 5.3)] == ["migration_released"]
+    assert desired_here(state, CATALOG, target, fenced=False, running=set())["memcached"].run
+    report(state, "memcached", target, "healthy", 6.0)
+    assert [o["op"] for o in run_monitor(state, 6.1)] == ["migration_done"]
+    assert state.services["memcached"].migration is None and state.services["memcached"].node == target
+
+
+def test_a_new_monitor_resumes_a_migration_from_the_state(state):
+    """Decisions depend only on the replicated state: another node's Monitor continues."""
+    run_monitor(state, 2.0)
+    source = state.services["memcached"].node
+    target = next(n for n in "abc" if n != source)
+    apply(state, {"op": "migrate", "now": 5.0, "service": "memcached", "to": target, "reason": "operator", "by": "a"})
+    report(state, "memcached", source, "stopped", 5.2)
+    copy = state.snapshot()  # what the next leader has in its log
+    ops = decide(copy, CATALOG, 5.3, "b")
+    assert [o["op"] for o in ops] == ["migration_released"] and ops[0]["by"] == "b"
+
+
+def test_lost_node_singletons_move_without_waiting_for_release(state):
+    run_monitor(state, 2.0)
+    home = state.services["memcached"].node
+    apply(state, {"op": "node_status", "now": 3.0, "node": home, "status": "lost"})
+    ops = [o for o in run_monitor(state, 3.1) if o["service"] == "memcached"]
+    assert ops[0]["op"] == "migrate" and ops[0]["source_released"] is True and ops[0]["to"] != home
+    assert state.services["memcached"].migration["phase"] == "starting"
+
+
+def test_fenced_node_runs_no_singleton_but_keeps_every_node_services(state):
+    run_monitor(state, 2.0)
+    home = state.services["memcached"].node
+    assert desired_here(state, CATALOG, home, fenced=False, running=set())["memcached"].run
+    fenced = desired_here(state, CATALOG, home, fenced=True, running=set())
+    assert not fenced["memcached"].run
+    assert fenced["node-http"].run
+
+
+def test_dependency_gates_the_first_start_only(state):
+    run_monitor(state, 2.0)
+    home = state.services["nginx"].node
+    want = desired_here(state, CATALOG, home, fenced=False, running=set())["nginx"]
+    assert not want.run and want.waiting_for == ["memcached"]
+    assert desired_here(state, CATALOG, home, fenced=False, running={"nginx"})["nginx"].run
+
+
+def test_restart_counter_resets_after_healthy_period(state):
+    run_monitor(state, 2.0)
+    home = state.services["memcached"].node
+    report(state, "memcached", home, "failed", 3.0)
+    run_monitor(state, 3.0)
+    report(state, "memcached", home, "healthy", 4.0)
+    assert run_monitor(state, 4.0 + 59) == []
+    ops = run_monitor(state, 4.0 + 61)
+    assert [o["op"] for o in ops] == ["reset_restarts"]
+    assert state.services["memcached"].instances[home].restarts == 0
+
+
+def test_every_node_service_restarts_per_node(state):
+    run_monitor(state, 2.0)
+    report(state, "node-http", "b", "unhealthy", 3.0)
+    ops = [o for o in run_monitor(state, 3.0) if o["service"] == "node-http"]
+    assert [(o["op"], o["node"]) for o in ops] == [("restart", "b")]
+
+
+def test_bad_catalog_op_changes_nothing(state):
+    before = state.to_dict()
+    result = state.apply({"op": "catalog_set", "now": 9.0, "catalog": {"version": 1, "services": {"x": {"placement": "nowhere"}}}})
+    assert result["ok"] is False and "invalid catalog" in result["error"]
+    assert state.to_dict() == before
