@@ -355,12 +355,17 @@ class Agent:
                 self.tick()
             except ConsensusError as exc:
                 log.event("agent.tick_failed", level="error", error=str(exc))
-            if watchdog and started - last_watchdog >= watchdog:
-                sdnotify.notify("WATCHDOG=1")  # only a loop that still turns feeds the watchdog
+            if watchdog and started - last_watchdog >= watchdog and self._converging(started):
+                # Only an agent whose loops still turn feeds the watchdog;
+                # systemd restarts a hung one (WatchdogSec in the unit).
+                sdnotify.notify("WATCHDOG=1")
                 last_watchdog = started
             self._stop.wait(max(0.0, TICK - (time.monotonic() - started)))
         self._shutdown()
         return 0
+
+    def _converging(self, now: float) -> bool:
+        return self.services is None or self.services.healthy(now)
 
     def stop(self, *_: Any) -> None:
         self._stop.set()

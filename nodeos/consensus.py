@@ -14,6 +14,7 @@ covered by tests/lab/test_raft_port.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -38,6 +39,9 @@ from .state import ClusterState
 PRE_AUTH_LIMIT = 4096
 MAX_FRAME = 16 * 1024 * 1024
 MAX_UNAUTHENTICATED_CONNECTIONS = 32
+# pysyncobj never msyncs its journal nor fsyncs its term/vote file; we do, this
+# often, to bound what a power cut can take (see README, limits).
+DISK_SYNC_INTERVAL = 0.2
 
 _drops_lock = threading.Lock()
 _drops: dict[str, int] = {"oversized_frame": 0, "pre_auth_overflow": 0, "too_many_connections": 0}
@@ -152,7 +156,11 @@ class Consensus:
         self.cluster = ReplicatedCluster()
         conf = make_conf(timing, state_dir, password, on_state_changed)
         others = [m for m in members if m != self_addr]
+        self._state_dir = state_dir
         self._syncobj = SyncObj(self_addr, others, conf, consumers=[self.cluster], transportClass=GuardedTransport)
+        self._stopping = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
+        self._syncer.start()
 
     # -- proposals ---------------------------------------------------------
     def submit(self, op: dict[str, Any], callback: Callable[[Any, Any], None] | None = None) -> None:
@@ -216,8 +224,35 @@ class Consensus:
                 continue
         return {}
 
+    def sync_to_disk(self) -> None:
+        """Make the Raft journal and the term/vote record durable up to now."""
+        journal = self._syncobj._SyncObj__raftLog
+        try:
+            journal.flush()  # msync of pysyncobj's mmapped journal
+        except (ValueError, OSError):
+            return  # remapped while growing; the next round flushes it
+        for path in (self._state_dir / "raft.journal.meta", self._state_dir):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_loop(self) -> None:
+        while not self._stopping.wait(DISK_SYNC_INTERVAL):
+            try:
+                self.sync_to_disk()
+            except OSError as exc:
+                log.event("raft.sync_failed", level="error", error=str(exc))
+
     def stop(self) -> None:
+        self._stopping.set()
         self._syncobj.destroy()
+        self._syncer.join(timeout=2)
+        self.sync_to_disk()
 
 
 def _ignore(result: Any, error: Any) -> None:

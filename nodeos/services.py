@@ -12,7 +12,7 @@ probes never delay the agent's consensus loop:
 
 from __future__ import annotations
 
-import socket
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import arp, log
-from .catalog import Catalog, CatalogError, load_catalog, packaged_catalog, parse_catalog
+from .catalog import Catalog, CatalogError, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog, parse_catalog
+from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node_services import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime
@@ -62,6 +63,7 @@ class ServicesLayer:
         self._probes: dict[str, tuple[float, Future | None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor-probe")
         self._lock = threading.Lock()
+        self.last_pass = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------
     def attach(self, consensus: "Consensus") -> None:
@@ -76,6 +78,10 @@ class ServicesLayer:
             self.node.stop_everything()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def healthy(self, now: float, limit: float = 30.0) -> bool:
+        """False when convergence is stuck (a hung check, runtime or netlink call)."""
+        return self.consensus is None or now - self.last_pass < limit
+
     def _submit(self, op: dict[str, Any], callback: Any = None) -> None:
         if self.consensus is not None:
             self.consensus.submit(op, callback)
@@ -85,6 +91,7 @@ class ServicesLayer:
             started = time.monotonic()
             try:
                 self.run_pass(started)
+                self.last_pass = time.monotonic()
             except Exception as exc:  # keep converging; one bad pass must not end the thread
                 log.event("services.pass_failed", level="error", error=repr(exc))
             self._stop.wait(max(0.0, PASS - (time.monotonic() - started)))
@@ -198,7 +205,7 @@ class ServicesLayer:
                 if record.probe.get("ok") != ok:
                     self._submit({"op": "probe", "now": time.time(), "service": spec.name, "ok": ok, "detail": detail})
             elif future is None and now - last >= PROBE_INTERVAL:
-                self._probes[spec.name] = (now, self._pool.submit(_tcp_probe, record.vip, spec.port))
+                self._probes[spec.name] = (now, self._pool.submit(_probe_through_vip, spec, record.vip))
 
     # -- operator API -----------------------------------------------------------------
     def status_view(self, state: ClusterState) -> list[dict[str, Any]]:
@@ -301,9 +308,14 @@ class ServicesLayer:
                            "reason": "operator request", "by": f"operator via {self.me}"})
 
 
-def _tcp_probe(ip: str, port: int, timeout: float = 0.5) -> tuple[bool, str]:
-    try:
-        with socket.create_connection((ip, port), timeout=timeout):
-            return True, "connected"
-    except OSError as exc:
-        return False, f"{ip}:{port}: {exc.strerror or exc}"
+def vip_probe_spec(spec: ServiceSpec) -> HealthCheckSpec:
+    """The service's own HTTP check if it has one, else a TCP connect to its port."""
+    for check in spec.health:
+        if check.type == "http":
+            return dataclasses.replace(check, timeout=min(check.timeout, 0.5))
+    return HealthCheckSpec(type="tcp", port=spec.port, timeout=0.5)
+
+
+def _probe_through_vip(spec: ServiceSpec, vip: str) -> tuple[bool, str]:
+    result = run_check(vip_probe_spec(spec), CheckTarget(host=vip))
+    return result.ok, result.detail

@@ -103,3 +103,23 @@ def test_importing_consensus_keeps_socket_inet_ntop_working():
     import nodeos.consensus  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET, b"\x0a\x4d\x00\xfe") == "10.77.0.254"
+
+
+def test_single_node_consensus_commits_and_syncs_its_journal(tmp_path):
+    """A real pysyncobj instance on loopback: ops commit, the journal reaches the disk."""
+    import socket
+
+    from nodeos.config import Timing
+    from nodeos.consensus import Consensus
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    consensus = Consensus(f"127.0.0.1:{port}", [f"127.0.0.1:{port}"], "secret-for-test", tmp_path, Timing())
+    try:
+        result = consensus.submit_sync({"op": "heartbeat", "now": 5.0, "leader": "solo"}, timeout=10)
+        assert result == {"ok": True, "seq": 1}
+        consensus.sync_to_disk()
+        assert (tmp_path / "raft.journal").stat().st_size > 0
+    finally:
+        consensus.stop()
