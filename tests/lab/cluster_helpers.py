@@ -35,7 +35,7 @@ def _namespaces() -> list[str]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nodeos.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "nodeos.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def status_json(lab: Lab, node: str) -> dict[str, Any]:
