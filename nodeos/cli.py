@@ -42,9 +42,13 @@ def agent_socket(args: argparse.Namespace) -> Path:
     if getattr(args, "socket", None):
         return Path(args.socket)
     if getattr(args, "lab_node", None):
-        from .lab import Lab
+        from .control import ControlError
+        from .lab import Lab, LabError
 
-        return Lab.load(args.lab).node_socket(args.lab_node)
+        try:
+            return Lab.load(args.lab).node_socket(args.lab_node)
+        except LabError as exc:
+            raise ControlError(str(exc)) from None
     return Path(args.state_dir) / "agent.sock"
 
 

@@ -327,6 +327,30 @@ class Lab:
         return {"formed": formed, "statuses": statuses, "summary": summary,
                 "leader": next(iter(leaders)) if len(leaders) == 1 else None}
 
+    def wait_services(self, timeout: float = 60.0, progress: Any = None) -> list[dict[str, Any]]:
+        """Wait until every catalog service is placed and healthy (as the first running node sees it)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            rows = self._services_view()
+            if rows and all(_fully_healthy(r["health"]) for r in rows):
+                return rows
+            summary = ", ".join(f"{r['name']}={r['health']}" for r in rows) or "no catalog applied yet"
+            if progress is not None and summary != last:
+                progress(summary)
+                last = summary
+            if time.monotonic() > deadline:
+                raise LabError(f"services not healthy after {timeout:.0f}s: {summary}")
+            time.sleep(0.2)
+
+    def _services_view(self) -> list[dict[str, Any]]:
+        for name in sorted(self.spec.nodes):
+            if self.spec.nodes[name].pid is not None:
+                status = self.node_status(name)
+                if status is not None:
+                    return status["services"]
+        return []
+
     def node_name_of(self, node_id: str) -> str | None:
         for name, node in self.spec.nodes.items():
             try:
@@ -339,6 +363,15 @@ class Lab:
     # -- teardown ----------------------------------------------------------------
     def down(self) -> None:
         destroy(self.spec.name)
+
+
+def _fully_healthy(health: str) -> bool:
+    """'healthy' for a singleton, 'healthy N/N' for an every-node service."""
+    if health == "healthy":
+        return True
+    word, _, counts = health.partition(" ")
+    done, _, total = counts.partition("/")
+    return word == "healthy" and done == total and done != "0"
 
 
 def destroy(name: str) -> list[str]:

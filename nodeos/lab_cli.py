@@ -22,12 +22,16 @@ def _up(args: argparse.Namespace) -> int:
         if args.no_wait:
             return 0
         view = lab.wait_formed(args.timeout, progress=_progress)
+        services = [] if args.no_services else lab.wait_services(args.timeout, progress=_progress)
     except LabError as exc:
         print(f"nodeos lab: {exc}", file=sys.stderr)
         print(f"  (logs: /run/nodeos-lab/{args.name}/nodes/*/agent.log; clean up with 'nodeos lab down --name {args.name}')", file=sys.stderr)
         return 1
     leader = view["leader"]
     print(f"lab {args.name}: formed, {args.nodes} members, leader {leader} ({lab.node_name_of(leader)})")
+    for row in services:
+        where = f"on {lab.node_name_of(row['node'])}, VIP {row['vip']}" if row["placement"] == "singleton" else "on every node"
+        print(f"  {row['name']}: {row['health']} {where}")
     print(f"  next: nodeos lab status --name {args.name} | nodeos status --lab-node n1 | nodeos lab down --name {args.name}")
     return 0
 

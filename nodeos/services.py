@@ -13,11 +13,12 @@ probes never delay the agent's consensus loop:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import arp, log
 from .catalog import Catalog, CatalogError, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog, parse_catalog
@@ -25,7 +26,7 @@ from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node_services import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime
-from .state import ClusterState
+from .state import ClusterState, ServiceRecord
 from .vip import VipManager, VipRangeError, candidate_vips, parse_vip_range
 
 if TYPE_CHECKING:
@@ -43,6 +44,24 @@ def resolve_catalog_path(setting: str | None) -> Path | None:
     if setting in ("lab", "default"):
         return packaged_catalog(setting)
     return Path(setting)
+
+
+class Refused(Exception):
+    """An operator request that cannot be carried out; becomes an HTTP error reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _refusals_as_replies(handler: Callable[..., tuple[int, Any]]) -> Callable[..., tuple[int, Any]]:
+    @functools.wraps(handler)
+    def wrapped(*args: Any) -> tuple[int, Any]:
+        try:
+            return handler(*args)
+        except Refused as refused:
+            return refused.code, {"error": str(refused)}
+    return wrapped
 
 
 class ServicesLayer:
@@ -264,17 +283,19 @@ class ServicesLayer:
             return 400, {"error": str(exc)}
         return self._sync({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"operator ({source})"})
 
-    def _state(self) -> ClusterState:
-        assert self.consensus is not None
-        return self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
-
-    def _post_restart(self, params: dict[str, Any]) -> tuple[int, Any]:
+    def _lookup(self, params: dict[str, Any]) -> tuple[ClusterState, ServiceRecord]:
+        """The state and the named service's record; Refused when there is none."""
         if self.consensus is None:
-            return 503, {"error": "this node is not a cluster member yet"}
-        state = self._state()
+            raise Refused(503, "this node is not a cluster member yet")
+        state = self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
         record = state.services.get(str(params.get("name")))
         if record is None:
-            return 404, {"error": f"no service {params.get('name')!r} (have: {', '.join(sorted(state.services)) or 'none'})"}
+            raise Refused(404, f"no service {params.get('name')!r} (have: {', '.join(sorted(state.services)) or 'none'})")
+        return state, record
+
+    @_refusals_as_replies
+    def _post_restart(self, params: dict[str, Any]) -> tuple[int, Any]:
+        state, record = self._lookup(params)
         nodes = [record.node] if record.placement == "singleton" else state.up_nodes()
         if not nodes or nodes == [None]:
             return 409, {"error": f"{record.name} is not placed on any node"}
@@ -285,13 +306,9 @@ class ServicesLayer:
                 return code, result
         return 200, {"ok": True, "service": record.name, "nodes": nodes}
 
+    @_refusals_as_replies
     def _post_move(self, params: dict[str, Any]) -> tuple[int, Any]:
-        if self.consensus is None:
-            return 503, {"error": "this node is not a cluster member yet"}
-        state = self._state()
-        record = state.services.get(str(params.get("name")))
-        if record is None:
-            return 404, {"error": f"no service {params.get('name')!r} (have: {', '.join(sorted(state.services)) or 'none'})"}
+        state, record = self._lookup(params)
         if record.placement != "singleton":
             return 409, {"error": f"{record.name} runs on every node; only singletons move"}
         wanted = params.get("to")

@@ -10,18 +10,26 @@ from pathlib import Path
 from .lab import Lab, LabError
 
 
-def service_host(lab: Lab, service: str) -> str:
-    """The lab node name whose agent runs `service` now (asks the nodes themselves)."""
+def service_hosts(lab: Lab, service: str) -> list[str]:
+    """Lab node names whose agents run `service` now (asks the nodes themselves)."""
     from .control import ControlError, request
 
+    hosts = []
     for name in sorted(lab.spec.nodes):
         try:
             code, local = request(lab.node_socket(name), "GET", "/local", timeout=1.0)
         except ControlError:
             continue
         if code == 200 and local["services"].get(service, {}).get("pid"):
-            return name
-    raise LabError(f"no node runs {service!r} right now")
+            hosts.append(name)
+    return hosts
+
+
+def service_host(lab: Lab, service: str) -> str:
+    hosts = service_hosts(lab, service)
+    if not hosts:
+        raise LabError(f"no node runs {service!r} right now")
+    return hosts[0]
 
 
 def kill_service(lab: Lab, service: str) -> str:

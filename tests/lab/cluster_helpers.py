@@ -175,15 +175,10 @@ def service_row(lab: Lab, node: str, service: str) -> dict[str, Any]:
 
 
 def host_of(lab: Lab, service: str) -> str | None:
-    """Lab node name whose agent runs `service` now (per the nodes' own /local)."""
-    running = []
-    for name in sorted(lab.spec.nodes):
-        try:
-            code, local = request(lab.node_socket(name), "GET", "/local", timeout=1.0)
-        except ControlError:
-            continue
-        if code == 200 and local["services"].get(service, {}).get("pid"):
-            running.append(name)
+    """Lab node name whose agent runs `service` now; fails if it runs on two."""
+    from nodeos.services_lab import service_hosts
+
+    running = service_hosts(lab, service)
     assert len(running) <= 1, f"{service} runs on {running}"
     return running[0] if running else None
 

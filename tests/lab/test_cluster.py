@@ -12,7 +12,7 @@ import pytest
 
 from nodeos.lab import Lab
 
-from .cluster_helpers import (agent_events, cli, is_root, lease, lease_holders, lease_intervals, new_lab,
+from .cluster_helpers import (cli, is_root, lease, lease_holders, lease_intervals, new_lab,
                               status_json, teardown, wait_until)
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(not is_root(), reason="needs root for namespaces")]
