@@ -72,8 +72,7 @@ class Agent:
         self.peers: dict[str, PeerView] = {}
         self._peer_ts: dict[str, float] = {}
         membership = load_membership(state_dir)
-        phase = "member" if membership else "waiting"
-        self.formation = FormationState(self.node_id, self.raft_addr, phase=phase, group=membership)
+        self.formation = FormationState(self.node_id, self.raft_addr, phase="member" if membership else "waiting", group=membership)
         self.consensus: Consensus | None = None
         self.lease = LeaseClock(t.lease)
         self.fence = FenceClock(t.fence_after)
@@ -296,8 +295,11 @@ class Agent:
                 continue
             self._join_in_flight = (join["addr"], now)
             log.event("raft.adding_member", joining=node_id, addr=join["addr"])
-            self.consensus.add_member(join["addr"], lambda result, error, n=node_id: log.event(
-                "raft.member_added" if not error else "raft.member_add_failed", joining=n, error=error))
+
+            def added(result: Any, error: Any, joining: str = node_id) -> None:
+                log.event("raft.member_added" if not error else "raft.member_add_failed", joining=joining, error=error)
+
+            self.consensus.add_member(join["addr"], added)
             return
 
     def node_liveness(self) -> dict[str, float]:

@@ -130,7 +130,10 @@ def _move(lab: Lab, to_name: str | None, away_from: str | None = None) -> None:
     if (to_name and host == to_name) or (away_from and host != away_from):
         return
     target = to_name or next(n for n in sorted(lab.spec.nodes) if n not in (host, away_from))
-    node_id = lab.node_status(target)["node_id"]
+    status = lab.node_status(target)
+    if status is None:
+        raise LabError(f"{target} does not answer")
+    node_id = status["node_id"]
     code, payload = request(lab.node_socket(target), "POST", "/service/move", {"name": "memcached", "to": node_id})
     if code != 200:
         raise LabError(f"could not move memcached: {payload}")
@@ -185,7 +188,7 @@ def bench_failover(rounds: int, faults: list[str]) -> dict[str, Any]:
         lab.wait_formed(timeout=60)
         if not wait_for(lambda: _healthy(lab, ""), 60, interval=0.2):
             raise LabError("services did not become healthy")
-        vip = next(r["vip"] for r in lab.node_status("n1")["services"] if r["name"] == "memcached")
+        vip = next(r["vip"] for r in lab.wait_services(60) if r["name"] == "memcached")
         prober = Prober(lab, vip)
         for fault in faults:
             detections, recoveries = [], []

@@ -35,7 +35,7 @@ class Interface:
 
     @property
     def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.ip_interface(f"{self.ip}/{self.prefixlen}").network
+        return ipaddress.IPv4Interface(f"{self.ip}/{self.prefixlen}").network
 
 
 def detect_interface(wanted: str | None) -> Interface:

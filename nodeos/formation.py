@@ -193,22 +193,20 @@ def _step_offering(state: FormationState, live: dict[str, PeerView], now: float,
     offer = state.offer
     assert offer is not None
     others = offer.node_ids() - {state.node_id}
-    all_accepted = all(
-        n in live and live[n].phase == "accepted" and live[n].offer is not None and live[n].offer.offer_id == offer.offer_id
-        for n in others
-    )
+    all_accepted = all(n in live and live[n].phase == "accepted" and _offer_id(live[n]) == offer.offer_id for n in others)
     young = now - state.offer_started < params.offer_timeout / 2
     if all_accepted and young and existing is None:
         return _commit(state, Group(offer.offer_id, offer.members), "formation.committed")
-    bound_elsewhere = any(
-        n in live and live[n].phase in ("accepted", "member") and (live[n].offer is None or live[n].offer.offer_id != offer.offer_id)
-        for n in others
-    )
+    bound_elsewhere = any(n in live and live[n].phase in ("accepted", "member") and _offer_id(live[n]) != offer.offer_id for n in others)
     if not young or bound_elsewhere or existing is not None:
         reason = "expired" if not young else ("group exists" if existing is not None else "member bound elsewhere")
         waiting = replace(state, phase="waiting", offer=None, view=frozenset(), view_since=now)
         return Decision(waiting, note="formation.abandoned", extra={"offer": offer.offer_id, "reason": reason})
     return Decision(state)
+
+
+def _offer_id(peer: PeerView) -> str | None:
+    return peer.offer.offer_id if peer.offer is not None else None
 
 
 def _step_accepted(state: FormationState, live: dict[str, PeerView], now: float, params: FormationParams) -> Decision:

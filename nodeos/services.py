@@ -312,6 +312,7 @@ class ServicesLayer:
         if record.placement != "singleton":
             return 409, {"error": f"{record.name} runs on every node; only singletons move"}
         wanted = params.get("to")
+        target: str | None
         if wanted:
             matches = [n for n in state.up_nodes() if n.startswith(str(wanted))]
             if len(matches) != 1:
