@@ -111,6 +111,10 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: timing.raft_max_timeout must exceed raft_min_timeout")
     if t.lease <= 2 * t.heartbeat_interval:
         raise ConfigError(f"{where}: timing.lease must exceed 2 x heartbeat_interval")
+    if t.fence_after <= 2 * t.heartbeat_interval:
+        raise ConfigError(f"{where}: timing.fence_after must exceed 2 x heartbeat_interval (or nodes fence themselves in normal operation)")
+    if t.fence_margin <= 0:
+        raise ConfigError(f"{where}: timing.fence_margin must be > 0: the Monitor must wait longer than a node's fence lease")
 
 
 def load_config(path: Path | None) -> NodeConfig:

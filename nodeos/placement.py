@@ -163,7 +163,16 @@ def _op_report_health(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]
     record.health[node] = {"state": health, "since": op["now"], "generation": generation, "detail": detail, "seq": state.applied}
     if previous != health and health in ("unhealthy", "failed"):
         state.add_event(op["now"], f"service.{health}", service=record.name, node=node, detail=detail)
+    elif health == "healthy" and previous in ("unhealthy", "failed", "starting") and _recovering(record, node):
+        state.add_event(op["now"], "service.recovered", service=record.name, node=node, outcome="ok",
+                        detail=f"generation {generation}")
     return {}
+
+
+def _recovering(record: ServiceRecord, node: str) -> bool:
+    """Healthy after a restart or a move (not the first start of a fresh service)."""
+    instance = record.instances.get(node)
+    return bool(instance and (instance.generation > 0 or instance.restarts > 0)) or record.migration is not None
 
 
 @register("probe")

@@ -21,6 +21,8 @@ def test_defaults_need_no_file(tmp_path):
     ({"runtime": "docker"}, "runtime must be"),
     ({"timing": {"lease": 0.1}}, "timing.lease must exceed"),
     ({"timing": {"leese": 1}}, "timing: unknown field 'leese'"),
+    ({"timing": {"fence_margin": 0.0}}, "fence_margin must be > 0"),
+    ({"timing": {"fence_after": 0.15}}, "fence_after must exceed"),
     ([1, 2], "expected a mapping"),
 ])
 def test_config_errors_name_the_field(data, message):

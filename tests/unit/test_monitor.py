@@ -68,6 +68,8 @@ def test_failure_restarts_in_place_with_exponential_backoff_then_migrates(state)
             assert run_monitor(state, now + 0.01) == []
         now = ops[0]["backoff_until"] + 0.01
     assert delays == [0.5, 1.0, 2.0]
+    report(state, "memcached", home, "healthy", now - 0.005)
+    assert state.events[-1]["kind"] == "service.recovered" and state.events[-1]["outcome"] == "ok"
     report(state, "memcached", home, "failed", now)
     ops = run_monitor(state, now)
     assert [o["op"] for o in ops] == ["migrate"] and ops[0]["to"] != home
