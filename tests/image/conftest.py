@@ -1,0 +1,271 @@
+"""Fixtures of the image tests: one minimal image per session, a virtual LAN, VMs.
+
+Everything a test creates is removed by finalizers, also on failure: QEMU
+processes (by PID), tap devices, the bridge, dnsmasq and the HTTP server (by
+PID), overlays. Serial console logs of every VM (and dnsmasq's log) are copied
+to artifacts/image/<test>/ when a test fails.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socketserver
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from nodeos.image.qemu import VM, mac_for, make_overlay, probe_accel
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts" / "image"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """test_image_*.py build and boot images: marker `image`. The other modules
+    here (manifest validation, disk layout helpers, installer) are quick."""
+    here = Path(__file__).parent
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent == here and path.name.startswith("test_image_"):
+            item.add_marker(pytest.mark.image)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    node = request.node
+    return any(getattr(getattr(node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("image tests need root (debootstrap, bridges, taps)")
+    for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4", "sfdisk", "mksquashfs"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (run scripts/setup.sh)")
+
+
+# ------------------------------------------------------------------ the image
+
+
+@dataclass
+class BuiltImage:
+    output: Path
+    info: dict[str, Any]
+    seconds: float
+
+    @property
+    def raw(self) -> Path:
+        return self.output / f"nodeos-{self.info['name']}.raw"
+
+    @property
+    def qcow2(self) -> Path:
+        return self.output / f"nodeos-{self.info['name']}.qcow2"
+
+    @property
+    def pxe(self) -> Path:
+        return self.output / "pxe"
+
+
+@pytest.fixture(scope="session")
+def minimal_image() -> BuiltImage:
+    """Build images/minimal.yaml once per session (DIB caches make rebuilds quick).
+
+    NODEOS_IMAGE_TEST_REUSE=1 reuses an existing build whose recorded inputs
+    (elements, manifest, nodeos sources) are unchanged, to iterate on tests.
+    """
+    need_root()
+    from nodeos.image.build import BuildError, BuildOptions, build, sha256_file, tree_digest
+    from nodeos.image.manifest import ELEMENTS_DIR, load_manifest
+
+    output = REPO / "images" / "build" / "minimal"
+    if os.environ.get("NODEOS_IMAGE_TEST_REUSE") == "1" and (output / "manifest.json").exists():
+        info = json.loads((output / "manifest.json").read_text())
+        manifest = load_manifest("minimal")
+        same = (info["inputs"]["manifest_sha256"] == sha256_file(manifest.path)
+                and info["inputs"]["elements_sha256"] == tree_digest(
+                    [ELEMENTS_DIR / e for e in manifest.elements], REPO)
+                and info["inputs"]["nodeos_source_sha256"] == tree_digest(
+                    [REPO / "nodeos", REPO / "pyproject.toml"], REPO))
+        if same:
+            return BuiltImage(output, info, 0.0)
+    start = time.monotonic()
+    try:
+        result = build(BuildOptions(manifest="minimal", output=output))
+    except BuildError as exc:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        if (output / "build.log").exists():
+            shutil.copy2(output / "build.log", ARTIFACTS / "build-minimal.log")
+        pytest.fail(f"building the minimal image failed: {exc}")
+    return BuiltImage(output, result.info, time.monotonic() - start)
+
+
+# ------------------------------------------------------------------ the LAN
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class _HTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class Lan:
+    """A Linux bridge with a host address, dnsmasq (DHCP, static lease per MAC,
+    iPXE boot script) bound to it only, and an HTTP server for the PXE set."""
+
+    name: str
+    subnet: str  # "10.213.N"
+    workdir: Path
+    http_root: Path | None = None
+    taps: list[str] = field(default_factory=list)
+    dnsmasq: subprocess.Popen[bytes] | None = None
+    httpd: _HTTPServer | None = None
+
+    @property
+    def host_ip(self) -> str:
+        return f"{self.subnet}.1"
+
+    def vm_ip(self, index: int) -> str:
+        return f"{self.subnet}.{10 + index}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host_ip}:8080"
+
+    def up(self, vm_count: int, dhcp: bool = True) -> None:
+        _ip("link", "add", self.name, "type", "bridge")
+        Path(f"/sys/class/net/{self.name}/bridge/multicast_snooping").write_text("0\n")
+        _ip("addr", "add", f"{self.host_ip}/24", "dev", self.name)
+        _ip("link", "set", self.name, "up")
+        if not dhcp:
+            return
+        leases = self.workdir / "dnsmasq.leases"
+        args = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", f"--interface={self.name}",
+                "--bind-interfaces", "--except-interface=lo", "--port=0", "--no-resolv", "--no-hosts",
+                f"--dhcp-range={self.subnet}.100,{self.subnet}.150,255.255.255.0,12h",
+                "--dhcp-option=3", "--dhcp-option=6",  # no router, no DNS: nothing leaves the bridge
+                f"--dhcp-leasefile={leases}", "--dhcp-authoritative", "--log-dhcp",
+                f"--log-facility={self.workdir / 'dnsmasq.log'}", f"--pid-file={self.workdir / 'dnsmasq.pid'}",
+                "--dhcp-userclass=set:ipxe,iPXE", f"--dhcp-boot=tag:ipxe,{self.http_url}/boot.ipxe"]
+        for i in range(vm_count):
+            args.append(f"--dhcp-host={mac_for(i)},{self.vm_ip(i)},vm{i}")
+        self.dnsmasq = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "dnsmasq.err", "wb"),
+                                        start_new_session=True)
+        time.sleep(0.5)
+        if self.dnsmasq.poll() is not None:
+            raise RuntimeError(f"dnsmasq failed: {(self.workdir / 'dnsmasq.err').read_text()}")
+        if self.http_root is not None:
+            root = str(self.http_root)
+
+            def handler(*a: Any, **kw: Any) -> _QuietHandler:
+                return _QuietHandler(*a, directory=root, **kw)
+
+            self.httpd = _HTTPServer((self.host_ip, 8080), handler)
+            threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def tap(self, index: int) -> str:
+        name = f"{self.name}t{index}"
+        _ip("tuntap", "add", "dev", name, "mode", "tap")
+        self.taps.append(name)
+        _ip("link", "set", name, "master", self.name)
+        _ip("link", "set", name, "up")
+        return name
+
+    def down(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        if self.dnsmasq is not None and self.dnsmasq.poll() is None:
+            self.dnsmasq.terminate()
+            try:
+                self.dnsmasq.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.dnsmasq.kill()
+                self.dnsmasq.wait(timeout=10)
+        for tap in self.taps:
+            _ip("link", "del", tap, check=False)
+        _ip("link", "del", self.name, check=False)
+
+
+@pytest.fixture
+def artifacts_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """Per-test work dir; copied to artifacts/image/<test>/ if the test fails."""
+    work = tmp_path / "work"
+    work.mkdir()
+    yield work
+    if _failed(request):
+        dest = ARTIFACTS / request.node.name
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in work.iterdir():
+            if path.is_file() and path.suffix in (".log", ".cmdline", ".json", ".leases", ".err", ".txt"):
+                shutil.copy2(path, dest / path.name)
+    # Disk overlays and firmware variables are large and useless afterwards.
+    for path in work.iterdir():
+        if path.suffix in (".qcow2", ".fd"):
+            path.unlink(missing_ok=True)
+
+
+def make_lan(workdir: Path, vm_count: int, http_root: Path | None = None, dhcp: bool = True) -> Lan:
+    need_root()
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("dnsmasq not installed (run scripts/setup.sh)")
+    n = 100 + os.getpid() % 100
+    lan = Lan(name=f"nimg{os.getpid() % 10000}", subnet=f"10.213.{n}", workdir=workdir, http_root=http_root)
+    try:
+        lan.up(vm_count, dhcp=dhcp)
+    except BaseException:
+        lan.down()
+        raise
+    return lan
+
+
+@pytest.fixture
+def vms(artifacts_dir: Path) -> Iterator[list[VM]]:
+    """A list the test appends its VMs to; every one is killed at the end."""
+    started: list[VM] = []
+    yield started
+    for vm in started:
+        vm.kill()
+
+
+def status(ip: str, port: int = 7372, timeout: float = 3.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{port}/status", timeout=timeout) as resp:
+            return json.loads(resp.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def http_get(url: str, timeout: float = 3.0) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["BuiltImage", "Lan", "VM", "make_lan", "make_overlay", "mac_for", "probe_accel", "status", "http_get"]

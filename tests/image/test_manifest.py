@@ -1,0 +1,143 @@
+"""Quick checks of the image pipeline's pure parts: manifests, config/firewall
+rendering, disk layout and boot loader patching. No root, no network."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nodeos.image import disk as diskmod
+from nodeos.image.build import _apt_sources, detect_mirrors, firewall_env, render_config
+from nodeos.image.manifest import IMAGES_DIR, ManifestError, load_manifest, parse_size
+
+
+def _write(tmp_path: Path, data: dict, name: str = "m.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((IMAGES_DIR / "minimal.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["minimal", "cloud"])
+def test_shipped_manifests_validate(name: str) -> None:
+    manifest = load_manifest(name)
+    assert manifest.name == name
+    assert {"nodeos-base", "nodeos-agent", "nodeos-identity", "nodeos-hardening"} <= set(manifest.elements)
+    if name == "cloud":
+        assert {"nodeos-ceph", "nodeos-openstack"} <= set(manifest.elements)
+
+
+def test_default_manifest_is_cloud() -> None:
+    assert load_manifest(None).name == "cloud"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"colour": "blue"}, "colour: unknown field"),
+    ({"name": "Bad Name"}, "name:"),
+    ({"elements": ["nodeos-base", "nodeos-agent"]}, "elements: must include nodeos-identity"),
+    ({"elements": ["nodeos-base", "nodeos-agent", "nodeos-identity", "nodeos-nope"]}, "elements[3]: no element"),
+    ({"elements": ["nodeos-base", "nodeos-agent", "nodeos-identity", "vm"]}, "elements: 'vm' is not supported"),
+    ({"disk": {"size": "8 parsecs"}}, "disk.size: expected 'auto'"),
+    ({"disk": {"size": "100MiB"}}, "disk.size: must be at least"),
+    ({"disk": {"bios": "yes"}}, "disk.bios: must be true or false"),
+    ({"firewall": {"tcp": [70000]}}, "firewall.tcp[0]:"),
+    ({"firewall": {"icmp": [1]}}, "firewall.icmp: unknown field"),
+    ({"config": {"bootstrap_expect": "three"}}, "field 'bootstrap_expect' must be int"),
+    ({"config": {"colour": 1}}, "unknown field 'colour'"),
+    ({"outputs": ["iso"]}, "outputs[0]: must be one of"),
+    ({"service_packages": ["Not A Package"]}, "service_packages[0]:"),
+    ({"catalog": "nonexistent-catalog"}, "catalog: no catalog file"),
+    ({"ssh_authorized_keys": ["hunter2"]}, "ssh_authorized_keys[0]:"),
+])
+def test_errors_name_file_and_field(tmp_path: Path, change: dict, field: str) -> None:
+    data = _base()
+    data.update(change)
+    path = _write(tmp_path, data)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(path) in str(info.value)
+    assert field in str(info.value)
+
+
+def test_pxe_output_needs_netboot(tmp_path: Path) -> None:
+    data = _base()
+    data["elements"] = [e for e in data["elements"] if e != "nodeos-netboot"]
+    with pytest.raises(ManifestError, match="outputs: the 'pxe' output needs the nodeos-netboot element"):
+        load_manifest(_write(tmp_path, data))
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(path)
+
+
+def test_sizes() -> None:
+    assert parse_size("8GiB") == 8 * 1024**3
+    assert parse_size("1.5G") == int(1.5 * 1024**3)
+    assert parse_size("500MB") == 500 * 1000**2
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_config_and_firewall_rendering() -> None:
+    manifest = load_manifest("minimal")
+    config = yaml.safe_load(render_config(manifest))
+    assert config["catalog"] == "/etc/nodeos/catalog.yaml"
+    assert config["runtime"] == "systemd"
+    env = dict(line.split("=", 1) for line in firewall_env(manifest).splitlines())
+    tcp = env["NODEOS_FW_TCP"].strip('"').split()
+    # SSH, Raft, status + the catalog's service ports (nginx 80, node-http 8080, memcached 11211).
+    assert {"22", "7371", "7372", "80", "8080", "11211"} <= set(tcp)
+    assert env["NODEOS_FW_UDP"].strip('"').split() == ["7370"]
+    assert env["NODEOS_FW_MCAST_GROUP"] == '"239.192.73.70"'
+    cloud = dict(line.split("=", 1) for line in firewall_env(load_manifest("cloud")).splitlines())
+    assert "6800-7300" in cloud["NODEOS_FW_TCP"]
+
+
+def test_mirror_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODEOS_DEBIAN_MIRROR", "http://mirror.example/debian")
+    monkeypatch.delenv("NODEOS_DEBIAN_SECURITY_MIRROR", raising=False)
+    monkeypatch.delenv("DIB_DEBIAN_SECURITY_MIRROR", raising=False)
+    main, security = detect_mirrors()
+    assert main == "http://mirror.example/debian"
+    found = _apt_sources()[1]
+    assert security == (found or "http://mirror.example/debian-security")
+
+
+def test_layout_and_boot_config() -> None:
+    layout = diskmod.plan_layout(900 * diskmod.MiB, None)
+    assert layout.bios_start == diskmod.MiB and layout.esp_start == 2 * diskmod.MiB
+    assert layout.root_start == layout.esp_start + layout.esp_size
+    assert layout.root_size >= 900 * diskmod.MiB * 1.25
+    assert layout.root_start + layout.root_size + diskmod.MiB == layout.total
+    with pytest.raises(diskmod.DiskError):
+        diskmod.plan_layout(900 * diskmod.MiB, 600 * diskmod.MiB)
+    cfg = diskmod.grub_cfg("1234-uuid")
+    assert "root=UUID=1234-uuid" in cfg and "console=ttyS0,115200n8" in cfg
+    assert "search --no-floppy --fs-uuid --set=root 1234-uuid" in diskmod.embedded_cfg("1234-uuid")
+
+
+@pytest.mark.skipif(not (diskmod.GRUB_PC_DIR / "boot.img").exists(), reason="grub-pc-bin not installed")
+def test_bios_boot_patching(tmp_path: Path) -> None:
+    """boot.img points at core.img; core.img's blocklist at its own remaining sectors."""
+    layout = diskmod.plan_layout(100 * diskmod.MiB, None)
+    _, core = diskmod.make_grub_images(tmp_path, "1234-uuid", bios=True)
+    assert core is not None
+    image = tmp_path / "disk.raw"
+    diskmod.partition(image, layout, "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000")
+    table_before = image.read_bytes()[440:512]
+    diskmod.install_bios_boot(image, core, layout)
+    data = image.read_bytes()
+    assert data[440:512] == table_before  # protective MBR partition table untouched
+    assert struct.unpack_from("<Q", data, 0x5C)[0] == layout.bios_start // 512
+    start, length, segment = struct.unpack_from("<QHH", data, layout.bios_start + 500)
+    assert start == layout.bios_start // 512 + 1
+    assert length == (core.stat().st_size + 511) // 512 - 1 and segment == 0x820
