@@ -20,6 +20,7 @@ import secrets
 import signal
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import psutil
 from . import log, sdnotify
 from .beacon import BeaconCodec, Message
 from .config import NodeConfig
-from .consensus import Consensus, ConsensusError, dropped_connections
+from .consensus import Consensus, dropped_connections
 from .discovery import Discovery, detect_interface
 from .formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
 from .identity import ClusterIdentity, load_or_create_node_id, write_private
@@ -148,8 +149,11 @@ class Agent:
 
     def _beacon_tick(self, now: float) -> None:
         if self._beacon_due or now - self._last_beacon >= self.config.timing.beacon_interval:
-            self.discovery.send_beacon(self._beacon_body())
             self._last_beacon, self._beacon_due = now, False
+            try:
+                self.discovery.send_beacon(self._beacon_body())
+            except ValueError as exc:  # e.g. a group too large for one datagram
+                log.event("discovery.beacon_unsendable", level="error", error=str(exc))
 
     # -- formation -----------------------------------------------------------
     def _formation_tick(self, now: float) -> None:
@@ -355,8 +359,9 @@ class Agent:
             started = time.monotonic()
             try:
                 self.tick()
-            except ConsensusError as exc:
-                log.event("agent.tick_failed", level="error", error=str(exc))
+            except Exception as exc:  # keep the node's loop alive; the watchdog catches hangs, not errors
+                log.event("agent.tick_failed", level="error", error=repr(exc), trace=traceback.format_exc(limit=5))
+                self._stop.wait(0.5)
             if watchdog and started - last_watchdog >= watchdog and self._converging(started):
                 # Only an agent whose loops still turn feeds the watchdog;
                 # systemd restarts a hung one (WatchdogSec in the unit).

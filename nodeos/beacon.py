@@ -24,7 +24,9 @@ MAGIC = b"NOS1"
 CLUSTER_ID_LEN = 16
 TAG_LEN = 32
 HEADER_LEN = len(MAGIC) + CLUSTER_ID_LEN + TAG_LEN
-MAX_DATAGRAM = 1400  # one Ethernet frame; larger datagrams are refused unread
+# A member beacon lists the group (~40 bytes a member): 8 KiB covers ~200
+# nodes; larger datagrams are refused unread.
+MAX_DATAGRAM = 8192
 KINDS = ("beacon", "join")
 
 

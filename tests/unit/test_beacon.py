@@ -87,3 +87,12 @@ def test_encoder_refuses_oversized_body():
 def test_header_length_is_what_the_wire_format_says():
     data = codec().encode("beacon", "n", {}, 1000.0, "n1")
     assert data[HEADER_LEN:].startswith(b"{")
+
+
+def test_a_member_beacon_of_a_large_rack_fits():
+    from nodeos.formation import Group, Member
+
+    group = Group("g1", tuple(Member(f"{i:012x}", f"10.0.{i // 250}.{i % 250 + 1}:7371") for i in range(150)))
+    body = {"phase": "member", "addr": "10.0.0.1:7371", "ip": "10.0.0.1", "group": group.to_wire()}
+    data = codec().encode("beacon", "node1", body, 1000.0, "n1")
+    assert Group.from_wire(codec().decode(data, 1000.0).body["group"]) == group
