@@ -32,9 +32,12 @@ def memcached_answers(lab: Lab, vip: str) -> bool:
 
 
 def kill(lab: Lab, service: str) -> str:
-    result = cli("lab", "fault", "kill-service", service, "--name", lab.spec.name)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    """SIGKILL the service's process, once some node runs it (it may be restarting)."""
+    def attempt() -> str | None:
+        result = cli("lab", "fault", "kill-service", service, "--name", lab.spec.name)
+        return result.stdout if result.returncode == 0 else None
+
+    return wait_until(attempt, 20, f"a running {service} to kill", interval=0.1)
 
 
 def test_killed_service_restarts_in_place_and_vip_keeps_answering(lab):
@@ -48,7 +51,8 @@ def test_killed_service_restarts_in_place_and_vip_keeps_answering(lab):
     wait_until(lambda: memcached_answers(lab, vip), 20, "memcached answering through its VIP again")
     row = service_row(lab, "n1", "memcached")
     assert row["node"] == node and host_of(lab, "memcached") == host  # same node
-    assert in_client(lab, "who_has", vip, "0.3") == [node_mac(lab, host)]
+    wanted = [node_mac(lab, host)]
+    wait_until(lambda: in_client(lab, "who_has", vip, "0.3") == wanted, 10, f"ARP for {vip} answered by {host} only")
     events = cli("events", "--json", "--lab-node", "n1", "--lab", lab.spec.name).stdout
     restart = [json.loads(line) for line in events.splitlines() if '"service.restart"' in line]
     assert restart and restart[0]["service"] == "memcached" and restart[0]["reason"].startswith("failed")
@@ -57,22 +61,23 @@ def test_killed_service_restarts_in_place_and_vip_keeps_answering(lab):
 def test_service_that_keeps_failing_migrates_with_its_vip(lab):
     lab.wait_formed(timeout=60)
     rows = wait_services_healthy(lab)
-    vip = rows["memcached"]["vip"]
+    vip, first_node = rows["memcached"]["vip"], rows["memcached"]["node"]
     first_host = host_of(lab, "memcached")
-    for attempt in range(4):  # max_restarts is 3: the 4th failure moves it
-        wait_until(lambda: host_of(lab, "memcached"), 30, "memcached running")
-        if host_of(lab, "memcached") != first_host:
+    for _ in range(6):  # max_restarts is 3: the 4th failure moves it (spare kills for slow reactions)
+        row = service_row(lab, "n1", "memcached")
+        if row["node"] != first_node:
             break
-        generation = service_row(lab, "n1", "memcached")["generation"]
+        wait_until(lambda: host_of(lab, "memcached") == first_host, 30, "memcached running on its first node")
         kill(lab, "memcached")
-        wait_until(lambda: service_row(lab, "n1", "memcached")["generation"] > generation
-                   or service_row(lab, "n1", "memcached")["node"] != rows["memcached"]["node"], 30, "the Monitor to react")
+        wait_until(lambda: (r := service_row(lab, "n1", "memcached"))["generation"] > row["generation"] or r["node"] != first_node,
+                   30, "the Monitor to restart or move memcached")
     new_host = wait_until(lambda: (h := host_of(lab, "memcached")) and h != first_host and h, 30, "memcached on another node")
     wait_until(lambda: memcached_answers(lab, vip), 20, "the VIP answering from the new node")
-    assert in_client(lab, "who_has", vip, "0.3") == [node_mac(lab, new_host)]
+    wanted = [node_mac(lab, new_host)]
+    wait_until(lambda: in_client(lab, "who_has", vip, "0.3") == wanted, 10, f"ARP for {vip} answered by {new_host} only")
     assert service_row(lab, "n1", "memcached")["vip"] == vip  # the VIP never changes
     events = cli("events", "--lab-node", "n1", "--lab", lab.spec.name).stdout
-    assert "service.migrating" in events and "after 3 restarts" in events
+    assert "service.migrating" in events and "after 3 restarts" in events, events
 
 
 def test_crashed_node_singletons_move_and_vips_answer_from_another_mac(lab):
