@@ -7,7 +7,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,13 +52,13 @@ def lease(lab: Lab, node: str) -> bool | None:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """bench.wait_for, failing the test with `what` on time-out."""
+    from nodeos.bench import wait_for
+
+    value = wait_for(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 def lease_holders(lab: Lab, nodes: list[str]) -> list[str]:
