@@ -21,22 +21,29 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
 from . import log, sdnotify
 from .beacon import BeaconCodec, Message
 from .config import NodeConfig
-from .consensus import Consensus, dropped_connections
+from .consensus import Consensus, ConsensusError, dropped_connections
 from .discovery import Discovery, detect_interface
 from .formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
-from .identity import ClusterIdentity, load_or_create_node_id, write_private
+from .guard import SOCKET_NAME as GUARD_SOCKET
+from .guardian import Guardian
+from .identity import (ClusterIdentity, clone_ambiguous, clone_refusal, clone_verdict, clone_warning, load_or_create_node_id,
+                       write_private)
 from .lease import FenceClock, LeaseClock
+from .realtime import set_realtime
 
 TICK = 0.02
 STATUS_SCHEMA = 1
+AGENT_PRIORITY = 10  # SCHED_RR, below the guard's (realtime.py says why)
+LAG_WINDOW = 3000  # loop-lag samples kept (one per tick: about a minute)
 
 
 def load_membership(state_dir: Path) -> Group | None:
@@ -78,10 +85,12 @@ class Agent:
         self.lease = LeaseClock(t.lease)
         self.fence = FenceClock(t.fence_after)
         self._lease_lock = threading.Lock()
+        self.guardian = Guardian(state_dir / GUARD_SOCKET, self.grant_until)
+        self.loop_lags: deque[float] = deque(maxlen=LAG_WINDOW)
+        self.control_counters: Callable[[], dict[str, Any]] = dict  # the control server's, once it runs
         self._was_leader = False
         self._may_act = False
         self._last_heartbeat = 0.0
-        self._last_seq: int | None = None
         self._last_beacon = 0.0
         self._beacon_due = True
         self._last_registration = 0.0
@@ -97,6 +106,9 @@ class Agent:
 
     # -- discovery input (receiver thread) -------------------------------
     def _on_message(self, message: Message, src_ip: str) -> None:
+        if message.node_id == self.node_id:  # Discovery passes our id only from another address
+            self._on_own_id_elsewhere(message, src_ip)
+            return
         if message.kind == "join":
             self._on_join_request(message, src_ip)
             return
@@ -107,6 +119,8 @@ class Agent:
         offer = Offer.from_wire(body["offer"]) if body.get("offer") else None
         group = Group.from_wire(body["group"]) if body.get("group") else None
         addr = str(body["addr"])
+        if self._lists_my_id_elsewhere(offer, group) or self._second_address(message.node_id, addr, phase):
+            return  # never let formation act on a view that has a cloned id in it
         with self._lock:
             if message.ts <= self._peer_ts.get(message.node_id, float("-inf")):
                 return  # reordered: keep the newest view of each peer
@@ -179,11 +193,18 @@ class Agent:
             self.discovery.send_join({"addr": self.raft_addr}, member.addr.split(":")[0])
 
     def _start_consensus(self) -> None:
+        if self.fatal is not None:
+            return
         group = self.formation.group
         assert group is not None
         members = [m.addr for m in group.members]
-        self.consensus = Consensus(self.raft_addr, members, self.identity.raft_password, self.state_dir,
-                                   self.config.timing, self._on_raft_state_changed)
+        try:
+            self.consensus = Consensus(self.raft_addr, members, self.identity.raft_password, self.state_dir,
+                                       self.config.timing, self._on_raft_state_changed, self._on_follower_heartbeat,
+                                       on_failed=self._fail)
+        except ConsensusError as exc:  # e.g. a damaged journal: trying again every tick cannot help
+            self._fail(str(exc), event="raft.start_failed")
+            return
         log.event("raft.started", group=group.group_id, members=members)
         if self.services is not None:
             self.services.attach(self.consensus)
@@ -207,15 +228,6 @@ class Agent:
             may_act = self.lease.may_act(now)
         if leader and now - self._last_heartbeat >= self.config.timing.heartbeat_interval:
             self._propose_heartbeat(now)
-        seq = self.consensus.cluster.read(lambda s: s.heartbeat_seq)
-        if seq != self._last_seq:
-            # A new committed heartbeat from a leader we follow is evidence of a
-            # quorum-backed leader; the replay of our own journal after a restart
-            # (no leader known yet) is not.
-            if self._last_seq is not None and not leader and self.consensus.leader_addr() is not None:
-                with self._lease_lock:
-                    self.fence.evidence(now)
-            self._last_seq = seq
         if may_act != self._may_act:
             self._may_act = may_act
             # "mono" is CLOCK_MONOTONIC, shared by all namespaces of one host:
@@ -228,15 +240,37 @@ class Agent:
         with self._lease_lock:
             token = self.lease.heartbeat_submitted(now)
 
+        term = self.consensus.term()
+
         def committed(result: Any, error: Any) -> None:
             if error:
+                return
+            if not (result or {}).get("ok"):
+                # Refused (a newer Monitor's term has landed): no lease from it.
+                log.event("monitor.heartbeat_refused", level="warning", term=term, error=(result or {}).get("error"))
                 return
             with self._lease_lock:
                 sent = self.lease.heartbeat_committed(token)
                 if sent is not None:
                     self.fence.evidence(sent)
 
-        self.consensus.submit({"op": "heartbeat", "now": time.time(), "leader": self.node_id}, committed)
+        self.consensus.submit({"op": "heartbeat", "now": time.time(), "leader": self.node_id, "term": term}, committed)
+
+    def _on_follower_heartbeat(self, applied_at: float) -> None:
+        """pysyncobj applied a committed heartbeat of the leader we follow (its thread).
+
+        Stamped at apply time, not when this loop next looks: the fencing
+        argument (fencing.py) needs the stamp to trail the leader's view of
+        our last reply by at most one pysyncobj tick.
+        """
+        with self._lease_lock:
+            self.fence.evidence(applied_at)
+
+    def grant_until(self) -> float | None:
+        """Until when this node may hold VIPs and singletons (CLOCK_MONOTONIC), if at all."""
+        with self._lease_lock:
+            last = self.fence.last_evidence
+        return None if last is None else last + self.fence.fence_after
 
     def may_act(self) -> bool:
         with self._lease_lock:
@@ -266,8 +300,10 @@ class Agent:
         if known == ("up", self.raft_addr) or now - self._last_registration < 1.0:
             return
         self._last_registration = now
+        # `members` lets the op refuse our id at a second address (a cloned state dir).
         self.consensus.submit({"op": "node_join", "now": time.time(), "node": self.node_id, "raft_addr": self.raft_addr,
-                               "ip": self.iface.ip, "facts": node_facts()})
+                               "ip": self.iface.ip, "facts": node_facts(), "members": self.consensus.member_addrs()},
+                              self._registration_done)
 
     def _leader_duties(self, now: float) -> None:
         """Work only the lease holder does: init, joins, node liveness.
@@ -278,7 +314,8 @@ class Agent:
         assert self.consensus is not None
         if not self._cluster_initialised:
             group_id = self.formation.group.group_id if self.formation.group else "?"
-            self.consensus.submit({"op": "init_cluster", "now": time.time(), "group_id": group_id, "cluster_id": self.identity.cluster_id})
+            self.consensus.submit({"op": "init_cluster", "now": time.time(), "group_id": group_id, "cluster_id": self.identity.cluster_id,
+                                   "term": self.consensus.term()})
             self._cluster_initialised = True
         self._join_tick(now)
         self._liveness_tick(now)
@@ -296,6 +333,13 @@ class Agent:
         members = self.consensus.member_addrs()
         for node_id, join in sorted(pending.items()):
             if join["addr"] in members:
+                continue
+            taken = self._member_addr_of(node_id, members)
+            if taken is not None and taken != join["addr"]:
+                # A member's id from another machine: adding it would make a ghost of that member.
+                with self._lock:
+                    self._pending_joins.pop(node_id, None)
+                self._report_duplicate(node_id, taken, join["addr"], "join request")
                 continue
             self._join_in_flight = (join["addr"], now)
             log.event("raft.adding_member", joining=node_id, addr=join["addr"])
@@ -330,7 +374,8 @@ class Agent:
             if wanted != status and now - self._status_proposals.get(node_id, 0.0) > 0.5:
                 self._status_proposals[node_id] = now
                 reason = f"no answer for {age:.2f}s" if wanted == "lost" else "answering again"
-                self.consensus.submit({"op": "node_status", "now": time.time(), "node": node_id, "status": wanted, "reason": reason})
+                self.consensus.submit({"op": "node_status", "now": time.time(), "node": node_id, "status": wanted, "reason": reason,
+                                       "term": self.consensus.term()})
 
     # -- main loop -------------------------------------------------------------
     def tick(self) -> None:
@@ -349,30 +394,40 @@ class Agent:
             self._leader_duties(now)
 
     def run(self) -> int:
+        if self.config.realtime:
+            # Before any thread starts: threads inherit the policy; children do not.
+            set_realtime("agent", AGENT_PRIORITY)
+        self.guardian.start()
         self.discovery.start()
         log.event("agent.started", node_id=self.node_id, ip=self.iface.ip, interface=self.iface.name,
                   raft=self.raft_addr, formation=self.formation.phase, expect=self.config.bootstrap_expect)
         sdnotify.notify("READY=1")
         watchdog = sdnotify.watchdog_interval()
         last_watchdog = 0.0
+        expected = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
+            self.loop_lags.append(max(0.0, started - expected))
             try:
                 self.tick()
             except Exception as exc:  # keep the node's loop alive; the watchdog catches hangs, not errors
                 log.event("agent.tick_failed", level="error", error=repr(exc), trace=traceback.format_exc(limit=5))
                 self._stop.wait(0.5)
-            if watchdog and started - last_watchdog >= watchdog and self._converging(started):
+            if watchdog and started - last_watchdog >= watchdog and self._turning(started):
                 # Only an agent whose loops still turn feeds the watchdog;
                 # systemd restarts a hung one (WatchdogSec in the unit).
                 sdnotify.notify("WATCHDOG=1")
                 last_watchdog = started
-            self._stop.wait(max(0.0, TICK - (time.monotonic() - started)))
+            pause = max(0.0, TICK - (time.monotonic() - started))
+            expected = time.monotonic() + pause
+            self._stop.wait(pause)
         self._shutdown()
         return 0
 
-    def _converging(self, now: float) -> bool:
-        return self.services is None or self.services.healthy(now)
+    def _turning(self, now: float) -> bool:
+        """Feed systemd's watchdog only while consensus (once a member) and convergence both turn."""
+        consensus_ok = self.formation.phase != "member" or self.consensus_running()
+        return consensus_ok and (self.services is None or self.services.healthy(now))
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
@@ -381,6 +436,8 @@ class Agent:
         log.event("agent.stopping")
         if self.services is not None:
             self.services.shutdown()
+        self.guardian.keep(time.monotonic())  # tell the guard what was given up
+        self.guardian.stop()
         self.discovery.stop()
         if self.consensus is not None:
             self.consensus.stop()
@@ -411,11 +468,14 @@ class Agent:
             "monitor": None,
             "may_act": self.may_act(),
             "fenced": self.fenced(),
+            "fencing": self.guardian.view(),
+            "loop_lag": loop_lag_view(list(self.loop_lags)),
             "term": None,
             "members": [],
             "services": [],
             "discovery": {"peers": peers, **self.discovery.counters()},
             "raft": {"dropped_connections": dropped_connections()},
+            "control": self.control_counters(),
         }
         if self.consensus is None:
             return out
@@ -436,6 +496,7 @@ class Agent:
                             "log_len": raft.get("log_len"), "has_quorum": raft.get("has_quorum")})
         if self.services is not None:
             out["services"] = self.services.status_view(state)
+            out["holding"] = self.services.holding_view(state)
         return out
 
     @staticmethod
@@ -449,6 +510,130 @@ class Agent:
         if self.consensus is None:
             return []
         return self.consensus.cluster.read(lambda s: [dict(e) for e in s.events if e["seq"] > since][-limit:])
+
+    # -- failing for good, and consensus health ----------------------------------
+    fatal: str | None = None  # why the agent stopped itself; the daemon then exits 2 (EXIT_CONFIG)
+
+    def _fail(self, message: str, event: str | None = None, **fields: Any) -> None:
+        """Stop for good, from any thread: restarting cannot fix this (a cloned id, a damaged journal)."""
+        if event is not None:
+            log.event(event, level="error", error=message, **fields)
+        if self.fatal is None:
+            self.fatal = message
+        self.stop()
+
+    def consensus_running(self) -> bool:
+        """Raft runs and turns: False before it starts, after it failed, and once the agent gave up."""
+        consensus = self.consensus
+        return self.fatal is None and consensus is not None and consensus.running()
+
+    # -- one node id on two machines (a cloned disk or VM) ------------------------
+    # Class-level: one agent per process; thread-safe limiters shared by all threads.
+    _duplicate_log = log.RateLimiter(period=10.0, burst=3)
+    _duplicate_proposals = log.RateLimiter(period=60.0, burst=1)
+
+    def _on_own_id_elsewhere(self, message: Message, src_ip: str) -> None:
+        """Another machine announces this node's id: one of the two has a copied state dir and must leave."""
+        other = str(message.body.get("addr") or src_ip)
+        other_is_member = message.kind == "beacon" and message.body.get("phase") == "member"
+        self._judge_clone(other, other_is_member, f"{message.kind} from {src_ip}")
+
+    def _lists_my_id_elsewhere(self, offer: Offer | None, group: Group | None) -> bool:
+        """A peer's group or offer names this node's id at another address (formation would take it as ours)."""
+        for listed, is_member in ((group, True), (offer, False)):
+            for member in listed.members if listed is not None else ():
+                if member.node_id == self.node_id and member.addr != self.raft_addr:
+                    self._judge_clone(member.addr, is_member, "group" if is_member else "offer")
+                    return True
+        return False
+
+    def _judge_clone(self, other: str, other_is_member: bool, seen_in: str) -> None:
+        if self.fatal is not None:
+            return  # already leaving
+        consensus = self.consensus
+        registered: str | None = None
+        members: list[str] | None = None
+        if consensus is not None:
+            registered = consensus.cluster.read(lambda s: s.nodes[self.node_id].raft_addr if self.node_id in s.nodes else None)
+            members = consensus.member_addrs()
+        verdict = clone_verdict(self.raft_addr, other, registered, members, other_is_member)
+        if verdict == "leave":
+            self._fail(clone_refusal(self.node_id, self.raft_addr, other, self.state_dir), event="node.duplicate_id",
+                       node_id=self.node_id, addresses=[self.raft_addr, other], seen_in=seen_in)
+        elif verdict == "stay":
+            self._report_duplicate(self.node_id, self.raft_addr, other, seen_in)
+        else:
+            self._log_duplicate(self.node_id, self.raft_addr, other, seen_in, clone_ambiguous(self.node_id, self.raft_addr, other))
+
+    def _second_address(self, node_id: str, addr: str, phase: str) -> bool:
+        """A beacon for a known node id from another address; True: ignore it, the known one stays."""
+        consensus = self.consensus
+        if consensus is not None:
+            registered = consensus.cluster.read(lambda s: s.nodes[node_id].raft_addr if node_id in s.nodes else None)
+            if registered is None or registered == addr or registered not in consensus.member_addrs():
+                return False
+            self._report_duplicate(node_id, registered, addr, "beacon")
+            return True
+        with self._lock:
+            known = self.peers.get(node_id)
+        if known is None or known.addr == addr or time.monotonic() - known.seen_at > self.params.peer_timeout:
+            return False
+        self._log_duplicate(node_id, known.addr, addr, "beacon", clone_ambiguous(node_id, known.addr, addr))
+        return not (phase == "member" and known.phase != "member")  # a member's view beats a newcomer's
+
+    def _member_addr_of(self, node_id: str, members: list[str]) -> str | None:
+        """The Raft member address a node id already has (replicated state, else our group), if any."""
+        assert self.consensus is not None
+        known = self.consensus.cluster.read(lambda s: s.nodes[node_id].raft_addr if node_id in s.nodes else None)
+        group = self.formation.group
+        if known is None and group is not None:
+            known = next((m.addr for m in group.members if m.node_id == node_id), None)
+        return known if known in members else None
+
+    def _registration_done(self, result: Any, error: Any) -> None:
+        """pysyncobj thread: a refused node_join means our id is registered for a member elsewhere."""
+        consensus = self.consensus
+        if error or not isinstance(result, dict) or result.get("ok", True) or consensus is None:
+            return
+        if self._duplicate_log.allow("registration")[0]:
+            log.event("node.registration_refused", level="error", error=result.get("error"))
+        registered = consensus.cluster.read(lambda s: s.nodes[self.node_id].raft_addr if self.node_id in s.nodes else None)
+        if registered is not None and registered != self.raft_addr and registered in consensus.member_addrs():
+            self._fail(clone_refusal(self.node_id, self.raft_addr, registered, self.state_dir), event="node.duplicate_id",
+                       node_id=self.node_id, addresses=[self.raft_addr, registered], seen_in="registration")
+
+    def _report_duplicate(self, node_id: str, original: str, clone: str, seen_in: str) -> None:
+        """`clone` announces the id registered for `original`: log it; the lease holder records it once."""
+        self._log_duplicate(node_id, original, clone, seen_in, clone_warning(node_id, original, clone))
+        consensus = self.consensus
+        if consensus is None or not self.may_act():
+            return
+        prefix = f"{clone} "
+        recorded = consensus.cluster.read(lambda s: any(
+            e["kind"] == "node.duplicate_id" and e.get("node") == node_id and str(e.get("detail", "")).startswith(prefix) for e in s.events))
+        if recorded or not self._duplicate_proposals.allow(f"{node_id} {clone}")[0]:
+            return  # one event per clone; the limiter covers the proposal still in flight
+        consensus.submit({"op": "event", "now": time.time(), "kind": "node.duplicate_id", "node": node_id,
+                          "detail": f"{clone} announces node id {node_id}, registered for {original}: refused as a clone "
+                                    f"(its state dir was copied); remove node_id and raft.* / membership.json there to join as a new node"})
+
+    def _log_duplicate(self, node_id: str, one: str, other: str, seen_in: str, message: str) -> None:
+        allowed, suppressed = self._duplicate_log.allow(f"{node_id} {' '.join(sorted((one, other)))}")
+        if allowed:
+            log.event("node.duplicate_id", level="error", node_id=node_id, addresses=[one, other], seen_in=seen_in,
+                      error=message, suppressed=suppressed)
+
+
+def loop_lag_view(lags: list[float]) -> dict[str, Any]:
+    """How late the agent's loop woke up (scheduling latency), in ms."""
+    if not lags:
+        return {"n": 0}
+    ordered = sorted(lags)
+
+    def pick(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"n": len(ordered), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(1000 * ordered[-1], 2)}
 
 
 def node_facts() -> dict[str, Any]:

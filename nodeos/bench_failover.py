@@ -9,6 +9,9 @@ its version through the VIP every 20 ms. Per round one fault hits the node
 * node-reboot    crash it and start its agent again at once
 * disconnect     pull its cable (link down)
 * monitor-crash  crash the Monitor while it holds memcached too
+* kill-agent     SIGKILL only the holder's agent (memcached, its VIP and the
+                 node's guard stay: the guard must fence)
+* hang-agent     SIGSTOP the holder's agent for HANG_SECONDS, then SIGCONT
 
 Detection is the time of the first event in the replicated log that shows the
 cluster noticed (service failed, node lost, new Monitor); recovery is the
@@ -52,7 +55,10 @@ DETECTION_EVENTS = {
     "node-reboot": ("node.lost", "service.failed", "service.migrating", "node.back"),
     "disconnect": ("node.lost",),
     "monitor-crash": ("monitor.elected",),
+    "kill-agent": ("node.lost",),
+    "hang-agent": ("node.lost",),
 }
+HANG_SECONDS = 5.0
 
 
 class Prober:
@@ -168,7 +174,17 @@ def run_round(lab: Lab, prober: Prober, fault: str) -> dict[str, float | None]:
         lab.reboot(host)
     elif fault == "disconnect":
         lab.disconnect(host)
+    elif fault == "kill-agent":
+        lab.kill_agent(host)
+    hang = None
+    if fault == "hang-agent":
+        import threading
+
+        hang = threading.Thread(target=lab.hang_agent, args=(host, HANG_SECONDS))
+        hang.start()
     prober.drain_until(time.time() + 6.0)
+    if hang is not None:
+        hang.join()
     recovery = prober.recovery_after(fault_at)
     wanted = DETECTION_EVENTS[fault]
     detected = next((e["ts"] - fault_at for e in _events(lab, fault_at) if e["kind"] in wanted), None)

@@ -37,6 +37,18 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return run_agent(config, Path(args.identity), Path(args.state_dir))
 
 
+def _cmd_guard(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .guard import run_guard
+
+    try:
+        config = load_config(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        print(f"nodeos guard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_guard(Path(args.state_dir), config.watchdog, config.watchdog_timeout, config.realtime)
+
+
 def agent_socket(args: argparse.Namespace) -> Path:
     """Which agent to talk to: --socket, --lab-node, else the node's own state dir."""
     if getattr(args, "socket", None):
@@ -121,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--identity", default=str(DEFAULT_IDENTITY_PATH), help="cluster identity (default: %(default)s)")
     agent.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="node state: node id, Raft journal (default: %(default)s)")
     agent.set_defaults(func=_cmd_agent)
+
+    guard = sub.add_parser("guard", help="run the node's fencing guard: drops VIPs and singletons when the agent's grant "
+                                         "runs out (the agent dead, hung or cut off); feeds the watchdog")
+    guard.add_argument("--config", help=f"node config YAML (default: {DEFAULT_CONFIG_PATH} if present): watchdog, realtime")
+    guard.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where guard.sock lives, shared with the agent "
+                                                                           "(default: %(default)s)")
+    guard.set_defaults(func=_cmd_guard)
 
     status = sub.add_parser("status", help="members, leader, Monitor, formation, per-node health and services")
     _add_target_options(status)

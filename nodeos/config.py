@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .fencing import ACT_BUDGET, APPLY_LAG, margin_is_safe
+
 DEFAULT_CONFIG_PATH = Path("/etc/nodeos/config.yaml")
 DEFAULT_IDENTITY_PATH = Path("/etc/nodeos/identity.json")
 DEFAULT_STATE_DIR = Path("/var/lib/nodeos")
@@ -59,6 +61,13 @@ class NodeConfig:
     status_port: int = 7372
     runtime: str = "systemd"  # "systemd" on real nodes, "process" in the lab
     catalog: str | None = None  # path of the service catalog; None: the packaged default
+    # Real-time priority for the agent (SCHED_RR) and the guard (SCHED_FIFO):
+    # load must not look like failure (realtime.py).
+    realtime: bool = True
+    # The guard's last line (watchdog.py): "auto" (/dev/watchdog if present),
+    # "none", "lab" (the lab's emulation) or a device path.
+    watchdog: str = "auto"
+    watchdog_timeout: float = 5.0
     timing: Timing = field(default_factory=Timing)
 
     def replace(self, **changes: Any) -> "NodeConfig":
@@ -104,6 +113,12 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: bootstrap_expect must be >= 1")
     if config.runtime not in ("systemd", "process"):
         raise ConfigError(f"{where}: runtime must be 'systemd' or 'process'")
+    if not isinstance(config.realtime, bool):
+        raise ConfigError(f"{where}: field 'realtime' must be true or false, got {config.realtime!r}")
+    if config.watchdog not in ("auto", "none", "lab") and not config.watchdog.startswith("/dev/"):
+        raise ConfigError(f"{where}: watchdog must be 'auto', 'none', 'lab' or a /dev/ path, got {config.watchdog!r}")
+    if not 1.0 <= config.watchdog_timeout <= 600:
+        raise ConfigError(f"{where}: watchdog_timeout must be between 1 and 600 seconds")
     t = config.timing
     if t.raft_min_timeout <= 3 * t.append_entries_period:
         raise ConfigError(f"{where}: timing.raft_min_timeout must exceed 3 x append_entries_period")
@@ -113,8 +128,9 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: timing.lease must exceed 2 x heartbeat_interval")
     if t.fence_after <= 2 * t.heartbeat_interval:
         raise ConfigError(f"{where}: timing.fence_after must exceed 2 x heartbeat_interval (or nodes fence themselves in normal operation)")
-    if t.fence_margin <= 0:
-        raise ConfigError(f"{where}: timing.fence_margin must be > 0: the Monitor must wait longer than a node's fence lease")
+    if not margin_is_safe(t.fence_margin):
+        raise ConfigError(f"{where}: timing.fence_margin must exceed {APPLY_LAG + ACT_BUDGET:g}s: the Monitor must wait longer "
+                          "than a node's grant plus the time its guard needs to act (nodeos/fencing.py)")
 
 
 def load_config(path: Path | None) -> NodeConfig:

@@ -18,11 +18,13 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 _REAL_INET_NTOP = socket.inet_ntop
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj import journal as raft_journal  # noqa: E402
 from pysyncobj import tcp_connection  # noqa: E402
 from pysyncobj.monotonic import monotonic as raft_clock  # noqa: E402
 from pysyncobj.transport import TCPTransport  # noqa: E402
@@ -112,13 +114,17 @@ class ReplicatedCluster(SyncObjConsumer):
     def __init__(self) -> None:
         # Attributes set before SyncObjConsumer.__init__ are not serialized.
         self._lock = threading.RLock()
+        self.on_heartbeat_applied: Callable[[], None] | None = None
         super().__init__()
         self.state = ClusterState()
 
     @replicated
     def apply_op(self, op: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            return self.state.apply(op)
+            result = self.state.apply(op)
+        if result.get("ok") and isinstance(op, dict) and op.get("op") == "heartbeat" and self.on_heartbeat_applied is not None:
+            self.on_heartbeat_applied()  # local observation only: never feeds back into the state
+        return result
 
     def read(self, reader: Callable[[ClusterState], Any]) -> Any:
         """Run `reader` on the live state under the apply lock; copy what you keep."""
@@ -145,22 +151,151 @@ def make_conf(timing: Timing, state_dir: Path, password: str, on_state_changed: 
     )
 
 
+# -- the journal on disk ------------------------------------------------------
+# pysyncobj reads its journal without checks: a cut-off header or record makes
+# its constructor raise (struct.error, or ValueError for an empty file), and a
+# cut inside the last record, or in the header's record-end field, loads
+# silently as a zero-filled or empty log (it first pads the file to 1 KiB).
+# Forgetting acknowledged entries breaks Raft's guarantees, so the agent checks
+# the layout itself before pysyncobj opens (and pads) the file, and refuses.
+
+TICK_FAILURES_FATAL = 50  # consecutive failed pysyncobj ticks (about 1-2 s): it would retry forever
+
+
+def journal_remedy(journal: Path) -> str:
+    return (f"move it aside (and {journal.name}.meta) and restart the agent: the node rejoins "
+            f"and the leader sends it the log or a snapshot")
+
+
+def journal_problem(data: bytes) -> str | None:
+    """What makes a pysyncobj journal (format 1) unloadable, or None when its layout is whole.
+
+    Layout: name (24 bytes) | version (8) | format (4) | end of records (4) |
+    records, each `size | index, term (16) | command | size` (sizes: uint32 LE).
+    Bytes past the end of records are padding (pysyncobj grows the file in steps).
+    """
+    header = raft_journal.FIRST_RECORD_OFFSET
+    if len(data) < header:
+        return f"{len(data)} bytes, shorter than its {header}-byte header"
+    if data[: raft_journal.NAME_SIZE].rstrip(b"\0") != raft_journal.APP_NAME:
+        return "no pysyncobj journal header"
+    version, end = struct.unpack_from("<II", data, raft_journal.NAME_SIZE + raft_journal.VERSION_SIZE)
+    if version != raft_journal.JOURNAL_FORMAT_VERSION:
+        return f"journal format {version}, this pysyncobj reads {raft_journal.JOURNAL_FORMAT_VERSION}"
+    if not header <= end <= len(data):
+        return f"its records end at byte {end} but the file has {len(data)} bytes"
+    offset = header
+    while offset < end:
+        if offset + 4 > end:
+            return f"record at byte {offset} cut short"
+        (size,) = struct.unpack_from("<I", data, offset)
+        stop = offset + 8 + size
+        if size < 16 or stop > end:
+            return f"record at byte {offset} claims {size} bytes, past the end of the records at byte {end}"
+        (trailer,) = struct.unpack_from("<I", data, stop - 4)
+        if trailer != size:
+            return f"record at byte {offset} is garbled (its size fields say {size} and {trailer})"
+        offset = stop
+    return None
+
+
+def check_journal(journal: Path) -> None:
+    """Raise ConsensusError naming the file and the remedy when pysyncobj cannot load it whole."""
+    try:
+        data = journal.read_bytes()
+    except FileNotFoundError:
+        return  # a node's first start: pysyncobj creates it
+    except OSError as exc:
+        raise ConsensusError(f"raft journal {journal} cannot be read ({exc.strerror}): {journal_remedy(journal)}") from exc
+    problem = journal_problem(data)
+    if problem is not None:
+        raise ConsensusError(f"raft journal {journal} is damaged ({problem}): {journal_remedy(journal)}")
+
+
+class _WatchedSyncObj(SyncObj):
+    """SyncObj whose tick thread reports a failure it would otherwise retry forever.
+
+    pysyncobj logs a failed tick and retries every 20 ms: a journal entry that
+    cannot be applied leaves a member that counts toward quorum but does
+    nothing. After TICK_FAILURES_FATAL failures in a row, `on_failed` is called
+    once (in the tick thread) with the last error.
+    """
+
+    def __init__(self, *args: Any, on_failed: Callable[[str], None], **kwargs: Any) -> None:
+        # Set before SyncObj.__init__ (which starts the tick thread, and never
+        # serializes the attributes it finds): ours stay out of Raft dumps.
+        self._nodeos_failures = 0
+        self._nodeos_on_failed = on_failed
+        super().__init__(*args, **kwargs)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        try:
+            super()._onTick(timeToWait)
+        except Exception as exc:
+            self._nodeos_failures += 1
+            if self._nodeos_failures == TICK_FAILURES_FATAL:
+                self._nodeos_on_failed(repr(exc))
+            raise
+        self._nodeos_failures = 0
+
+
 class Consensus:
     """One node's Raft participation, with the ClusterState as its state machine."""
 
     def __init__(self, self_addr: str, members: list[str], password: str, state_dir: Path, timing: Timing,
-                 on_state_changed: Callable[[int, int], None] | None = None) -> None:
+                 on_state_changed: Callable[[int, int], None] | None = None,
+                 on_follower_heartbeat: Callable[[float], None] | None = None,
+                 on_failed: Callable[[str], None] | None = None) -> None:
         if not password:
             raise ConsensusError("refusing to start consensus without the cluster password (pysyncobj unpickles unauthenticated input)")
         self.self_addr = self_addr
         self.cluster = ReplicatedCluster()
+        self._on_follower_heartbeat = on_follower_heartbeat
+        self.cluster.on_heartbeat_applied = self._heartbeat_applied
         conf = make_conf(timing, state_dir, password, on_state_changed)
         others = [m for m in members if m != self_addr]
         self._state_dir = state_dir
-        self._syncobj = SyncObj(self_addr, others, conf, consumers=[self.cluster], transportClass=GuardedTransport)
+        journal = state_dir / "raft.journal"
+        check_journal(journal)  # before pysyncobj opens (and pads) it
+        self.failure: str | None = None  # set once pysyncobj's tick thread gave up (see running())
+        self._on_failed = on_failed
+        try:
+            self._syncobj = _WatchedSyncObj(self_addr, others, conf, consumers=[self.cluster], transportClass=GuardedTransport,
+                                            on_failed=self._tick_failed)
+        except Exception as exc:  # whatever pysyncobj's reader hit (struct.error, ValueError, ...): retrying will not help
+            raise ConsensusError(f"pysyncobj could not start from {journal} ({exc!r}): if the journal is damaged, "
+                                 f"{journal_remedy(journal)}") from exc
         self._stopping = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
         self._syncer.start()
+
+    def _tick_failed(self, error: str) -> None:
+        journal = self._state_dir / "raft.journal"
+        self.failure = (f"raft stopped: pysyncobj's tick failed {TICK_FAILURES_FATAL} times in a row (last: {error}); "
+                        f"if the journal {journal} is damaged, {journal_remedy(journal)}")
+        log.event("raft.failed", level="error", error=self.failure)
+        if self._on_failed is not None:
+            self._on_failed(self.failure)
+
+    def running(self) -> bool:
+        """Raft is turning: not stopped, the tick thread alive and not failing, its port bound."""
+        syncobj = self._syncobj
+        thread = syncobj._SyncObj__thread  # type: ignore[attr-defined]
+        return (self.failure is None and not self._stopping.is_set() and thread is not None and thread.is_alive()
+                and bool(syncobj._SyncObj__transport.ready))  # type: ignore[attr-defined]
+
+    def _heartbeat_applied(self) -> None:
+        """Evidence of a quorum-backed leader, for a follower that knows its leader.
+
+        Not on the leader (its evidence is the heartbeat's submission time,
+        lease.py) and not while replaying our own journal after a restart
+        (no leader known yet): old entries prove nothing about now.
+        """
+        syncobj = getattr(self, "_syncobj", None)
+        if syncobj is None or self._on_follower_heartbeat is None:
+            return
+        if not syncobj._isLeader() and syncobj._getLeader() is not None:
+            self._on_follower_heartbeat(time.monotonic())
 
     # -- proposals ---------------------------------------------------------
     def submit(self, op: dict[str, Any], callback: Callable[[Any, Any], None] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import log
+from . import log, pidlock
 from .agent import Agent
 from .config import ConfigError, load_config
 from .control import ControlServer
@@ -40,6 +40,7 @@ def _routes(agent: Agent) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def run_agent(config_path: Path | None, identity_path: Path, state_dir: Path) -> int:
     try:
+        pidlock.hold(state_dir, "agent")
         config = load_config(config_path)
         identity = load_identity(identity_path)
         agent = Agent(config, identity, state_dir)
@@ -50,11 +51,18 @@ def run_agent(config_path: Path | None, identity_path: Path, state_dir: Path) ->
     get, post = _routes(agent)
     server = ControlServer(state_dir / "agent.sock", ("0.0.0.0", config.status_port), get, post, {"/status", "/events"})
     server.start()
+    agent.control_counters = server.counters
     agent.install_signal_handlers()
     try:
-        return agent.run()
+        code = agent.run()
     finally:
         server.stop()
+    if agent.fatal is not None:
+        # The agent stopped itself on something a restart cannot fix (a cloned
+        # node id, a damaged Raft journal): say so, and keep systemd from looping.
+        log.event("agent.refused", level="error", error=agent.fatal)
+        return EXIT_CONFIG
+    return code
 
 
 def attach_services(agent: Agent) -> None:

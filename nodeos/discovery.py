@@ -65,7 +65,11 @@ def detect_interface(wanted: str | None) -> Interface:
 
 
 class Discovery:
-    """Sends beacons, receives beacons and join requests, hands valid ones to `on_message`."""
+    """Sends beacons, receives beacons and join requests, hands valid ones to `on_message`.
+
+    Messages carrying this node's own id reach `on_message` too when they come
+    from another address (a cloned node id); the agent tells them apart.
+    """
 
     def __init__(self, codec: BeaconCodec, node_id: str, iface: Interface, group: str, port: int,
                  on_message: Callable[[Message, str], None]) -> None:
@@ -146,8 +150,10 @@ class Discovery:
         except BeaconRejected as rejected:
             self._drop(rejected.reason, f"from {src_ip}: {rejected.detail}", quiet=rejected.reason == "foreign")
             return
-        if message.node_id == self.node_id:
-            return
+        if message.node_id == self.node_id and src_ip == self.iface.ip:
+            return  # our own (multicast loop is off, but a stray copy is not news)
+        # Our id from another address is a machine with a copy of our state
+        # dir: the agent must hear it (it decides which of the two leaves).
         with self._lock:
             self.received += 1
         try:

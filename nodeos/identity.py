@@ -13,8 +13,10 @@ import json
 import os
 import secrets
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -159,3 +161,61 @@ def load_or_create_node_id(state_dir: Path) -> str:
     tmp.write_text(node_id + "\n")
     os.replace(tmp, path)
     return node_id
+
+
+# -- one node id on two machines (a cloned disk or VM) ------------------------
+
+CloneVerdict = Literal["stay", "leave", "unsure"]
+
+
+def clone_verdict(me: str, other: str, registered: str | None, members: Collection[str] | None,
+                  other_is_member: bool) -> CloneVerdict:
+    """Which of two machines announcing one node id must leave (seen from `me`).
+
+    `me`/`other` are the two Raft addresses; `registered` is the id's address
+    in the replicated state and `members` the Raft member addresses, both as
+    this node knows them (None before it runs consensus). The newcomer leaves:
+    the one not registered for the id, else the one not a member; two fresh
+    machines (neither a member yet) break the tie by address, so one stays.
+    """
+    if registered == me:
+        return "stay"
+    if registered == other:
+        return "leave"
+    if members is not None:
+        if me in members and other not in members:
+            return "stay"
+        if other in members and me not in members:
+            return "leave"
+        return "unsure"
+    if other_is_member:
+        return "leave"
+    return "leave" if _addr_key(me) > _addr_key(other) else "stay"
+
+
+def _addr_key(addr: str) -> tuple[int, ...]:
+    host, _, port = addr.rpartition(":")
+    try:
+        return (*(int(part) for part in host.split(".")), int(port))
+    except ValueError:
+        return (sum(map(ord, addr)),)  # not ip:port; any fixed order will do
+
+
+def clone_refusal(node_id: str, me: str, other: str, state_dir: Path) -> str:
+    """What the newcomer tells the operator before it exits."""
+    return (f"node id {node_id} is already in use by the node at {other} (this machine is {me}): "
+            f"this machine's {state_dir / 'node_id'} (state dir) was copied from another node (a cloned disk or VM); "
+            f"remove node_id and raft.* / membership.json from {state_dir} to join as a new node, then start the agent again")
+
+
+def clone_warning(node_id: str, original: str, clone: str) -> str:
+    """What the original (and any observer) logs about the clone."""
+    return (f"{clone} announces node id {node_id}, which belongs to the node at {original}: its state dir was copied "
+            f"from that node; on {clone.rpartition(':')[0] or clone}, remove node_id and raft.* / membership.json from the state dir "
+            f"to join as a new node")
+
+
+def clone_ambiguous(node_id: str, one: str, other: str) -> str:
+    """What a node logs when it cannot tell which of two machines is the original."""
+    return (f"node id {node_id} is announced from both {one} and {other}: one machine's state dir was copied from the other's; "
+            f"on the copy, remove node_id and raft.* / membership.json from the state dir to join as a new node")

@@ -36,6 +36,7 @@ from .control import ControlError, request
 from .identity import init_identity
 
 LAB_ROOT = Path(os.environ.get("NODEOS_LAB_ROOT", "/run/nodeos-lab"))
+LOAD_ROOT = Path("/var/tmp/nodeos-lab-load")  # real disk, for the `load` fault
 SUBNET_PREFIX = "10.77.0"
 PREFIXLEN = 24
 CLIENT_IP = f"{SUBNET_PREFIX}.5"
@@ -55,6 +56,8 @@ class LabNode:
     state_dir: str
     pid: int | None = None
     disconnected: bool = False  # cable pulled by `disconnect` (survives reboots)
+    guard_pid: int | None = None  # the node's fencing guard (inside the namespace)
+    watchdog_pid: int | None = None  # its emulated watchdog device (host namespace)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class LabSpec:
     client: dict[str, str] | None = None
     partitioned: list[list[str]] | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    loads: list[int] = field(default_factory=list)  # pids of running `load` faults
 
 
 def _check_name(name: str) -> None:
@@ -145,7 +149,8 @@ class Lab:
         return node
 
     def _write_config(self) -> None:
-        config: dict[str, Any] = {"bootstrap_expect": self.spec.expect, "interface": "eth0", "runtime": "process"}
+        config: dict[str, Any] = {"bootstrap_expect": self.spec.expect, "interface": "eth0", "runtime": "process",
+                                  "watchdog": "lab"}
         if self.spec.catalog:
             config["catalog"] = self.spec.catalog
         if self.spec.timing:
@@ -176,23 +181,81 @@ class Lab:
 
     # -- agents ----------------------------------------------------------------
     def start_agent(self, name: str, identity: Path | None = None) -> int:
+        """Boot a node: its watchdog and guard (if not running), then its agent."""
         node = self.node(name)
         if node.pid is not None and _alive(node.pid):
             raise LabError(f"{name}: agent already running (pid {node.pid})")
         state_dir = Path(node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self._boot_network(node)
-        logfile = open(state_dir / "agent.log", "ab")
+        self._ensure_watchdog(node)
+        self._ensure_guard(node)
         argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "agent",
                 "--config", str(self.config_path), "--identity", str(identity or self.identity_path), "--state-dir", str(state_dir)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("NOTIFY_SOCKET", None)
-        proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        logfile.close()
-        node.pid = proc.pid
+        node.pid = _spawn(argv, state_dir / "agent.log")
         self.save()
-        return proc.pid
+        return node.pid
+
+    def _ensure_guard(self, node: LabNode) -> None:
+        if node.guard_pid is not None and _alive(node.guard_pid):
+            return
+        state_dir = Path(node.state_dir)
+        socket_path = state_dir / "guard.sock"
+        socket_path.unlink(missing_ok=True)
+        argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "guard",
+                "--config", str(self.config_path), "--state-dir", str(state_dir)]
+        node.guard_pid = _spawn(argv, state_dir / "guard.log")
+        self.save()
+        # The agent takes no holding before the guard answers; waiting here saves it a retry.
+        deadline = time.monotonic() + 10.0
+        while not socket_path.exists() and time.monotonic() < deadline and _alive(node.guard_pid):
+            time.sleep(0.02)
+
+    def _ensure_watchdog(self, node: LabNode) -> None:
+        if node.watchdog_pid is not None and _alive(node.watchdog_pid):
+            return
+        argv = [sys.executable, "-m", "nodeos.lab_watchdog", "--lab", self.spec.name, "--node", node.name,
+                "--state-dir", node.state_dir]
+        node.watchdog_pid = _spawn(argv, Path(node.state_dir) / "watchdog.log")
+        self.save()
+
+    def kill_agent(self, name: str) -> int:
+        """SIGKILL the agent only: its services, VIPs, guard and network stay (a crashed daemon)."""
+        node = self.node(name)
+        if node.pid is None or not _alive(node.pid):
+            raise LabError(f"{name}: no agent running")
+        pid = node.pid
+        os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid)
+        node.pid = None
+        self.save()
+        return pid
+
+    def hang_agent(self, name: str, seconds: float) -> int:
+        """SIGSTOP the agent for `seconds`, then SIGCONT (a hung daemon); blocks meanwhile."""
+        node = self.node(name)
+        if node.pid is None or not _alive(node.pid):
+            raise LabError(f"{name}: no agent running")
+        os.kill(node.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            if _alive(node.pid):
+                os.kill(node.pid, signal.SIGCONT)
+        return node.pid
+
+    def start_load(self, names: list[str], seconds: float) -> list[int]:
+        """A CPU hog per core plus heavy disk writes on each node, for `seconds` (lab_load.py)."""
+        pids = []
+        for name in names:
+            node = self.node(name)
+            directory = LOAD_ROOT / f"{self.spec.name}-{name}"
+            argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.lab_load", "--seconds", str(seconds),
+                    "--dir", str(directory)]
+            pids.append(_spawn(argv, Path(node.state_dir) / "load.log"))
+        self.spec.loads = [p for p in self.spec.loads if _alive(p)] + pids
+        self.save()
+        return pids
 
     def start_all(self) -> None:
         for name in sorted(self.spec.nodes, key=lambda n: self.spec.nodes[n].index):
@@ -216,9 +279,10 @@ class Lab:
         node = self.node(name)
         netns.set_link(None, node.veth, up=False)
         killed = _kill_namespace(node.ns, signal.SIGKILL)
-        if node.pid is not None:
-            _reap(node.pid)
-        node.pid = None
+        for pid in (node.pid, node.guard_pid):
+            if pid is not None:
+                _reap(pid)
+        node.pid = node.guard_pid = None
         self.save()
         return killed
 
@@ -365,6 +429,22 @@ class Lab:
         destroy(self.spec.name)
 
 
+def _spawn(argv: list[str], logfile_path: Path) -> int:
+    """Start a lab process in its own session, logging to `logfile_path`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("NOTIFY_SOCKET", None)
+    with open(logfile_path, "ab") as logfile:
+        proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    return proc.pid
+
+
+def _wait_dead(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _fully_healthy(health: str) -> bool:
     """'healthy' for a singleton, 'healthy N/N' for an every-node service."""
     if health == "healthy":
@@ -377,6 +457,7 @@ def _fully_healthy(health: str) -> bool:
 def destroy(name: str) -> list[str]:
     """Remove everything a lab made, from its record and by its names (also after a crash)."""
     removed: list[str] = []
+    _kill_recorded_host_processes(name)
     prefix = f"nodeos-{name}-"
     spaces = set(ns for ns in netns.list_namespaces() if ns.startswith(prefix))
     for ns in sorted(spaces):
@@ -391,7 +472,29 @@ def destroy(name: str) -> list[str]:
         netns.delete_link(link)
         removed.append(link)
     shutil.rmtree(LAB_ROOT / name, ignore_errors=True)
+    for leftover in LOAD_ROOT.glob(f"{name}-*") if LOAD_ROOT.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def _kill_recorded_host_processes(name: str) -> None:
+    """The lab's processes outside its namespaces (emulated watchdogs), by their recorded pids."""
+    try:
+        data = json.loads((LAB_ROOT / name / "lab.json").read_text())
+    except (OSError, ValueError):
+        return
+    for node in data.get("nodes", {}).values():
+        pid = node.get("watchdog_pid")
+        if isinstance(pid, int) and _alive(pid) and _cmdline_has(pid, "nodeos.lab_watchdog"):
+            os.kill(pid, signal.SIGKILL)
+            _wait_dead(pid)
+
+
+def _cmdline_has(pid: int, word: str) -> bool:
+    try:
+        return word.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _kill_namespace(ns: str, sig: int) -> list[int]:

@@ -105,11 +105,44 @@ def _apply_fault(lab: Lab, args: argparse.Namespace) -> str:
     if kind == "heal":
         lab.heal()
         return "partition healed"
+    if kind == "kill-agent":
+        return f"{args.node}: agent pid {lab.kill_agent(args.node)} killed (its services, VIPs and guard stay)"
+    if kind == "hang-agent":
+        _progress(f"{args.node}: agent stopped (SIGSTOP) for {args.seconds:g}s")
+        return f"{args.node}: agent pid {lab.hang_agent(args.node, args.seconds)} continued (SIGCONT) after {args.seconds:g}s"
+    if kind == "load":
+        return _load(lab, args)
     if kind == "kill-service":
         from .services_lab import kill_service
 
         return kill_service(lab, args.service)
     raise LabError(f"unknown fault {kind}")
+
+
+def _load(lab: Lab, args: argparse.Namespace) -> str:
+    import os
+    import signal
+    import time
+
+    names = sorted(lab.spec.nodes) if args.node == "all" else [lab.node(args.node).name]
+    pids = lab.start_load(names, args.seconds)
+    cores = os.cpu_count() or 1
+    _progress(f"load on {', '.join(names)}: {cores} CPU hog(s) and fsync'd writes per node for {args.seconds:g}s (Ctrl-C ends it)")
+    try:
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            time.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            left = end - time.monotonic()
+            if left > 1:
+                _progress(f"load: {left:.0f}s left")
+    except KeyboardInterrupt:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return "load stopped early"
+    return f"load ended on {', '.join(names)}"
 
 
 def register(sub: Any) -> None:
@@ -157,6 +190,14 @@ def register(sub: Any) -> None:
     partition = leaf(fault_sub.add_parser("partition", help="cut the listed nodes off from all others (nftables)"))
     partition.add_argument("nodes", nargs="+", help="nodes on one side")
     leaf(fault_sub.add_parser("heal", help="remove the partition"))
+    kill_agent = leaf(fault_sub.add_parser("kill-agent", help="SIGKILL the node's agent only (services, VIPs, guard, link stay)"))
+    kill_agent.add_argument("node", help="node name, e.g. n1")
+    hang = leaf(fault_sub.add_parser("hang-agent", help="SIGSTOP the node's agent, then SIGCONT after --seconds (a hung daemon)"))
+    hang.add_argument("node", help="node name, e.g. n1")
+    hang.add_argument("--seconds", type=float, default=10.0, help="how long it hangs (default: %(default)s)")
+    load = leaf(fault_sub.add_parser("load", help="a CPU hog per core plus heavy fsync'd disk writes on a node (or all)"))
+    load.add_argument("node", help="node name, e.g. n1, or 'all'")
+    load.add_argument("--seconds", type=float, default=60.0, help="how long (default: %(default)s)")
     kill = leaf(fault_sub.add_parser("kill-service", help="SIGKILL a catalog service's process on its node"))
     kill.add_argument("service", help="service name, e.g. memcached")
     fault.set_defaults(func=_fault)

@@ -17,7 +17,9 @@ own monotonic clock are compared, so no clock synchronisation is assumed;
 `drift` widens the guard for clocks that run at slightly different rates.
 
 Self-fencing uses the same evidence: a node that learned of no committed
-heartbeat for `fence_after` drops its VIPs and singleton services.
+heartbeat for `fence_after` drops its VIPs and singleton services. How that
+is enforced when the agent itself is dead or hung, and why it ends before
+the Monitor moves anything: fencing.py.
 """
 
 from __future__ import annotations

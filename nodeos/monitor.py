@@ -1,16 +1,19 @@
 """The Service Monitor's decisions: a pure function of the replicated state.
 
-`decide(state, catalog, now, by)` returns the operations the Monitor should
-propose now. It never acts on a node: agents converge their own node toward
-what the ops make desired. Everything it needs (restart counts, back-off
-deadlines, migrations in flight) is in the state, so a new Monitor continues
-exactly where the old one stopped. `now` is cluster time (the leader's clock).
+`decide(state, catalog, now, by, term)` returns the operations the Monitor
+should propose now, each stamped with the Raft `term` it was decided under
+(the state refuses them once a newer Monitor's heartbeat has landed). It
+never acts on a node: agents converge their own node toward what the ops
+make desired. Everything it needs (restart counts, back-off deadlines,
+migrations in flight) is in the state, so a new Monitor continues exactly
+where the old one stopped. `now` is cluster time (the leader's clock).
 
 Rules for a singleton, in order:
-* a migration whose source released (reported `stopped`, or the node is
-  lost, hence self-fenced) moves to its `starting` phase; a healthy target
+* a migration whose release set released (each node reported `stopped`, or
+  is lost, hence self-fenced) moves to its `starting` phase; a healthy target
   completes it;
-* unplaced: place it on the least-loaded up node;
+* unplaced: place it on the least-loaded up node (after a catalog change it
+  may still wait there for releases);
 * its node is lost: migrate it away (the node fenced itself by then: the
   liveness check that marks it lost waits longer than the fence lease);
 * unhealthy or failed on its node for the current generation: restart in
@@ -25,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from .catalog import Catalog, ServiceSpec
+from .placement import release_pending
 from .state import ClusterState, ServiceRecord
 
 FAILING = ("unhealthy", "failed")
@@ -45,7 +49,7 @@ def choose_node(state: ClusterState, exclude: set[str], planned: dict[str, int] 
     return min(candidates, key=lambda n: (load[n], n))
 
 
-def decide(state: ClusterState, catalog: Catalog, now: float, by: str) -> list[dict[str, Any]]:
+def decide(state: ClusterState, catalog: Catalog, now: float, by: str, term: int) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = []
     up = set(state.up_nodes())
     planned: dict[str, int] = {}
@@ -54,12 +58,12 @@ def decide(state: ClusterState, catalog: Catalog, now: float, by: str) -> list[d
         if record is None:
             continue
         spec = catalog[name]
-        base = {"now": now, "service": name, "by": by}
+        base = {"now": now, "service": name, "by": by, "term": term}
         if spec.singleton:
             op = _decide_singleton(state, record, spec, up, now, base, planned)
             if op is not None:
                 ops.append(op)
-                target = op.get("to") or (op.get("node") if op["op"] == "place" else None)
+                target = op.get("to") if op["op"] == "migrate" else op.get("node") if op["op"] == "place" else None
                 if target:
                     planned[target] = planned.get(target, 0) + 1
         else:
@@ -71,9 +75,9 @@ def _decide_singleton(state: ClusterState, record: ServiceRecord, spec: ServiceS
                       base: dict[str, Any], planned: dict[str, int]) -> dict[str, Any] | None:
     migration = record.migration
     if migration is not None:
-        op = _advance_migration(record, migration, up, base)
-        if op is not None or migration["phase"] == "releasing":
-            return op
+        op = _advance_migration(state, record, migration, up, base)
+        if op is not None or (migration["phase"] == "releasing" and record.node is not None):
+            return op  # while holders release, only an unplaced service (catalog change) gets a target
     if record.node is None:
         target = choose_node(state, set(), planned)
         return None if target is None else {**base, "op": "place", "node": target, "reason": "not running anywhere"}
@@ -82,22 +86,20 @@ def _decide_singleton(state: ClusterState, record: ServiceRecord, spec: ServiceS
         target = choose_node(state, {node}, planned)
         if target is None:
             return None
-        return {**base, "op": "migrate", "to": target, "source_released": True, "reason": f"node {node} lost"}
+        return {**base, "op": "migrate", "to": target, "reason": f"node {node} lost"}
     return _restart_or_escalate(state, record, spec, node, now, base, can_migrate=True, planned=planned)
 
 
-def _advance_migration(record: ServiceRecord, migration: dict[str, Any], up: set[str], base: dict[str, Any]) -> dict[str, Any] | None:
-    source, target = migration["from"], migration["to"]
+def _advance_migration(state: ClusterState, record: ServiceRecord, migration: dict[str, Any], up: set[str],
+                       base: dict[str, Any]) -> dict[str, Any] | None:
     if migration["phase"] == "releasing":
-        report = record.health.get(source, {})
-        released = report.get("state") == "stopped" and report.get("seq", -1) > migration["seq"]
-        if source not in up or released:
-            reason = "source stopped it" if released else f"source {source} lost (fenced)"
-            return {**base, "op": "migration_released", "reason": reason}
-        return None
-    report = record.health.get(target, {})
+        if release_pending(state, record):
+            return None
+        return {**base, "op": "migration_released", "reason": "every node that may have held it released it"}
+    target = migration["to"]
+    report = record.health.get(target or "", {})
     if target in up and report.get("state") == "healthy" and report.get("seq", -1) > migration["seq"]:
-        return {**base, "op": "migration_done"}
+        return {**base, "op": "migration_done", "to": target}
     return None
 
 

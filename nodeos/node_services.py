@@ -13,16 +13,34 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from . import log
+from . import arp, log
 from .catalog import Catalog, ServiceSpec
 from .health import CheckResult, CheckTarget, ServiceHealth, run_check
+from .placement import release_set
 from .runtime import Runtime, ServiceContext, ServiceRuntimeError
 from .state import ClusterState
 from .vip import VipError, VipManager
 
 REPORT_MIN_INTERVAL = 0.2
+# The holder re-announces its VIPs this often: clients that learned another
+# MAC while two nodes may have answered (a clone, a healed partition) move back.
+REANNOUNCE_INTERVAL = 1.0
+
+
+class FenceGate(Protocol):
+    """What the node side needs from fencing (guardian.Guardian): claim before taking."""
+
+    def claim_vip(self, ifname: str, ip: str, prefixlen: int = 32) -> bool: ...
+
+    def claim_service(self, name: str, target: dict[str, str]) -> bool: ...
+
+    def release_vip(self, ifname: str, ip: str, prefixlen: int = 32) -> None: ...
+
+    def release_service(self, name: str) -> None: ...
+
+    def still_valid(self) -> bool: ...
 
 
 @dataclass
@@ -58,10 +76,13 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
         generation = instance.generation if instance else 0
         migration = record.migration
         if spec.singleton:
-            waiting_release = migration is not None and migration["to"] == me and migration["phase"] == "releasing"
-            run = record.node == me and not fenced and not waiting_release
-            release = (migration is not None and migration["from"] == me and migration["phase"] == "releasing"
-                       and record.health.get(me, {}).get("seq", -1) <= migration["seq"])
+            # While any node may still hold it, its node waits and every such node
+            # stops it and confirms with a `stopped` report after the decision.
+            releasing = migration is not None and migration["phase"] == "releasing"
+            run = record.node == me and not fenced and not releasing
+            report = record.health.get(me, {})
+            confirmed = releasing and report.get("state") == "stopped" and report.get("seq", -1) > migration["seq"]
+            release = releasing and me in release_set(migration) and not confirmed
             want = Desired(run, generation, record.vip if spec.vip else None, release)
         else:
             want = Desired(True, generation)
@@ -75,11 +96,15 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
 
 
 class NodeServices:
-    def __init__(self, node_id: str, runtime: Runtime, vips: VipManager, submit: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, node_id: str, runtime: Runtime, vips: VipManager, submit: Callable[[dict[str, Any]], None],
+                 gate: FenceGate) -> None:
         self.node_id = node_id
         self.runtime = runtime
         self.vips = vips
         self.submit = submit
+        self.gate = gate
+        self._announced: dict[str, float] = {}
+        self._seen = -1  # log position of the state this pass acts on
         self.local: dict[str, Local] = {}
         self._reported: dict[str, tuple[str, int]] = {}
         self._last_report: dict[str, float] = {}
@@ -88,6 +113,7 @@ class NodeServices:
 
     # -- one pass ------------------------------------------------------------
     def converge(self, state: ClusterState, catalog: Catalog, fenced: bool, now: float) -> None:
+        self._seen = state.applied
         if fenced != self._fenced_logged:
             log.event("fence.engaged" if fenced else "fence.released", level="warning" if fenced else "info")
             self._fenced_logged = fenced
@@ -99,7 +125,7 @@ class NodeServices:
         for name, want in desired.items():
             spec = catalog[name]
             if want.run:
-                self._ensure_running(spec, want, now)
+                self._ensure_running(spec, want, now, held)
             elif name in self.local or self.runtime.is_running(name):
                 self._stop(name, reason="fenced" if fenced and spec.singleton else "not placed here", report=name in state.services)
             elif want.release_pending:
@@ -107,20 +133,24 @@ class NodeServices:
             if not want.run and want.vip and want.vip in held:
                 self._remove_vip(want.vip)  # e.g. left by a previous agent process
         self._run_checks(catalog, now)
+        self._reannounce(held, now)
 
     # -- starting and stopping -------------------------------------------------
-    def _ensure_running(self, spec: ServiceSpec, want: Desired, now: float) -> None:
+    def _ensure_running(self, spec: ServiceSpec, want: Desired, now: float, held: set[str]) -> None:
         local = self.local.get(spec.name)
         if local is not None and local.generation >= want.generation:
-            if want.vip and local.vip != want.vip:
-                self._add_vip(want.vip)
-                local.vip = want.vip
+            if want.vip and (local.vip != want.vip or want.vip not in held):
+                # Also after a fence took it away while this process was hung.
+                if self._add_vip(want.vip):
+                    local.vip = want.vip
             return  # running (or failed: restarting is the Monitor's decision)
         if local is not None:
             log.event("service.restarting", service=spec.name, generation=want.generation)
             self._stop_process(spec.name)
-        if want.vip:
-            self._add_vip(want.vip)  # before the service: it may bind the VIP
+        if want.vip and not self._add_vip(want.vip):  # before the service: it may bind the VIP
+            return
+        if spec.singleton and not self.gate.claim_service(spec.name, self.runtime.fence_target(spec.name)):
+            return  # no valid grant: a singleton never starts unguarded
         ctx = ServiceContext(node_id=self.node_id, vip=want.vip)
         try:
             self.runtime.start(spec, ctx)
@@ -138,30 +168,57 @@ class NodeServices:
 
     def _stop(self, name: str, reason: str, report: bool) -> None:
         local = self.local.pop(name, None)
-        self._stop_process(name)
         if local is not None and local.vip:
-            self._remove_vip(local.vip)
+            self._remove_vip(local.vip)  # first: clients stop coming while it stops
+        if self._stop_process(name):
+            self.gate.release_service(name)
         log.event("service.stopped", service=name, reason=reason)
         if report:
             self._report(name, "stopped", local.generation if local else 0, reason, time.monotonic(), force=True)
 
-    def _stop_process(self, name: str) -> None:
+    def _stop_process(self, name: str) -> bool:
         try:
             self.runtime.stop(name)
+            return True
         except ServiceRuntimeError as exc:
             log.event("service.stop_failed", level="error", service=name, error=str(exc))
+            return False
 
-    def _add_vip(self, vip: str) -> None:
+    def _add_vip(self, vip: str) -> bool:
+        """Claim (the guard must confirm a valid grant), add, then announce if still valid."""
+        if not self.gate.claim_vip(self.vips.ifname, vip, 32):
+            return False
         try:
-            self.vips.add(vip, 32)
+            self.vips.add(vip, 32, announce=False)
         except VipError as exc:
             log.event("vip.add_failed", level="error", vip=vip, error=str(exc))
+            return False
+        self._announce(vip, time.monotonic())
+        return True
 
     def _remove_vip(self, vip: str) -> None:
         try:
             self.vips.remove(vip)
+            self.gate.release_vip(self.vips.ifname, vip, 32)
+            self._announced.pop(vip, None)
         except VipError as exc:
             log.event("vip.remove_failed", level="error", vip=vip, error=str(exc))
+
+    def _announce(self, vip: str, now: float, count: int | None = None) -> None:
+        # A gratuitous ARP moves every client's cache: never send one on a stale grant.
+        if not self.gate.still_valid():
+            return
+        try:
+            arp.send_gratuitous(self.vips.ifname, vip, count=count or self.vips.announce_count)
+            self._announced[vip] = now
+        except OSError as exc:
+            log.event("vip.announce_failed", level="warning", vip=vip, error=str(exc))
+
+    def _reannounce(self, held: set[str], now: float) -> None:
+        for local in self.local.values():
+            vip = local.vip
+            if vip and vip in held and now - self._announced.get(vip, float("-inf")) >= REANNOUNCE_INTERVAL:
+                self._announce(vip, now, count=1)
 
     def _present_vips(self) -> set[str]:
         try:
@@ -223,7 +280,7 @@ class NodeServices:
         self._reported[name] = key
         self._last_report[name] = now
         self.submit({"op": "report_health", "now": time.time(), "service": name, "node": self.node_id,
-                     "state": state, "generation": generation, "detail": detail})
+                     "state": state, "generation": generation, "detail": detail, "seen": self._seen})
 
     def local_view(self) -> dict[str, Any]:
         return {name: {"generation": l.generation, "state": l.state, "vip": l.vip, "pid": self.runtime.main_pid(name)}

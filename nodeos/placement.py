@@ -3,6 +3,14 @@
 Each decision op carries the deciding Monitor (`by`), the reason, and every
 time value it needs (`now`, deadlines) as arguments; applying it is pure.
 Decisions are recorded as events with service, node, reason and outcome.
+
+A singleton never starts on its node while another node may still run it.
+Every move (and every catalog change that re-creates a singleton's record)
+records the nodes that may hold it in `migration["release"]`; overlapping
+moves accumulate that set. Each of them must release it, by reporting
+`stopped` after the decision (log position `seq`) or by being lost (it fenced
+itself), before `migration_released` lets the target start; the ops check
+this against the state themselves, so a late or stale decision cannot skip it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,67 @@ def _up_node(state: ClusterState, op: dict[str, Any], key: str = "node") -> str:
     return node
 
 
+def _singleton(state: ClusterState, op: dict[str, Any]) -> ServiceRecord:
+    record = _service(state, op)
+    if record.placement != "singleton":
+        raise OpError(f"{record.name} runs on every node; only singletons are placed or moved")
+    return record
+
+
+# -- who must release a singleton --------------------------------------------
+
+def release_set(migration: dict[str, Any]) -> list[str]:
+    """The nodes a migration waits for (records from before the set existed name one source)."""
+    return list(migration.get("release", [migration["from"]] if migration.get("from") else []))
+
+
+def _is_up(state: ClusterState, node: str) -> bool:
+    record = state.nodes.get(node)
+    return record is not None and record.status == "up"
+
+
+def _stopped_since(record: ServiceRecord, node: str, seq: int) -> bool:
+    """The node reported `stopped` after the decision at `seq`, from a state that showed it.
+
+    `seen` (the log position the reporting node acted on) rules out a report
+    it sent before it knew of the decision that merely committed later: such a
+    node may have started the service again in between.
+    """
+    report = record.health.get(node, {})
+    return report.get("state") == "stopped" and report.get("seq", -1) > seq and report.get("seen", seq + 1) > seq
+
+
+def release_pending(state: ClusterState, record: ServiceRecord) -> list[str]:
+    """Nodes that must still release the singleton before its target may start it.
+
+    Released: reported `stopped` after the decision, or not up (a lost node
+    fenced itself: the liveness check waits longer than the fence lease).
+    """
+    migration = record.migration
+    if migration is None or migration["phase"] != "releasing":
+        return []
+    return [n for n in release_set(migration) if _is_up(state, n) and not _stopped_since(record, n, migration["seq"])]
+
+
+def _may_hold(state: ClusterState, record: ServiceRecord) -> set[str]:
+    """Nodes that may run the service right now, by what the state ordered so far."""
+    if record.placement != "singleton":
+        return set(state.nodes)
+    holders = set(release_pending(state, record))
+    if record.node is not None:
+        holders.add(record.node)  # its host, or a target that may have started it
+    return holders
+
+
+def _release_wait(state: ClusterState, record: ServiceRecord, holders: set[str], now: float, reason: Any, by: Any,
+                  source: str | None, target: str | None) -> list[str]:
+    """Start a migration record that waits for `holders` (the up ones) to release."""
+    release = sorted(n for n in holders if _is_up(state, n))
+    record.migration = {"from": source, "to": target, "reason": reason, "started": now, "by": by, "seq": state.applied,
+                        "phase": "releasing" if release else "starting", "release": release}
+    return release
+
+
 @register("catalog_set")
 def _op_catalog_set(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     data = op.get("catalog")
@@ -43,14 +112,30 @@ def _op_catalog_set(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     for spec in catalog:
         record = state.services.get(spec.name)
         if record is None or record.placement != spec.placement:
-            state.services[spec.name] = ServiceRecord(spec.name, spec.placement, vip=record.vip if record else None)
+            holders = _may_hold(state, record) if record is not None else set(state.retired.get(spec.name, []))
+            state.services[spec.name] = _fresh_record(state, spec.name, spec.placement, record, holders, op)
+        state.retired.pop(spec.name, None)
     removed = sorted(set(state.services) - set(catalog.names()))
     for name in removed:
-        del state.services[name]  # their hosts see them gone and stop them
+        # Their hosts see them gone and stop them, but report nothing: remember
+        # who may still run them, in case they come back as a singleton.
+        state.retired[name] = sorted(_may_hold(state, state.services.pop(name)))
     state.add_event(now, "catalog.applied", reason=op.get("reason"), outcome="ok",
                     detail=f"version {state.catalog_version}: {', '.join(catalog.names()) or 'no services'}"
                     + (f"; removed {', '.join(removed)}" if removed else ""))
     return {"version": state.catalog_version}
+
+
+def _fresh_record(state: ClusterState, name: str, placement: str, old: ServiceRecord | None, holders: set[str],
+                  op: dict[str, Any]) -> ServiceRecord:
+    record = ServiceRecord(name, placement, vip=old.vip if old else None)
+    if placement == "singleton" and any(_is_up(state, n) for n in holders):
+        # E.g. it ran on every node, or was removed and re-added while running:
+        # wherever it is placed, it starts only once all of them stopped it.
+        release = _release_wait(state, record, holders, op["now"], "catalog change", op.get("by"), None, None)
+        state.add_event(op["now"], "service.migrating", service=name, reason="catalog change", outcome="ordered",
+                        detail=f"may still run on {', '.join(release)}: they release it before it starts anywhere")
+    return record
 
 
 @register("vip_assign")
@@ -68,15 +153,18 @@ def _op_vip_assign(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
 
 @register("place")
 def _op_place(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
-    """First placement of a singleton that runs nowhere."""
-    record = _service(state, op)
+    """First placement of a singleton that runs nowhere (it may still wait for releases)."""
+    record = _singleton(state, op)
     node = _up_node(state, op)
     if record.node is not None:
         return {"already": record.node}
     record.node = node
     record.instance(node)
+    waiting = release_pending(state, record)
+    if record.migration is not None:
+        record.migration["to"] = node  # a catalog change's release wait: it now has a target
     state.add_event(op["now"], "service.placed", service=record.name, node=node, reason=op.get("reason"), outcome="ordered",
-                    detail=f"by {op.get('by')}")
+                    detail=(f"waits for {', '.join(waiting)} to release it; " if waiting else "") + f"by {op.get('by')}")
     return {}
 
 
@@ -98,45 +186,68 @@ def _op_restart(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
 
 @register("migrate")
 def _op_migrate(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
-    """Move a singleton. If the source may still run it, it must release first."""
-    record = _service(state, op)
+    """Move a singleton. Every up node that may still run it must release it first.
+
+    A move during a move keeps the previous one's nodes that have not released
+    yet, and adds the node it was placed on (the previous target may have
+    started it). The target itself is in the set when it may still run an
+    older instance: it stops that one before starting afresh.
+    """
+    record = _singleton(state, op)
     target = _up_node(state, op, "to")
     source = record.node
     if source == target:
         raise OpError(f"{record.name} already runs on {target}")
-    source_released = bool(op.get("source_released", False))
+    previous = record.migration
+    # For display: where it last ran (a move still releasing never started on its target).
+    shown = (previous.get("from") if previous and previous["phase"] == "releasing" else None) or source
+    holders = _may_hold(state, record)
     record.node = target
-    record.migration = {"from": source, "to": target, "reason": op.get("reason"), "started": op["now"],
-                        "phase": "starting" if source is None or source_released else "releasing", "by": op.get("by"),
-                        "seq": state.applied}
+    release = _release_wait(state, record, holders, op["now"], op.get("reason"), op.get("by"), shown, target)
     instance = record.instance(target)
     instance.restarts, instance.backoff_until = 0, 0.0
+    waits = f"; waits for {', '.join(release)} to release it" if release else ""
     state.add_event(op["now"], "service.migrating", service=record.name, node=target, reason=op.get("reason"), outcome="ordered",
-                    detail=f"from {source} ({record.migration['phase']}), by {op.get('by')}")
+                    detail=f"from {shown} ({record.migration['phase']}{waits}), by {op.get('by')}")
     return {}
 
 
 @register("migration_released")
 def _op_migration_released(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     record = _service(state, op)
-    if record.migration is None or record.migration["phase"] != "releasing":
+    migration = record.migration
+    if migration is None or migration["phase"] != "releasing":
         return {"already": True}
-    record.migration["phase"] = "starting"
-    state.add_event(op["now"], "service.released", service=record.name, node=record.migration["from"], reason=op.get("reason"),
-                    outcome="ok", detail=f"by {op.get('by')}")
+    pending = release_pending(state, record)
+    if pending:  # checked here too: a late or stale decision must not let the target start early
+        raise OpError(f"{record.name}: {', '.join(pending)} must still release it")
+    nodes = release_set(migration)
+    how = [f"{n} {'stopped it' if _stopped_since(record, n, migration['seq']) else 'lost (fenced)'}" for n in nodes]
+    migration["phase"] = "starting"
+    state.add_event(op["now"], "service.released", service=record.name, node=", ".join(nodes) or None, reason=op.get("reason"),
+                    outcome="ok", detail=f"{'; '.join(how) or 'nobody held it'}; by {op.get('by')}")
     return {}
 
 
 @register("migration_done")
 def _op_migration_done(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     record = _service(state, op)
-    if record.migration is None:
+    migration = record.migration
+    if migration is None:
         return {"already": True}
-    migration, record.migration = record.migration, None
+    target = migration["to"]
+    if migration["phase"] != "starting" or target is None or not _healthy_since(record, target, migration["seq"]):
+        raise OpError(f"{record.name} has not started healthy on {target} since the move")  # a stale decision
+    record.migration = None
     took = op["now"] - migration["started"]
     state.add_event(op["now"], "service.migrated", service=record.name, node=migration["to"], reason=migration.get("reason"),
-                    outcome="ok", detail=f"from {migration['from']} in {took:.2f}s, completed by {op.get('by')}")
+                    outcome="ok", detail=f"from {migration['from'] or 'a catalog change'} in {took:.2f}s, completed by {op.get('by')}")
     return {}
+
+
+def _healthy_since(record: ServiceRecord, node: str, seq: int) -> bool:
+    report = record.health.get(node, {})
+    return report.get("state") == "healthy" and report.get("seq", -1) > seq
 
 
 @register("reset_restarts")
@@ -161,6 +272,9 @@ def _op_report_health(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]
     previous = record.health.get(node, {}).get("state")
     # "seq" (the log position) orders reports against decisions without trusting clocks.
     record.health[node] = {"state": health, "since": op["now"], "generation": generation, "detail": detail, "seq": state.applied}
+    seen = op.get("seen")
+    if isinstance(seen, int) and not isinstance(seen, bool):
+        record.health[node]["seen"] = seen
     if previous != health and health in ("unhealthy", "failed"):
         state.add_event(op["now"], f"service.{health}", service=record.name, node=node, detail=detail)
     elif health == "healthy" and previous in ("unhealthy", "failed", "starting") and _recovering(record, node):

@@ -62,6 +62,10 @@ class Runtime(Protocol):
 
     def stop_all(self) -> None: ...
 
+    def fence_target(self, name: str) -> dict[str, str]:
+        """What the fencer kills for this service (fencer.py), without asking the runtime."""
+        ...
+
 
 # ---------------------------------------------------------------- process runtime
 
@@ -92,6 +96,9 @@ class ProcessRuntime:
 
     def run_dir(self, name: str) -> Path:
         return self.run_root / name
+
+    def fence_target(self, name: str) -> dict[str, str]:
+        return {"run_dir": str(self.run_dir(name))}
 
     # -- interface
 
@@ -316,6 +323,9 @@ def _run_subprocess(argv: Sequence[str], timeout: float) -> "subprocess.Complete
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
 class SystemdRuntime:
     """systemctl on each service's unit (real nodes).
 
@@ -339,6 +349,9 @@ class SystemdRuntime:
 
     def unit_for(self, name: str) -> str:
         return self._units.get(name, f"{name}.service")
+
+    def fence_target(self, name: str) -> dict[str, str]:
+        return {"cgroup": f"{CGROUP_ROOT}/system.slice/{self.unit_for(name)}"}
 
     def start(self, spec: ServiceSpec, ctx: ServiceContext) -> None:
         if spec.unit is None:

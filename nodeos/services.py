@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import arp, log
+from .fencing import Vip
 from .catalog import Catalog, CatalogError, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog, parse_catalog
 from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
@@ -70,10 +71,15 @@ class ServicesLayer:
         self.me = agent.node_id
         runtime: Runtime = ProcessRuntime(agent.state_dir / "services") if agent.config.runtime == "process" else SystemdRuntime()
         self.vips = VipManager(agent.iface.name)
-        self.node = NodeServices(self.me, runtime, self.vips, self._submit)
+        self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian)
         self.consensus: "Consensus | None" = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="services", daemon=True)
+        # Two threads: a node stuck stopping one of its services must not stall
+        # the Monitor's decisions for the whole cluster (and the other way round).
+        self._threads = [threading.Thread(target=self._loop, args=(self.node_pass, "services.pass_failed"), name="services",
+                                          daemon=True),
+                         threading.Thread(target=self._loop, args=(self.monitor_pass, "monitor.pass_failed"), name="monitor",
+                                          daemon=True)]
         self._catalog: tuple[int, Catalog | None] = (-1, None)
         self._inflight: dict[tuple[str, str], float] = {}
         self._inflight_lock = threading.Lock()
@@ -83,41 +89,46 @@ class ServicesLayer:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor-probe")
         self._lock = threading.Lock()
         self.last_pass = time.monotonic()
+        self.last_monitor_pass = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------
     def attach(self, consensus: "Consensus") -> None:
         self.consensus = consensus
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def shutdown(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
         with self._lock:
             self.node.stop_everything()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def healthy(self, now: float, limit: float = 30.0) -> bool:
-        """False when convergence is stuck (a hung check, runtime or netlink call)."""
-        return self.consensus is None or now - self.last_pass < limit
+        """False when convergence or the Monitor is stuck (a hung check, runtime or netlink call)."""
+        return self.consensus is None or (now - self.last_pass < limit and now - self.last_monitor_pass < limit)
 
     def _submit(self, op: dict[str, Any], callback: Any = None) -> None:
         if self.consensus is not None:
             self.consensus.submit(op, callback)
 
-    def _loop(self) -> None:
+    def _loop(self, step: Callable[[float], None], failure: str) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self.run_pass(started)
-                self.last_pass = time.monotonic()
-            except Exception as exc:  # keep converging; one bad pass must not end the thread
-                log.event("services.pass_failed", level="error", error=repr(exc))
+                step(started)
+            except Exception as exc:  # keep going; one bad pass must not end the thread
+                log.event(failure, level="error", error=repr(exc))
             self._stop.wait(max(0.0, PASS - (time.monotonic() - started)))
 
-    def run_pass(self, now: float) -> None:
+    def _snapshot(self) -> ClusterState:
         assert self.consensus is not None
-        snapshot: ClusterState = self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
+        return self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
+
+    def node_pass(self, now: float) -> None:
+        snapshot = self._snapshot()
         catalog = self.catalog_of(snapshot)
         fenced = self.agent.fenced()
         with self._lock:
@@ -125,8 +136,17 @@ class ServicesLayer:
                 self.node.converge(snapshot, catalog, fenced, now)
             elif fenced:
                 self.node.release_singletons(None)
+        self.last_pass = time.monotonic()
+
+    def monitor_pass(self, now: float) -> None:
         if self.agent.may_act():
-            self._monitor_pass(snapshot, catalog, now)
+            snapshot = self._snapshot()
+            self._monitor_pass(snapshot, self.catalog_of(snapshot), now)
+        self.last_monitor_pass = time.monotonic()
+
+    def _term(self) -> int:
+        assert self.consensus is not None
+        return self.consensus.term()
 
     def catalog_of(self, state: ClusterState) -> Catalog | None:
         version, catalog = self._catalog
@@ -142,7 +162,9 @@ class ServicesLayer:
             return
         assert catalog is not None
         self._allocate_vip(state, catalog)
-        for op in decide(state, catalog, time.time(), self.me):
+        assert self.consensus is not None
+        term = self.consensus.term()  # the fencing token: ops of a deposed Monitor are refused in apply
+        for op in decide(state, catalog, time.time(), self.me, term):
             self._propose_decision(op, now)
         self._probe_vips(state, catalog, now)
 
@@ -156,7 +178,8 @@ class ServicesLayer:
         except CatalogError as exc:
             log.event("catalog.rejected", level="error", error=str(exc))
             return
-        self._submit({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"image config ({path})"})
+        self._submit({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"image config ({path})",
+                      "term": self._term()})
 
     def _propose_decision(self, op: dict[str, Any], now: float) -> None:
         key = (op["service"], op.get("node") or op.get("to") or "")
@@ -182,7 +205,8 @@ class ServicesLayer:
             result, self._vip_probe = self._vip_probe.result(), None
             if result is not None:
                 service, vip = result
-                self._submit({"op": "vip_assign", "now": time.time(), "service": service, "vip": vip, "reason": "ARP-probed free"})
+                self._submit({"op": "vip_assign", "now": time.time(), "service": service, "vip": vip, "reason": "ARP-probed free",
+                              "term": self._term()})
             return
         needing = [s.name for s in catalog.singletons() if s.vip and state.services.get(s.name) and state.services[s.name].vip is None]
         if not needing:
@@ -222,11 +246,18 @@ class ServicesLayer:
                 ok, detail = future.result()
                 self._probes[spec.name] = (last, None)
                 if record.probe.get("ok") != ok:
-                    self._submit({"op": "probe", "now": time.time(), "service": spec.name, "ok": ok, "detail": detail})
+                    self._submit({"op": "probe", "now": time.time(), "service": spec.name, "ok": ok, "detail": detail,
+                                  "term": self._term()})
             elif future is None and now - last >= PROBE_INTERVAL:
                 self._probes[spec.name] = (now, self._pool.submit(_probe_through_vip, spec, record.vip))
 
     # -- operator API -----------------------------------------------------------------
+    def holding_view(self, state: ClusterState) -> dict[str, Any]:
+        """What this node really holds now (addresses on the link, live processes), not what it believes."""
+        vips = {Vip(self.vips.ifname, r.vip) for r in state.services.values() if r.vip}
+        singletons = {n: self.node.runtime.fence_target(n) for n, r in state.services.items() if r.placement == "singleton"}
+        return self.agent.guardian.actually_held(vips, singletons)
+
     def status_view(self, state: ClusterState) -> list[dict[str, Any]]:
         rows = []
         for name, record in sorted(state.services.items()):
@@ -322,7 +353,7 @@ class ServicesLayer:
             target = choose_node(state, {record.node} if record.node else set())
         if target is None or target == record.node:
             return 409, {"error": f"no other up node to move {record.name} to"}
-        return self._sync({"op": "migrate", "now": time.time(), "service": record.name, "to": target, "source_released": False,
+        return self._sync({"op": "migrate", "now": time.time(), "service": record.name, "to": target,
                            "reason": "operator request", "by": f"operator via {self.me}"})
 
 

@@ -49,3 +49,25 @@ def _namespace_pids(lab: Lab, host: str) -> list[int]:
     from . import netns
 
     return netns.namespace_pids(lab.node(host).ns)
+
+
+def census(lab: Lab) -> dict[str, list[str]]:
+    """Which nodes run an instance of each service now, seen from the processes themselves.
+
+    Asks no agent (a dead or hung agent's orphans count too): a process in a
+    node's namespace whose working directory is `<state_dir>/services/NAME`
+    is an instance of NAME on that node.
+    """
+    from . import netns
+
+    found: dict[str, set[str]] = {}
+    for name, node in lab.spec.nodes.items():
+        root = str(Path(node.state_dir) / "services") + "/"
+        for pid in netns.namespace_pids(node.ns):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(root):
+                found.setdefault(cwd[len(root):].split("/")[0], set()).add(name)
+    return {service: sorted(nodes) for service, nodes in found.items()}

@@ -6,6 +6,12 @@ it proposed the op) and any randomness are fields of the op; nothing here
 reads a clock, a random source or the host. A bad op never raises: it is
 answered with `{"ok": False, "error": ...}` on every node alike and changes
 nothing, so one malformed proposal cannot stop the log.
+
+Monitor operations carry the Raft `term` they were decided under and the
+state keeps the highest term a heartbeat brought (`monitor_term`): an op with
+a lower term comes from a deposed leader (pysyncobj forwards it late) and is
+refused without change, a fencing token. Ops without a term (agents' reports,
+joins, operator requests) are not Monitor decisions and are never fenced.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ class ServiceRecord:
     placement: str  # "singleton" | "every-node"
     node: str | None = None  # singleton: where it should run
     vip: str | None = None
-    migration: dict[str, Any] | None = None  # {"from", "to", "reason", "started", "phase": releasing|starting}
+    # {"from", "to", "reason", "started", "by", "seq", "phase": releasing|starting,
+    #  "release": nodes that must confirm they stopped it before `to` starts it (see placement.py)}
+    migration: dict[str, Any] | None = None
     instances: dict[str, Instance] = field(default_factory=dict)  # node -> restart bookkeeping
     # node -> {"state": starting|healthy|unhealthy|failed|stopped, "since": t, "generation": g, "detail": str}
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -68,13 +76,20 @@ class ClusterState:
         self.time: float = 0.0  # cluster time of the last applied op
         self.heartbeat_seq: int = 0
         self.monitor: str | None = None  # node id of the leader that wrote the last heartbeat
+        self.monitor_term: int = 0  # highest Raft term a heartbeat brought: older Monitor ops are refused
         self.nodes: dict[str, NodeRecord] = {}
         self.catalog: dict[str, Any] | None = None
         self.catalog_version: int = 0
         self.services: dict[str, ServiceRecord] = {}
+        self.retired: dict[str, list[str]] = {}  # removed service -> nodes that may still run it
         self.events: list[dict[str, Any]] = []
         self.event_seq: int = 0
         self.applied: int = 0
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        # A Raft snapshot written before a field existed gets that field's default.
+        self.__init__()  # type: ignore[misc]
+        self.__dict__.update(data)
 
     # -- entry point -------------------------------------------------------
     def apply(self, op: Any) -> dict[str, Any]:
@@ -88,12 +103,23 @@ class ClusterState:
             now = op.get("now")
             if not isinstance(now, (int, float)) or isinstance(now, bool):
                 raise OpError("operation needs a numeric 'now'")
+            self._check_term(op)
             result = handler(self, op) or {}
             self.time = max(self.time, float(now))  # only a valid op moves cluster time
             self.applied += 1
             return {"ok": True, **result}
         except OpError as exc:
             return {"ok": False, "error": str(exc)}
+
+    def _check_term(self, op: dict[str, Any]) -> None:
+        """Fencing token: refuse a Monitor op decided under an older Raft term."""
+        if "term" not in op:
+            return  # not a Monitor op (an agent's report, a join, an operator request)
+        term = op["term"]
+        if not isinstance(term, int) or isinstance(term, bool) or term < 0:
+            raise OpError("field 'term' must be a non-negative integer")
+        if term < self.monitor_term:
+            raise OpError(f"stale Monitor op: decided in term {term}, the Monitor of term {self.monitor_term} has taken over")
 
     # -- helpers for handlers ---------------------------------------------
     def add_event(self, now: float, kind: str, **fields: Any) -> None:
@@ -125,6 +151,7 @@ class ClusterState:
             "time": self.time,
             "heartbeat_seq": self.heartbeat_seq,
             "monitor": self.monitor,
+            "monitor_term": self.monitor_term,
             "nodes": {n: vars(r).copy() for n, r in sorted(self.nodes.items())},
             "catalog_version": self.catalog_version,
             "services": {s: _service_dict(r) for s, r in sorted(self.services.items())},
@@ -158,9 +185,13 @@ def _op_init_cluster(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
 
 def _op_heartbeat(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     leader = _require(op, "leader", str)
+    term = op.get("term")  # checked by apply; absent only in logs written before terms
     if state.monitor != leader:
-        state.add_event(op["now"], "monitor.elected", node=leader, detail=f"previous {state.monitor}")
+        state.add_event(op["now"], "monitor.elected", node=leader,
+                        detail=f"previous {state.monitor}" + (f", term {term}" if term is not None else ""))
     state.monitor = leader
+    if term is not None:
+        state.monitor_term = max(state.monitor_term, term)
     state.heartbeat_seq += 1
     return {"seq": state.heartbeat_seq}
 
@@ -172,8 +203,19 @@ def _op_node_join(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     facts = op.get("facts") or {}
     if not isinstance(facts, dict):
         raise OpError("field 'facts' must be a mapping")
+    # The proposer's Raft member addresses (an argument: the state has no view
+    # of Raft). Ops logged before the field existed carry none and replay as before.
+    members = op.get("members")
+    if members is not None and (not isinstance(members, list) or not all(isinstance(m, str) for m in members)):
+        raise OpError("field 'members' must be a list of addresses")
     now = op["now"]
     record = state.nodes.get(node_id)
+    if record is not None and members is not None and record.raft_addr != raft_addr and record.raft_addr in members:
+        # A Raft address never changes (README): a second address for a live
+        # member's id is a machine with a copied state dir, not that node.
+        raise OpError(f"node id {node_id} is already registered for {record.raft_addr}, a Raft member; {raft_addr} is a clone "
+                      f"(its state dir was copied from that node): remove node_id and raft.* / membership.json from its state dir "
+                      f"to join as a new node")
     if record is None:
         state.nodes[node_id] = NodeRecord(node_id, raft_addr, ip, "up", now, now, dict(facts))
         state.add_event(now, "node.joined", node=node_id, detail=raft_addr)

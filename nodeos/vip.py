@@ -36,7 +36,7 @@ class VipManager:
         self._added: dict[str, int] = {}  # ip -> prefixlen, added by this manager
         self._lock = threading.Lock()
 
-    def add(self, ip: str, prefixlen: int = 32) -> None:
+    def add(self, ip: str, prefixlen: int = 32, announce: bool = True) -> None:
         """Put `ip/prefixlen` on the interface (no error if already there), then announce it."""
         ip = _valid_ipv4(ip)
         if not 0 <= prefixlen <= 32:
@@ -50,7 +50,8 @@ class VipManager:
                 if exc.code != errno.EEXIST:
                     raise VipError(f"{self.ifname}: cannot add {ip}/{prefixlen}: {exc}") from exc
             self._added[ip] = prefixlen
-        arp.send_gratuitous(self.ifname, ip, count=self.announce_count)
+        if announce:
+            arp.send_gratuitous(self.ifname, ip, count=self.announce_count)
 
     def remove(self, ip: str) -> None:
         """Take `ip` off the interface if present, whoever added it."""

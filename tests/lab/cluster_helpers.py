@@ -24,8 +24,20 @@ def new_lab(nodes: int, expect: int | None = None, catalog: str | None = None, s
 
 
 def teardown(lab: Lab) -> None:
+    keep_logs(lab)
     destroy(lab.spec.name)
     assert not any(ns.startswith(f"nodeos-{lab.spec.name}-") for ns in _namespaces())
+
+
+def keep_logs(lab: Lab) -> None:
+    """Copy the lab's process logs to artifacts/lab-NAME/ (CI keeps them for a failed run)."""
+    import shutil
+
+    target = Path("artifacts") / f"lab-{lab.spec.name}"
+    for node in lab.spec.nodes.values():
+        for log in Path(node.state_dir).glob("*.log"):
+            (target / node.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, target / node.name / log.name)
 
 
 def _namespaces() -> list[str]:

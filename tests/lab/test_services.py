@@ -166,9 +166,18 @@ def test_partitioned_vip_holder_drops_vips_before_majority_takes_them(lab, tmp_p
     memcached_vip = rows["memcached"]["vip"]
     macs_seen = [s["macs"] for s in samples if s["vip"] == memcached_vip and s["macs"]]
     assert [holder_mac] in macs_seen and any(m != [holder_mac] for m in macs_seen)
-    # The cut-off holder dropped its VIPs by itself (self-fencing).
-    log = Path(lab.node(holder).state_dir, "agent.log").read_text()
-    assert '"fence.engaged"' in log and '"vip.removed"' in log
+    # The cut-off holder dropped its VIPs by itself (self-fencing: its guard, its fence keeper or its services pass).
+    state_dir = Path(lab.node(holder).state_dir)
+    log = (state_dir / "agent.log").read_text()
+    assert '"fence.engaged"' in log
+    removed = set()
+    for line in log.splitlines() + (state_dir / "guard.log").read_text().splitlines():
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") in ("guard.fenced", "fence.local"):
+            removed.update(event.get("removed_vips") or [])
+        elif event.get("event") == "vip.removed":
+            removed.add(event.get("ip"))
+    assert memcached_vip in removed
 
 
 def test_bad_catalog_is_refused_with_a_clear_message_and_changes_nothing(lab, tmp_path):

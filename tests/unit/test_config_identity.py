@@ -21,7 +21,10 @@ def test_defaults_need_no_file(tmp_path):
     ({"runtime": "docker"}, "runtime must be"),
     ({"timing": {"lease": 0.1}}, "timing.lease must exceed"),
     ({"timing": {"leese": 1}}, "timing: unknown field 'leese'"),
-    ({"timing": {"fence_margin": 0.0}}, "fence_margin must be > 0"),
+    ({"timing": {"fence_margin": 0.0}}, "fence_margin must exceed"),
+    ({"timing": {"fence_margin": 0.1}}, "fence_margin must exceed"),
+    ({"watchdog_timeout": 0.5}, "watchdog_timeout must be between"),
+    ({"watchdog": "/tmp/wd"}, "watchdog must be"),
     ({"timing": {"fence_after": 0.15}}, "fence_after must exceed"),
     ([1, 2], "expected a mapping"),
 ])

@@ -32,7 +32,7 @@ def run_monitor(state: ClusterState, now: float, rounds: int = 1) -> list[dict]:
     """Decide and apply, as the Monitor does (each op commits before the next pass)."""
     all_ops = []
     for _ in range(rounds):
-        ops = decide(state, CATALOG, now, "a")
+        ops = decide(state, CATALOG, now, "a", 1)
         for op in ops:
             apply(state, op)
         all_ops += ops
@@ -103,7 +103,7 @@ def test_a_new_monitor_resumes_a_migration_from_the_state(state):
     apply(state, {"op": "migrate", "now": 5.0, "service": "memcached", "to": target, "reason": "operator", "by": "a"})
     report(state, "memcached", source, "stopped", 5.2)
     copy = state.snapshot()  # what the next leader has in its log
-    ops = decide(copy, CATALOG, 5.3, "b")
+    ops = decide(copy, CATALOG, 5.3, "b", 2)
     assert [o["op"] for o in ops] == ["migration_released"] and ops[0]["by"] == "b"
 
 
@@ -112,7 +112,7 @@ def test_lost_node_singletons_move_without_waiting_for_release(state):
     home = state.services["memcached"].node
     apply(state, {"op": "node_status", "now": 3.0, "node": home, "status": "lost"})
     ops = [o for o in run_monitor(state, 3.1) if o["service"] == "memcached"]
-    assert ops[0]["op"] == "migrate" and ops[0]["source_released"] is True and ops[0]["to"] != home
+    assert ops[0]["op"] == "migrate" and ops[0]["to"] != home
     assert state.services["memcached"].migration["phase"] == "starting"
 
 
@@ -157,3 +157,21 @@ def test_bad_catalog_op_changes_nothing(state):
     result = state.apply({"op": "catalog_set", "now": 9.0, "catalog": {"version": 1, "services": {"x": {"placement": "nowhere"}}}})
     assert result["ok"] is False and "invalid catalog" in result["error"]
     assert state.to_dict() == before
+
+
+def test_every_decision_carries_the_term_it_was_decided_under(state):
+    ops = decide(state, CATALOG, 2.0, "a", 7)
+    assert ops and all(op["term"] == 7 for op in ops)
+
+
+def test_decisions_of_a_deposed_monitor_are_refused(state):
+    apply(state, {"op": "heartbeat", "now": 1.5, "leader": "a", "term": 3})
+    stale = decide(state, CATALOG, 2.0, "a", 3)  # decided under a's lease ...
+    apply(state, {"op": "heartbeat", "now": 2.1, "leader": "b", "term": 4})  # ... but b took over first
+    before = state.to_dict()
+    for op in stale:
+        result = state.apply(op)
+        assert result["ok"] is False and "stale" in result["error"]
+    assert state.to_dict() == before and state.monitor == "b"
+    current = decide(state, CATALOG, 2.2, "b", 4)
+    assert current and all(state.apply(op)["ok"] for op in current)

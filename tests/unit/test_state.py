@@ -123,3 +123,64 @@ def test_single_node_consensus_commits_and_syncs_its_journal(tmp_path):
         assert (tmp_path / "raft.journal").stat().st_size > 0
     finally:
         consensus.stop()
+
+
+# -- Monitor terms: a deposed leader's late proposals are refused ---------------
+
+def test_stale_heartbeat_after_a_newer_one_is_refused():
+    state = ClusterState()
+    assert state.apply({"op": "heartbeat", "now": 1.0, "leader": "a", "term": 2})["ok"]
+    assert state.apply({"op": "heartbeat", "now": 2.0, "leader": "b", "term": 3})["ok"]
+    before = state.to_dict()
+    result = state.apply({"op": "heartbeat", "now": 3.0, "leader": "a", "term": 2})  # forwarded late by pysyncobj
+    assert result["ok"] is False and "stale" in result["error"] and "term 2" in result["error"]
+    assert state.monitor == "b" and state.monitor_term == 3
+    assert state.to_dict() == before
+
+
+def test_heartbeat_of_a_higher_term_takes_over():
+    state = ClusterState()
+    state.apply({"op": "heartbeat", "now": 1.0, "leader": "a", "term": 2})
+    assert state.apply({"op": "heartbeat", "now": 2.0, "leader": "b", "term": 5})["ok"]
+    assert state.monitor == "b" and state.monitor_term == 5
+    assert "term 5" in state.events[-1]["detail"]
+
+
+def test_equal_term_is_accepted_and_ops_without_a_term_are_not_fenced():
+    state = ClusterState()
+    for op in ops_sequence()[:3]:
+        state.apply(op)
+    state.apply({"op": "heartbeat", "now": 10.4, "leader": "a", "term": 4})
+    assert state.apply({"op": "heartbeat", "now": 10.5, "leader": "a", "term": 4})["ok"]
+    assert state.apply({"op": "node_status", "now": 10.6, "node": "b", "status": "lost", "term": 4})["ok"]
+    # An agent's own report and a join carry no term: they are not Monitor decisions.
+    assert state.apply({"op": "node_join", "now": 10.7, "node": "b", "raft_addr": "10.0.0.2:7371", "ip": "10.0.0.2"})["ok"]
+
+
+def test_stale_node_status_and_init_cluster_are_refused():
+    state = ClusterState()
+    state.apply(ops_sequence()[0])
+    state.apply({"op": "heartbeat", "now": 1.0, "leader": "b", "term": 7})
+    before = state.to_dict()
+    for op in ({"op": "node_status", "now": 2.0, "node": "a", "status": "lost", "term": 6},
+               {"op": "init_cluster", "now": 2.0, "group_id": "g", "cluster_id": "c", "term": 6}):
+        result = state.apply(op)
+        assert result["ok"] is False and "stale" in result["error"]
+    assert state.to_dict() == before
+
+
+@pytest.mark.parametrize("term", ["3", True, -1, 2.5, None])
+def test_malformed_term_is_refused(term):
+    state = ClusterState()
+    result = state.apply({"op": "heartbeat", "now": 1.0, "leader": "a", "term": term})
+    assert result["ok"] is False and "term" in result["error"] and state.monitor is None
+
+
+def test_state_pickled_before_terms_existed_loads_with_defaults():
+    state = ClusterState()
+    state.apply({"op": "heartbeat", "now": 1.0, "leader": "a"})
+    for name in ("monitor_term", "retired"):
+        del state.__dict__[name]  # as in a Raft snapshot written by an older version
+    loaded = pickle.loads(pickle.dumps(state))
+    assert loaded.monitor_term == 0 and loaded.retired == {} and loaded.monitor == "a"
+    assert loaded.apply({"op": "heartbeat", "now": 2.0, "leader": "b", "term": 1})["ok"]

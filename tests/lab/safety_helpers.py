@@ -1,0 +1,112 @@
+"""Neutral observers for the fencing tests: one ARP sampler per VIP, a process census.
+
+Neither asks an agent: the samplers send ARP requests from the lab's client
+namespace every 20 ms and record every MAC that answers each one; the census
+reads every node's processes. A test then checks the recorded history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from nodeos.lab import Lab
+from nodeos.services_lab import census
+
+from .cluster_helpers import CLIENT_SCRIPT
+
+ARP_PERIOD = 0.02
+
+
+class ArpSamplers:
+    """One raw-socket ARP sampler process per VIP, in the client namespace."""
+
+    def __init__(self, lab: Lab, vips: list[str]) -> None:
+        ns = lab.add_client()
+        self._stop = Path(tempfile.mkdtemp(prefix="nodeos-arp-")) / "stop"
+        self._procs = [subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT_SCRIPT, "sample_arp", vip,
+                                         str(self._stop), str(ARP_PERIOD)], stdout=subprocess.PIPE, text=True,
+                                        start_new_session=True) for vip in vips]
+        self.windows: list[dict[str, Any]] = []
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.touch()
+        for proc in self._procs:
+            try:
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            self.windows += [json.loads(line) for line in out.splitlines() if line.strip()]
+        self._stop.unlink(missing_ok=True)
+        os.rmdir(self._stop.parent)
+        return self.windows
+
+    def doubles(self) -> list[dict[str, Any]]:
+        return [w for w in self.windows if len(w["macs"]) > 1]
+
+
+def vips_on_nodes(lab: Lab, vips: set[str]) -> dict[str, list[str]]:
+    """Which nodes have each VIP on their interface (seen by `ip`, not by any agent)."""
+    found: dict[str, list[str]] = {}
+    for name, node in sorted(lab.spec.nodes.items()):
+        result = subprocess.run(["ip", "-j", "-n", node.ns, "-4", "addr", "show", "dev", "eth0"], capture_output=True, text=True)
+        for entry in json.loads(result.stdout or "[]"):
+            for addr in entry.get("addr_info", []):
+                if addr["local"] in vips:
+                    found.setdefault(addr["local"], []).append(name)
+    return found
+
+
+class Census:
+    """Samples which nodes run each service (and hold each VIP), every `period`, in a thread."""
+
+    def __init__(self, lab: Lab, period: float = 0.05, vips: set[str] | None = None) -> None:
+        self.lab, self.period, self.vips = lab, period, vips or set()
+        self.samples: list[tuple[float, dict[str, list[str]]]] = []
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            seen = census(self.lab)
+            if self.vips:
+                seen.update(vips_on_nodes(self.lab, self.vips))
+            self.samples.append((time.monotonic(), seen))
+            self._halt.wait(self.period)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(timeout=10)
+
+    def doubles(self, services: list[str]) -> list[tuple[float, str, list[str]]]:
+        return [(t, s, seen[s]) for t, seen in self.samples for s in services if len(seen.get(s, [])) > 1]
+
+
+class Observers:
+    """ARP samplers for the given VIPs plus a census, started together."""
+
+    def __init__(self, lab: Lab, vips: dict[str, str], addresses: bool = False) -> None:
+        self.vips = vips
+        self.arp = ArpSamplers(lab, sorted(vips.values()))
+        # `addresses`: also sample every node's addresses (a cut-off node is out of the ARP samplers' reach).
+        self.census = Census(lab, vips=set(vips.values()) if addresses else None)
+
+    def stop(self) -> None:
+        self.census.stop()
+        self.arp.stop()
+
+    def assert_never_two(self) -> None:
+        doubles = self.arp.doubles()
+        assert not doubles, f"two MACs answered for a VIP in {len(doubles)} windows, first {doubles[:3]}"
+        twice = self.census.doubles(sorted(self.vips) + sorted(self.census.vips))
+        assert not twice, f"a singleton ran on two nodes in {len(twice)} samples, first {twice[:3]}"
+        assert self.arp.windows and self.census.samples, "the observers recorded nothing"
