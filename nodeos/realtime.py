@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from . import log
+from nodeos import log
 
 MCL_CURRENT, MCL_FUTURE = 1, 2
 

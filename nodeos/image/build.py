@@ -190,7 +190,7 @@ def ensure_identity(path: Path | None, progress: Progress) -> tuple[Path, bool]:
     if path.exists():
         _check_identity(path)
         return path, False
-    from ..identity import init_identity
+    from nodeos.cluster.identity import init_identity
 
     path.parent.mkdir(parents=True, exist_ok=True)
     init_identity(path)
@@ -201,7 +201,7 @@ def ensure_identity(path: Path | None, progress: Progress) -> tuple[Path, bool]:
 
 def _check_identity(path: Path) -> None:
     try:
-        from ..identity import IdentityError, load_identity
+        from nodeos.cluster.identity import IdentityError, load_identity
     except ImportError:
         return
     try:
@@ -221,7 +221,7 @@ def render_config(manifest: Manifest) -> str:
 
 
 def firewall_env(manifest: Manifest) -> str:
-    from ..config import parse_config
+    from nodeos.cluster.config import parse_config
 
     cfg = parse_config(manifest.config, str(manifest.path))
     cat_tcp, cat_udp = catalog_ports(manifest.catalog)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, parse_config
+from nodeos.cluster.config import ConfigError, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
@@ -240,13 +240,15 @@ def _catalog_path(value: Any, err: Any) -> Path | None:
     if not isinstance(value, str) or not value:
         raise err("catalog", f"must be a packaged catalog name or a path, got {value!r}")
     if _NAME.match(value) and not value.endswith(".yaml"):
-        path = REPO_ROOT / "nodeos" / "catalogs" / f"{value}.yaml"
+        from nodeos.services.catalog import packaged_catalog
+
+        path = packaged_catalog(value)
     else:
         path = _repo_path(value)
     if not path.is_file():
         raise err("catalog", f"no catalog file {path}")
     try:
-        from ..catalog import CatalogError, load_catalog
+        from nodeos.services.catalog import CatalogError, load_catalog
     except ImportError:  # catalog module not there: only the YAML syntax can be checked
         try:
             yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -265,7 +267,7 @@ def catalog_ports(path: Path | None) -> tuple[list[str], list[str]]:
     if path is None:
         return [], []
     try:
-        from ..catalog import load_catalog
+        from nodeos.services.catalog import load_catalog
     except ImportError:
         return [], []
     tcp: set[int] = set()

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from nodeos.control import ControlError, request
-from nodeos.lab import Lab, destroy
+from nodeos.cluster.control import ControlError, request
+from nodeos.lab.lab import Lab, destroy
 
 
 def new_lab(nodes: int, expect: int | None = None, catalog: str | None = None, start: bool = True,
@@ -65,7 +65,7 @@ def lease(lab: Lab, node: str) -> bool | None:
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """bench.wait_for, failing the test with `what` on time-out."""
-    from nodeos.bench import wait_for
+    from nodeos.bench.cluster import wait_for
 
     value = wait_for(predicate, timeout, interval)
     if not value:
@@ -118,7 +118,7 @@ def is_root() -> bool:
 
 CLIENT_SCRIPT = r'''
 import json, socket, sys, time
-from nodeos import arp
+from nodeos.services import arp
 kind = sys.argv[1]
 if kind == "who_has":
     print(json.dumps(sorted(arp.who_has("eth0", sys.argv[2], timeout=float(sys.argv[3])))))
@@ -187,7 +187,7 @@ def service_row(lab: Lab, node: str, service: str) -> dict[str, Any]:
 
 def host_of(lab: Lab, service: str) -> str | None:
     """Lab node name whose agent runs `service` now; fails if it runs on two."""
-    from nodeos.services_lab import service_hosts
+    from nodeos.lab.services import service_hosts
 
     running = service_hosts(lab, service)
     assert len(running) <= 1, f"{service} runs on {running}"
@@ -195,7 +195,7 @@ def host_of(lab: Lab, service: str) -> str | None:
 
 
 def node_mac(lab: Lab, name: str) -> str:
-    from nodeos import netns
+    from nodeos.lab import netns
 
     return netns.link_mac(lab.node(name).ns, "eth0")
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import pytest
 
-from nodeos import netns
+from nodeos.lab import netns
 
 T = TypeVar("T")
 LAB_SUBNET = "10.77.0"  # each bridge is its own L2 domain, so reuse is safe

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodeos.lab import Lab
-from nodeos.services_lab import census
+from nodeos.lab.lab import Lab
+from nodeos.lab.services import census
 
 from .cluster_helpers import CLIENT_SCRIPT
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nodeos.lab import Lab
+from nodeos.lab.lab import Lab
 
 from .cluster_helpers import (cli, is_root, lease, lease_holders, lease_intervals, new_lab,
                               status_json, teardown, wait_until)
@@ -143,8 +143,8 @@ def test_leader_cut_off_into_minority_never_overlaps_monitor_lease(lab_factory):
 
 
 def test_wrong_secret_never_joins_and_bad_beacons_are_counted(lab_factory, tmp_path):
-    from nodeos.beacon import BeaconCodec
-    from nodeos.identity import ClusterIdentity, load_identity, write_private
+    from nodeos.cluster.beacon import BeaconCodec
+    from nodeos.cluster.identity import ClusterIdentity, load_identity, write_private
 
     lab = lab_factory(3)
     lab.wait_formed(timeout=60)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from nodeos.control import TCP_LIMITS, ControlServer
+from nodeos.cluster.control import TCP_LIMITS, ControlServer
 
 from .cluster_helpers import agent_events, is_root, lease_holders, new_lab, teardown, wait_until
 

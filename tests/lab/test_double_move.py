@@ -21,8 +21,8 @@ from typing import Callable
 
 import pytest
 
-from nodeos.lab import Lab
-from nodeos.services_lab import service_hosts
+from nodeos.lab.lab import Lab
+from nodeos.lab.services import service_hosts
 
 from .cluster_helpers import (CLIENT_SCRIPT, cli, host_of, in_client, is_root, lease_holders, new_lab, node_mac, service_row, status_json,
                               teardown, wait_services_healthy, wait_until)

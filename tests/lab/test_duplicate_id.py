@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nodeos.lab import Lab, LabNode
+from nodeos.lab.lab import Lab, LabNode
 
 from .cluster_helpers import (agent_events, cli, host_of, in_client, is_root, new_lab, node_mac, status_json, teardown,
                               wait_services_healthy, wait_until)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.lab import Lab
-from nodeos.services_lab import census
+from nodeos.lab.lab import Lab
+from nodeos.lab.services import census
 
 from .cluster_helpers import (agent_events, cli, in_client, is_root, lease_holders, new_lab, status_json, teardown,
                               wait_services_healthy, wait_until)
@@ -282,7 +282,7 @@ def test_fence_does_not_wait_behind_a_blocked_stop(lab: Lab) -> None:
 
 def test_vip_holder_reannounces_so_clients_drop_a_wrong_mac(lab: Lab) -> None:
     """After another node may have answered for a VIP (a clone, a healed split), clients move back by themselves."""
-    from nodeos import netns
+    from nodeos.lab import netns
 
     holder = census(lab)["memcached"][0]
     vip = vips(lab)["memcached"]

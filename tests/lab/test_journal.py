@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.lab import Lab
+from nodeos.lab.lab import Lab
 
 from .cluster_helpers import agent_events, is_root, new_lab, teardown
 

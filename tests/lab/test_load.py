@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeos.bench_load import run_phase
+from nodeos.bench.load import run_phase
 
 from .cluster_helpers import is_root, new_lab, teardown, wait_services_healthy
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.consensus import Consensus, ConsensusError
-from nodeos.config import Timing
+from nodeos.cluster.consensus import Consensus, ConsensusError
+from nodeos.cluster.config import Timing
 
 from .cluster_helpers import is_root, lease_holders, new_lab, rss_mb, status_json, teardown, wait_until
 

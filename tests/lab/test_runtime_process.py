@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import psutil
 import pytest
 
-from nodeos.catalog import Catalog, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog
-from nodeos.health import CheckTarget, ServiceHealth, run_check
-from nodeos.runtime import LOG_FILE, PID_FILE, ProcessRuntime, Runtime, ServiceContext, ServiceRuntimeError
+from nodeos.services.catalog import Catalog, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog
+from nodeos.services.health import CheckTarget, ServiceHealth, run_check
+from nodeos.services.runtime import LOG_FILE, PID_FILE, ProcessRuntime, Runtime, ServiceContext, ServiceRuntimeError
 
 if TYPE_CHECKING:
     from tests.lab.conftest import LabNode, LabTools

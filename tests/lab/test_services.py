@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.lab import Lab
+from nodeos.lab.lab import Lab
 
 from .cluster_helpers import (CLIENT_SCRIPT, cli, host_of, in_client, is_root, lease_holders, new_lab, node_mac, service_row, status_json,
                               teardown, wait_services_healthy, wait_until)
@@ -190,7 +190,7 @@ def test_bad_catalog_is_refused_with_a_clear_message_and_changes_nothing(lab, tm
     assert result.returncode == 2
     assert f"{bad}:5" in result.stderr and "port" in result.stderr, result.stderr
     # Straight to the agent, bypassing the CLI's own check: refused the same way.
-    from nodeos.control import request
+    from nodeos.cluster.control import request
     code, payload = request(lab.node_socket("n2"), "POST", "/catalog", {"text": bad.read_text(), "source": "bad.yaml"})
     assert code == 400 and "bad.yaml:5" in payload["error"]
     after = json.loads(cli("catalog", "show", "--lab-node", "n1", "--lab", lab.spec.name).stdout)

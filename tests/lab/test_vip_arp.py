@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 import pytest
 
-from nodeos import arp
-from nodeos.vip import VipManager
+from nodeos.services import arp
+from nodeos.services.vip import VipManager
 
 if TYPE_CHECKING:
     from tests.lab.conftest import LabNode, LabTools

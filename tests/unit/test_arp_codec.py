@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from nodeos.arp import (
+from nodeos.services.arp import (
     ARP_REPLY,
     ARP_REQUEST,
     BROADCAST_MAC,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nodeos.beacon import HEADER_LEN, MAX_DATAGRAM, BeaconCodec, BeaconRejected
+from nodeos.cluster.beacon import HEADER_LEN, MAX_DATAGRAM, BeaconCodec, BeaconRejected
 
 KEY = b"k" * 32
 
@@ -90,7 +90,7 @@ def test_header_length_is_what_the_wire_format_says():
 
 
 def test_a_member_beacon_of_a_large_rack_fits():
-    from nodeos.formation import Group, Member
+    from nodeos.cluster.formation import Group, Member
 
     group = Group("g1", tuple(Member(f"{i:012x}", f"10.0.{i // 250}.{i % 250 + 1}:7371") for i in range(150)))
     body = {"phase": "member", "addr": "10.0.0.1:7371", "ip": "10.0.0.1", "group": group.to_wire()}

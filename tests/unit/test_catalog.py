@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.catalog import (
+from nodeos.services.catalog import (
     Catalog,
     CatalogError,
     HealthCheckSpec,

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from nodeos.config import ConfigError, NodeConfig, load_config, parse_config
-from nodeos.identity import IdentityError, init_identity, load_identity, load_or_create_node_id
+from nodeos.cluster.config import ConfigError, NodeConfig, load_config, parse_config
+from nodeos.cluster.identity import IdentityError, init_identity, load_identity, load_or_create_node_id
 
 
 def test_defaults_need_no_file(tmp_path):

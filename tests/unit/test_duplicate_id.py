@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.identity import clone_ambiguous, clone_refusal, clone_verdict, clone_warning
-from nodeos.state import ClusterState
+from nodeos.cluster.identity import clone_ambiguous, clone_refusal, clone_verdict, clone_warning
+from nodeos.cluster.state import ClusterState
 
 A, B, C, CLONE = "10.0.0.1:7371", "10.0.0.2:7371", "10.0.0.3:7371", "10.0.0.9:7371"
 

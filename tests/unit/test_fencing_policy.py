@@ -1,9 +1,9 @@
-"""The fencing policy (nodeos/fencing.py), pinned: when a node may hold, when the guard fences."""
+"""The fencing policy (nodeos/fencing/policy.py), pinned: when a node may hold, when the guard fences."""
 
 from __future__ import annotations
 
-from nodeos.config import Timing
-from nodeos.fencing import ACT_BUDGET, APPLY_LAG, ENFORCE_PERIOD, GuardPolicy, Holdings, Vip, margin_is_safe
+from nodeos.cluster.config import Timing
+from nodeos.fencing.policy import ACT_BUDGET, APPLY_LAG, ENFORCE_PERIOD, GuardPolicy, Holdings, Vip, margin_is_safe
 
 VIP = Vip("eth0", "10.0.0.9")
 MEMCACHED = {"memcached": {"run_dir": "/run/x/services/memcached"}}

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from nodeos.formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
+from nodeos.cluster.formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
 
 PARAMS = FormationParams(bootstrap_expect=3, settle=0.5, offer_timeout=6.0, peer_timeout=2.0)
 

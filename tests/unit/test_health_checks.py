@@ -12,8 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from nodeos.catalog import HealthCheckSpec
-from nodeos.health import CheckTarget, check_host, run_check
+from nodeos.services.catalog import HealthCheckSpec
+from nodeos.services.health import CheckTarget, check_host, run_check
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeos.catalog import HealthCheckSpec
-from nodeos.health import CheckResult, HealthTracker, ServiceHealth
+from nodeos.services.catalog import HealthCheckSpec
+from nodeos.services.health import CheckResult, HealthTracker, ServiceHealth
 
 
 def feed(tracker: HealthTracker, results: str) -> list[str | None]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeos.config import Timing
-from nodeos.consensus import TICK_FAILURES_FATAL, Consensus, ConsensusError, check_journal, journal_problem
-from nodeos.state import ClusterState
+from nodeos.cluster.config import Timing
+from nodeos.cluster.consensus import TICK_FAILURES_FATAL, Consensus, ConsensusError, check_journal, journal_problem
+from nodeos.cluster.state import ClusterState
 
 END_AT = 36  # offset of the header's end-of-records field
 

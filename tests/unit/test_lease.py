@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from nodeos.lease import FenceClock, LeaseClock
+from nodeos.cluster.lease import FenceClock, LeaseClock
 
 LEASE = 1.0
 

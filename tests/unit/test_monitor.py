@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-import nodeos.placement  # noqa: F401  (registers the service ops)
-from nodeos.catalog import load_catalog, packaged_catalog
-from nodeos.monitor import decide
-from nodeos.node_services import desired_here
-from nodeos.state import ClusterState
+import nodeos.services.placement  # noqa: F401  (registers the service ops)
+from nodeos.services.catalog import load_catalog, packaged_catalog
+from nodeos.services.monitor import decide
+from nodeos.services.node import desired_here
+from nodeos.cluster.state import ClusterState
 
 CATALOG = load_catalog(packaged_catalog("lab"))
 

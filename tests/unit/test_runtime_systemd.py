@@ -11,8 +11,8 @@ from typing import Sequence
 
 import pytest
 
-from nodeos.catalog import load_catalog, packaged_catalog
-from nodeos.runtime import Runtime, ServiceContext, ServiceRuntimeError, SystemdRuntime
+from nodeos.services.catalog import load_catalog, packaged_catalog
+from nodeos.services.runtime import Runtime, ServiceContext, ServiceRuntimeError, SystemdRuntime
 
 CATALOG = load_catalog(packaged_catalog("default"))
 CTX = ServiceContext(node_id="n1", vip="10.0.0.200")

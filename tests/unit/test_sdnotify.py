@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from nodeos import sdnotify
+from nodeos.cluster import sdnotify
 
 
 def test_notify_sends_to_the_socket(tmp_path, monkeypatch):

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-import nodeos.placement  # noqa: F401  (registers the service ops)
-from nodeos.catalog import Catalog, load_catalog, packaged_catalog
-from nodeos.monitor import decide
-from nodeos.node_services import Desired, desired_here
-from nodeos.state import ClusterState
+import nodeos.services.placement  # noqa: F401  (registers the service ops)
+from nodeos.services.catalog import Catalog, load_catalog, packaged_catalog
+from nodeos.services.monitor import decide
+from nodeos.services.node import Desired, desired_here
+from nodeos.cluster.state import ClusterState
 
 CATALOG = load_catalog(packaged_catalog("lab"))
 TERM = 1

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nodeos.state import MAX_EVENTS, ClusterState
+from nodeos.cluster.state import MAX_EVENTS, ClusterState
 
 
 def ops_sequence() -> list[dict]:
@@ -100,7 +100,7 @@ def test_importing_consensus_keeps_socket_inet_ntop_working():
     """pysyncobj 0.3.17 swaps in a Windows-only inet_ntop; pyroute2 needs the real one."""
     import socket
 
-    import nodeos.consensus  # noqa: F401
+    import nodeos.cluster.consensus  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET, b"\x0a\x4d\x00\xfe") == "10.77.0.254"
 
@@ -109,8 +109,8 @@ def test_single_node_consensus_commits_and_syncs_its_journal(tmp_path):
     """A real pysyncobj instance on loopback: ops commit, the journal reaches the disk."""
     import socket
 
-    from nodeos.config import Timing
-    from nodeos.consensus import Consensus
+    from nodeos.cluster.config import Timing
+    from nodeos.cluster.consensus import Consensus
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

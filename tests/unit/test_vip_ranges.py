@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeos.vip import VipRangeError, candidate_vips, parse_vip_range
+from nodeos.services.vip import VipRangeError, candidate_vips, parse_vip_range
 
 
 def test_candidates_come_from_the_top_and_skip_broadcast() -> None:

@@ -1,0 +1,70 @@
+"""`nodeos bench ...`: benchmarks in the lab; they print figures and write JSON, nothing is asserted.
+
+    nodeos bench formation --rounds 10     agents' start -> formed cluster (3 and 5 nodes)
+    nodeos bench election  --rounds 10     leader SIGKILL -> a new Monitor lease holder
+    nodeos bench failover  --rounds 10     per fault: detection and VIP serving again
+    nodeos bench load      --seconds 600   false failovers and loop lag, idle vs. `load all`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from nodeos.bench.cluster import bench_election, bench_formation, print_table, write_results
+from nodeos.lab.lab import LabError
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    try:
+        if args.bench == "formation":
+            results = bench_formation(args.rounds, args.sizes)
+            title = "Formation: agents started -> one formed cluster"
+        elif args.bench == "election":
+            results = bench_election(args.rounds)
+            title = "Election: leader SIGKILL -> new Monitor lease holder"
+        elif args.bench == "load":
+            from nodeos.bench.load import bench_load, print_load
+
+            results = bench_load(args.seconds, args.idle_seconds)
+            print_load(results)
+            path = write_results("load", {"bench": "load", "at": time.time(), "results": results}, args.out)
+            print(f"\nwrote {path}")
+            return 0
+        else:
+            from nodeos.bench.failover import bench_failover
+
+            results = bench_failover(args.rounds, args.faults)
+            title = "Failover per fault: detection and VIP serving again"
+    except LabError as exc:
+        print(f"nodeos bench: {exc}", file=sys.stderr)
+        return 1
+    print_table(title, {k: v for k, v in results.items() if isinstance(v, dict) and "n" in v})
+    path = write_results(args.bench, {"bench": args.bench, "rounds": args.rounds, "at": time.time(), "results": results}, args.out)
+    print(f"\nwrote {path}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="benchmarks in the lab (print figures, write JSON)")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
+    bench_sub.required = True
+    formation = bench_sub.add_parser("formation", help="time from agents' start to a formed cluster")
+    formation.add_argument("--sizes", type=int, nargs="+", default=[3, 5], help="cluster sizes (default: 3 5)")
+    election = bench_sub.add_parser("election", help="time from leader SIGKILL to a new Monitor lease holder")
+    failover = bench_sub.add_parser("failover", help="per fault: time to detection and to the VIP serving again")
+    failover.add_argument("--faults", nargs="+", default=["service-kill", "node-crash", "node-reboot", "disconnect", "monitor-crash",
+                                                          "kill-agent", "hang-agent"],
+                          help="faults to measure (default: all)")
+    load = bench_sub.add_parser("load", help="false failovers (fences, lease changes, service stops) and the agents' loop "
+                                             "lag, idle and under `lab fault load all`")
+    load.add_argument("--seconds", type=float, default=600.0, help="seconds under load (default: %(default)s)")
+    load.add_argument("--idle-seconds", type=float, default=60.0, help="idle baseline first (default: %(default)s)")
+    load.add_argument("--out", help="JSON output path (default: bench-results/load.json)")
+    load.set_defaults(func=_cmd)
+    for parser in (formation, election, failover):
+        parser.add_argument("--rounds", type=int, default=10, help="rounds per case (default: %(default)s)")
+        parser.add_argument("--out", help="JSON output path (default: bench-results/<bench>.json)")
+        parser.set_defaults(func=_cmd)

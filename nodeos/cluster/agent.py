@@ -1,0 +1,646 @@
+"""The node agent: one loop that discovers, forms, leads and reconciles.
+
+Threads: the discovery receiver, pysyncobj's tick thread, the control
+servers, and this module's main loop, which every `TICK` seconds
+
+1. advances formation (until this node is a member of a group),
+2. sends a beacon when due (or at once after a phase change),
+3. tracks leadership, proposes lease heartbeats, and computes the Monitor
+   lease (lease.py) and the self-fencing clock,
+4. as lease holder, runs the Monitor (node liveness and, via `services`,
+   the Service Monitor's decisions), and handles join requests,
+5. lets the node side of the services (`services`) converge this node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from nodeos import log
+from . import sdnotify
+from .beacon import BeaconCodec, Message
+from .config import NodeConfig
+from .consensus import Consensus, ConsensusError, dropped_connections
+from .discovery import Discovery, detect_interface
+from .formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
+from nodeos.fencing.guard import SOCKET_NAME as GUARD_SOCKET
+from nodeos.fencing.guardian import Guardian
+from .identity import (ClusterIdentity, clone_ambiguous, clone_refusal, clone_verdict, clone_warning, load_or_create_node_id,
+                       write_private)
+from .lease import FenceClock, LeaseClock
+from nodeos.realtime import set_realtime
+
+TICK = 0.02
+STATUS_SCHEMA = 1
+AGENT_PRIORITY = 10  # SCHED_RR, below the guard's (nodeos/realtime.py says why)
+LAG_WINDOW = 3000  # loop-lag samples kept (one per tick: about a minute)
+
+
+def load_membership(state_dir: Path) -> Group | None:
+    try:
+        data = json.loads((state_dir / "membership.json").read_text())
+        return Group.from_wire(data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{state_dir / 'membership.json'}: unreadable ({exc}); refusing to guess membership") from exc
+
+
+def save_membership(state_dir: Path, group: Group) -> None:
+    # fsynced and atomic: a node must never forget it belongs to a group.
+    write_private(state_dir / "membership.json", json.dumps(group.to_wire()))
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, identity: ClusterIdentity, state_dir: Path) -> None:
+        self.config = config
+        self.identity = identity
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        self.node_id = load_or_create_node_id(state_dir)
+        self.iface = detect_interface(config.interface)
+        self.raft_addr = f"{self.iface.ip}:{config.raft_port}"
+        log.configure(node=self.node_id)
+        t = config.timing
+        self.params = FormationParams(config.bootstrap_expect, t.formation_settle, t.formation_offer_timeout, peer_timeout=max(3.0, 4 * t.beacon_interval))
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self.started_mono = time.monotonic()
+        self.peers: dict[str, PeerView] = {}
+        self._peer_ts: dict[str, float] = {}
+        membership = load_membership(state_dir)
+        self.formation = FormationState(self.node_id, self.raft_addr, phase="member" if membership else "waiting", group=membership)
+        self.consensus: Consensus | None = None
+        self.lease = LeaseClock(t.lease)
+        self.fence = FenceClock(t.fence_after)
+        self._lease_lock = threading.Lock()
+        self.guardian = Guardian(state_dir / GUARD_SOCKET, self.grant_until)
+        self.loop_lags: deque[float] = deque(maxlen=LAG_WINDOW)
+        self.control_counters: Callable[[], dict[str, Any]] = dict  # the control server's, once it runs
+        self._was_leader = False
+        self._may_act = False
+        self._last_heartbeat = 0.0
+        self._last_beacon = 0.0
+        self._beacon_due = True
+        self._last_registration = 0.0
+        self._last_join_sent = 0.0
+        self._pending_joins: dict[str, dict[str, Any]] = {}
+        self._join_in_flight: tuple[str, float] | None = None
+        self._persisted_members: list[str] = sorted(m.addr for m in membership.members) if membership else []
+        self._cluster_initialised = False
+        self._status_proposals: dict[str, float] = {}
+        codec = BeaconCodec(identity.beacon_key, identity.cluster_id, t.beacon_max_age)
+        self.discovery = Discovery(codec, self.node_id, self.iface, config.multicast_group, config.discovery_port, self._on_message)
+        self.services: Any = None  # the services layer (monitor + node side), attached by run_agent
+
+    # -- discovery input (receiver thread) -------------------------------
+    def _on_message(self, message: Message, src_ip: str) -> None:
+        if message.node_id == self.node_id:  # Discovery passes our id only from another address
+            self._on_own_id_elsewhere(message, src_ip)
+            return
+        if message.kind == "join":
+            self._on_join_request(message, src_ip)
+            return
+        body = message.body
+        phase = body.get("phase")
+        if phase not in ("waiting", "offering", "accepted", "member", "joining"):
+            raise ValueError(f"unknown phase {phase!r}")
+        offer = Offer.from_wire(body["offer"]) if body.get("offer") else None
+        group = Group.from_wire(body["group"]) if body.get("group") else None
+        addr = str(body["addr"])
+        if self._lists_my_id_elsewhere(offer, group) or self._second_address(message.node_id, addr, phase):
+            return  # never let formation act on a view that has a cloned id in it
+        with self._lock:
+            if message.ts <= self._peer_ts.get(message.node_id, float("-inf")):
+                return  # reordered: keep the newest view of each peer
+            self._peer_ts[message.node_id] = message.ts
+            self.peers[message.node_id] = PeerView(message.node_id, addr, phase, time.monotonic(), offer, group)
+
+    def _on_join_request(self, message: Message, src_ip: str) -> None:
+        addr = str(message.body["addr"])
+        if addr.split(":")[0] != src_ip:
+            raise ValueError(f"join for {addr} sent from {src_ip}")
+        with self._lock:
+            self._pending_joins[message.node_id] = {"addr": addr, "ip": src_ip, "at": time.monotonic()}
+
+    # -- beacons -----------------------------------------------------------
+    def _beacon_body(self) -> dict[str, Any]:
+        with self._lock:
+            state = self.formation
+            body: dict[str, Any] = {"phase": state.phase, "addr": self.raft_addr, "ip": self.iface.ip}
+            if state.offer is not None and state.phase in ("offering", "accepted"):
+                body["offer"] = state.offer.to_wire()
+            if state.phase == "member" and state.group is not None:
+                body["group"] = self._current_group().to_wire()
+        return body
+
+    def _current_group(self) -> Group:
+        """The group as it is now: formation's group id, consensus's live member list."""
+        assert self.formation.group is not None
+        if self.consensus is None:
+            return self.formation.group
+        ids = self._addr_to_node_id()
+        members = tuple(Member(ids.get(a, a), a) for a in self.consensus.member_addrs())
+        return Group(self.formation.group.group_id, members)
+
+    def _addr_to_node_id(self) -> dict[str, str]:
+        ids = {m.addr: m.node_id for m in self.formation.group.members} if self.formation.group else {}
+        ids.update({j["addr"]: n for n, j in self._pending_joins.items()})
+        if self.consensus is not None:
+            ids.update(self.consensus.cluster.read(lambda s: {r.raft_addr: r.node_id for r in s.nodes.values()}))
+        return ids
+
+    def _beacon_tick(self, now: float) -> None:
+        if self._beacon_due or now - self._last_beacon >= self.config.timing.beacon_interval:
+            self._last_beacon, self._beacon_due = now, False
+            try:
+                self.discovery.send_beacon(self._beacon_body())
+            except ValueError as exc:  # e.g. a group too large for one datagram
+                log.event("discovery.beacon_unsendable", level="error", error=str(exc))
+
+    # -- formation -----------------------------------------------------------
+    def _formation_tick(self, now: float) -> None:
+        with self._lock:
+            before = self.formation.phase
+            decision = step(self.formation, dict(self.peers), now, self.params, secrets.token_hex(6))
+            self.formation = decision.state
+        if decision.note:
+            log.event(decision.note, **decision.extra)
+        if decision.state.phase != before:
+            self._beacon_due = True
+        if decision.start_raft is not None:
+            save_membership(self.state_dir, decision.start_raft)
+            self._persisted_members = sorted(m.addr for m in decision.start_raft.members)
+        if decision.join is not None:
+            self._send_join(decision.join, now)
+
+    def _send_join(self, group: Group, now: float) -> None:
+        if now - self._last_join_sent < self.config.timing.beacon_interval:
+            return
+        self._last_join_sent = now
+        for member in group.members:
+            self.discovery.send_join({"addr": self.raft_addr}, member.addr.split(":")[0])
+
+    def _start_consensus(self) -> None:
+        if self.fatal is not None:
+            return
+        group = self.formation.group
+        assert group is not None
+        members = [m.addr for m in group.members]
+        try:
+            self.consensus = Consensus(self.raft_addr, members, self.identity.raft_password, self.state_dir,
+                                       self.config.timing, self._on_raft_state_changed, self._on_follower_heartbeat,
+                                       on_failed=self._fail)
+        except ConsensusError as exc:  # e.g. a damaged journal: trying again every tick cannot help
+            self._fail(str(exc), event="raft.start_failed")
+            return
+        log.event("raft.started", group=group.group_id, members=members)
+        if self.services is not None:
+            self.services.attach(self.consensus)
+
+    def _on_raft_state_changed(self, old: int, new: int) -> None:
+        names = {0: "follower", 1: "candidate", 2: "leader"}
+        log.event("raft.state", old=names.get(old, old), new=names.get(new, new))
+
+    # -- leadership, lease, fencing ----------------------------------------
+    def _leadership_tick(self, now: float) -> None:
+        assert self.consensus is not None
+        leader = self.consensus.is_leader()
+        with self._lease_lock:
+            if leader and not self._was_leader:
+                self.lease.became_leader(now)
+                self._cluster_initialised = False
+                log.event("monitor.candidate", term=self.consensus.term(), guard_until=round(self.lease.guard_until(), 3))
+            elif not leader and self._was_leader:
+                self.lease.lost_leadership()
+            self._was_leader = leader
+            may_act = self.lease.may_act(now)
+        if leader and now - self._last_heartbeat >= self.config.timing.heartbeat_interval:
+            self._propose_heartbeat(now)
+        if may_act != self._may_act:
+            self._may_act = may_act
+            # "mono" is CLOCK_MONOTONIC, shared by all namespaces of one host:
+            # the lab tests compare these intervals across nodes.
+            log.event("lease.acquired" if may_act else "lease.released", mono=round(now, 4), term=self.consensus.term())
+
+    def _propose_heartbeat(self, now: float) -> None:
+        assert self.consensus is not None
+        self._last_heartbeat = now
+        with self._lease_lock:
+            token = self.lease.heartbeat_submitted(now)
+
+        term = self.consensus.term()
+
+        def committed(result: Any, error: Any) -> None:
+            if error:
+                return
+            if not (result or {}).get("ok"):
+                # Refused (a newer Monitor's term has landed): no lease from it.
+                log.event("monitor.heartbeat_refused", level="warning", term=term, error=(result or {}).get("error"))
+                return
+            with self._lease_lock:
+                sent = self.lease.heartbeat_committed(token)
+                if sent is not None:
+                    self.fence.evidence(sent)
+
+        self.consensus.submit({"op": "heartbeat", "now": time.time(), "leader": self.node_id, "term": term}, committed)
+
+    def _on_follower_heartbeat(self, applied_at: float) -> None:
+        """pysyncobj applied a committed heartbeat of the leader we follow (its thread).
+
+        Stamped at apply time, not when this loop next looks: the fencing
+        argument (nodeos/fencing/policy.py) needs the stamp to trail the leader's view of
+        our last reply by at most one pysyncobj tick.
+        """
+        with self._lease_lock:
+            self.fence.evidence(applied_at)
+
+    def grant_until(self) -> float | None:
+        """Until when this node may hold VIPs and singletons (CLOCK_MONOTONIC), if at all."""
+        with self._lease_lock:
+            last = self.fence.last_evidence
+        return None if last is None else last + self.fence.fence_after
+
+    def may_act(self) -> bool:
+        with self._lease_lock:
+            return self.consensus is not None and self.lease.may_act(time.monotonic())
+
+    def fenced(self) -> bool:
+        with self._lease_lock:
+            return self.fence.fenced(time.monotonic())
+
+    # -- cluster bookkeeping ---------------------------------------------------
+    def _membership_tick(self) -> None:
+        assert self.consensus is not None and self.formation.group is not None
+        members = self.consensus.member_addrs()
+        if members != self._persisted_members:
+            group = self._current_group()
+            save_membership(self.state_dir, group)
+            with self._lock:
+                self.formation = FormationState(self.node_id, self.raft_addr, phase="member", group=group)
+            self._persisted_members = members
+            log.event("raft.members", members=members)
+            self._beacon_due = True
+
+    def _registration_tick(self, now: float) -> None:
+        """Make sure the replicated state knows this node (and that it is up)."""
+        assert self.consensus is not None
+        known = self.consensus.cluster.read(lambda s: (s.nodes[self.node_id].status, s.nodes[self.node_id].raft_addr) if self.node_id in s.nodes else None)
+        if known == ("up", self.raft_addr) or now - self._last_registration < 1.0:
+            return
+        self._last_registration = now
+        # `members` lets the op refuse our id at a second address (a cloned state dir).
+        self.consensus.submit({"op": "node_join", "now": time.time(), "node": self.node_id, "raft_addr": self.raft_addr,
+                               "ip": self.iface.ip, "facts": node_facts(), "members": self.consensus.member_addrs()},
+                              self._registration_done)
+
+    def _leader_duties(self, now: float) -> None:
+        """Work only the lease holder does: init, joins, node liveness.
+
+        The Service Monitor runs in the services layer's own thread (health
+        checks and ARP probes may block), also gated by may_act().
+        """
+        assert self.consensus is not None
+        if not self._cluster_initialised:
+            group_id = self.formation.group.group_id if self.formation.group else "?"
+            self.consensus.submit({"op": "init_cluster", "now": time.time(), "group_id": group_id, "cluster_id": self.identity.cluster_id,
+                                   "term": self.consensus.term()})
+            self._cluster_initialised = True
+        self._join_tick(now)
+        self._liveness_tick(now)
+
+    def _join_tick(self, now: float) -> None:
+        assert self.consensus is not None
+        if self._join_in_flight is not None:
+            addr, since = self._join_in_flight
+            if addr in self.consensus.member_addrs() or now - since > 5.0:
+                self._join_in_flight = None
+            return
+        with self._lock:
+            pending = {n: j for n, j in self._pending_joins.items() if now - j["at"] < 10.0}
+            self._pending_joins = pending
+        members = self.consensus.member_addrs()
+        for node_id, join in sorted(pending.items()):
+            if join["addr"] in members:
+                continue
+            taken = self._member_addr_of(node_id, members)
+            if taken is not None and taken != join["addr"]:
+                # A member's id from another machine: adding it would make a ghost of that member.
+                with self._lock:
+                    self._pending_joins.pop(node_id, None)
+                self._report_duplicate(node_id, taken, join["addr"], "join request")
+                continue
+            self._join_in_flight = (join["addr"], now)
+            log.event("raft.adding_member", joining=node_id, addr=join["addr"])
+
+            def added(result: Any, error: Any, joining: str = node_id) -> None:
+                log.event("raft.member_added" if not error else "raft.member_add_failed", joining=joining, error=error)
+
+            self.consensus.add_member(join["addr"], added)
+            return
+
+    def node_liveness(self) -> dict[str, float]:
+        """Seconds since each member last answered the leader (leader only)."""
+        assert self.consensus is not None
+        ids = self._addr_to_node_id()
+        ages = {ids.get(addr, addr): age for addr, age in self.consensus.response_ages().items()}
+        ages[self.node_id] = 0.0
+        return ages
+
+    def lost_after(self) -> float:
+        t = self.config.timing
+        return t.fence_after + t.fence_margin
+
+    def _liveness_tick(self, now: float) -> None:
+        assert self.consensus is not None
+        ages = self.node_liveness()
+        nodes = self.consensus.cluster.read(lambda s: {n: r.status for n, r in s.nodes.items()})
+        for node_id, status in nodes.items():
+            age = ages.get(node_id)
+            if age is None:
+                continue  # not a Raft member (yet)
+            wanted = "lost" if age > self.lost_after() else ("up" if age < 2 * self.config.timing.heartbeat_interval + 0.2 else status)
+            if wanted != status and now - self._status_proposals.get(node_id, 0.0) > 0.5:
+                self._status_proposals[node_id] = now
+                reason = f"no answer for {age:.2f}s" if wanted == "lost" else "answering again"
+                self.consensus.submit({"op": "node_status", "now": time.time(), "node": node_id, "status": wanted, "reason": reason,
+                                       "term": self.consensus.term()})
+
+    # -- main loop -------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.formation.phase != "member":
+            self._formation_tick(now)
+        if self.formation.phase == "member" and self.consensus is None:
+            self._start_consensus()
+        self._beacon_tick(now)
+        if self.consensus is None:
+            return
+        self._leadership_tick(now)
+        self._membership_tick()
+        self._registration_tick(now)
+        if self._may_act:
+            self._leader_duties(now)
+
+    def run(self) -> int:
+        if self.config.realtime:
+            # Before any thread starts: threads inherit the policy; children do not.
+            set_realtime("agent", AGENT_PRIORITY)
+        self.guardian.start()
+        self.discovery.start()
+        log.event("agent.started", node_id=self.node_id, ip=self.iface.ip, interface=self.iface.name,
+                  raft=self.raft_addr, formation=self.formation.phase, expect=self.config.bootstrap_expect)
+        sdnotify.notify("READY=1")
+        watchdog = sdnotify.watchdog_interval()
+        last_watchdog = 0.0
+        expected = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.loop_lags.append(max(0.0, started - expected))
+            try:
+                self.tick()
+            except Exception as exc:  # keep the node's loop alive; the watchdog catches hangs, not errors
+                log.event("agent.tick_failed", level="error", error=repr(exc), trace=traceback.format_exc(limit=5))
+                self._stop.wait(0.5)
+            if watchdog and started - last_watchdog >= watchdog and self._turning(started):
+                # Only an agent whose loops still turn feeds the watchdog;
+                # systemd restarts a hung one (WatchdogSec in the unit).
+                sdnotify.notify("WATCHDOG=1")
+                last_watchdog = started
+            pause = max(0.0, TICK - (time.monotonic() - started))
+            expected = time.monotonic() + pause
+            self._stop.wait(pause)
+        self._shutdown()
+        return 0
+
+    def _turning(self, now: float) -> bool:
+        """Feed systemd's watchdog only while consensus (once a member) and convergence both turn."""
+        consensus_ok = self.formation.phase != "member" or self.consensus_running()
+        return consensus_ok and (self.services is None or self.services.healthy(now))
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        log.event("agent.stopping")
+        if self.services is not None:
+            self.services.shutdown()
+        self.guardian.keep(time.monotonic())  # tell the guard what was given up
+        self.guardian.stop()
+        self.discovery.stop()
+        if self.consensus is not None:
+            self.consensus.stop()
+        log.event("agent.stopped")
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- views for the control API -------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            formation = self.formation
+            peers = len([p for p in self.peers.values() if now - p.seen_at <= self.params.peer_timeout])
+        out: dict[str, Any] = {
+            "schema": STATUS_SCHEMA,
+            "node_id": self.node_id,
+            "cluster_id": self.identity.cluster_id,
+            "address": self.iface.ip,
+            "raft_addr": self.raft_addr,
+            "formation": formation.phase,
+            "group_id": formation.group.group_id if formation.group else None,
+            "bootstrap_expect": self.config.bootstrap_expect,
+            "uptime": round(now - self.started_mono, 3),
+            "leader": None,
+            "is_leader": False,
+            "monitor": None,
+            "may_act": self.may_act(),
+            "fenced": self.fenced(),
+            "fencing": self.guardian.view(),
+            "loop_lag": loop_lag_view(list(self.loop_lags)),
+            "term": None,
+            "members": [],
+            "services": [],
+            "discovery": {"peers": peers, **self.discovery.counters()},
+            "raft": {"dropped_connections": dropped_connections()},
+            "control": self.control_counters(),
+        }
+        if self.consensus is None:
+            return out
+        state = self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
+        ids = {r.raft_addr: r.node_id for r in state.nodes.values()}
+        leader_addr = self.consensus.leader_addr()
+        raft = self.consensus.raft_status()
+        members = self.consensus.member_addrs()
+        out.update({
+            "leader": ids.get(leader_addr, leader_addr) if leader_addr else None,
+            "is_leader": self.consensus.is_leader(),
+            "monitor": state.monitor,
+            "term": self.consensus.term(),
+            "group_id": state.group_id or out["group_id"],
+            "members": [self._member_view(addr, ids, state) for addr in members],
+        })
+        out["raft"].update({"commit_index": raft.get("commit_idx"), "last_applied": raft.get("last_applied"),
+                            "log_len": raft.get("log_len"), "has_quorum": raft.get("has_quorum")})
+        if self.services is not None:
+            out["services"] = self.services.status_view(state)
+            out["holding"] = self.services.holding_view(state)
+        return out
+
+    @staticmethod
+    def _member_view(addr: str, ids: dict[str, str], state: Any) -> dict[str, Any]:
+        node_id = ids.get(addr)
+        record = state.nodes.get(node_id) if node_id else None
+        return {"node_id": node_id, "raft_addr": addr, "ip": addr.split(":")[0],
+                "status": record.status if record else "joining"}
+
+    def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        if self.consensus is None:
+            return []
+        return self.consensus.cluster.read(lambda s: [dict(e) for e in s.events if e["seq"] > since][-limit:])
+
+    # -- failing for good, and consensus health ----------------------------------
+    fatal: str | None = None  # why the agent stopped itself; the daemon then exits 2 (EXIT_CONFIG)
+
+    def _fail(self, message: str, event: str | None = None, **fields: Any) -> None:
+        """Stop for good, from any thread: restarting cannot fix this (a cloned id, a damaged journal)."""
+        if event is not None:
+            log.event(event, level="error", error=message, **fields)
+        if self.fatal is None:
+            self.fatal = message
+        self.stop()
+
+    def consensus_running(self) -> bool:
+        """Raft runs and turns: False before it starts, after it failed, and once the agent gave up."""
+        consensus = self.consensus
+        return self.fatal is None and consensus is not None and consensus.running()
+
+    # -- one node id on two machines (a cloned disk or VM) ------------------------
+    # Class-level: one agent per process; thread-safe limiters shared by all threads.
+    _duplicate_log = log.RateLimiter(period=10.0, burst=3)
+    _duplicate_proposals = log.RateLimiter(period=60.0, burst=1)
+
+    def _on_own_id_elsewhere(self, message: Message, src_ip: str) -> None:
+        """Another machine announces this node's id: one of the two has a copied state dir and must leave."""
+        other = str(message.body.get("addr") or src_ip)
+        other_is_member = message.kind == "beacon" and message.body.get("phase") == "member"
+        self._judge_clone(other, other_is_member, f"{message.kind} from {src_ip}")
+
+    def _lists_my_id_elsewhere(self, offer: Offer | None, group: Group | None) -> bool:
+        """A peer's group or offer names this node's id at another address (formation would take it as ours)."""
+        for listed, is_member in ((group, True), (offer, False)):
+            for member in listed.members if listed is not None else ():
+                if member.node_id == self.node_id and member.addr != self.raft_addr:
+                    self._judge_clone(member.addr, is_member, "group" if is_member else "offer")
+                    return True
+        return False
+
+    def _judge_clone(self, other: str, other_is_member: bool, seen_in: str) -> None:
+        if self.fatal is not None:
+            return  # already leaving
+        consensus = self.consensus
+        registered: str | None = None
+        members: list[str] | None = None
+        if consensus is not None:
+            registered = consensus.cluster.read(lambda s: s.nodes[self.node_id].raft_addr if self.node_id in s.nodes else None)
+            members = consensus.member_addrs()
+        verdict = clone_verdict(self.raft_addr, other, registered, members, other_is_member)
+        if verdict == "leave":
+            self._fail(clone_refusal(self.node_id, self.raft_addr, other, self.state_dir), event="node.duplicate_id",
+                       node_id=self.node_id, addresses=[self.raft_addr, other], seen_in=seen_in)
+        elif verdict == "stay":
+            self._report_duplicate(self.node_id, self.raft_addr, other, seen_in)
+        else:
+            self._log_duplicate(self.node_id, self.raft_addr, other, seen_in, clone_ambiguous(self.node_id, self.raft_addr, other))
+
+    def _second_address(self, node_id: str, addr: str, phase: str) -> bool:
+        """A beacon for a known node id from another address; True: ignore it, the known one stays."""
+        consensus = self.consensus
+        if consensus is not None:
+            registered = consensus.cluster.read(lambda s: s.nodes[node_id].raft_addr if node_id in s.nodes else None)
+            if registered is None or registered == addr or registered not in consensus.member_addrs():
+                return False
+            self._report_duplicate(node_id, registered, addr, "beacon")
+            return True
+        with self._lock:
+            known = self.peers.get(node_id)
+        if known is None or known.addr == addr or time.monotonic() - known.seen_at > self.params.peer_timeout:
+            return False
+        self._log_duplicate(node_id, known.addr, addr, "beacon", clone_ambiguous(node_id, known.addr, addr))
+        return not (phase == "member" and known.phase != "member")  # a member's view beats a newcomer's
+
+    def _member_addr_of(self, node_id: str, members: list[str]) -> str | None:
+        """The Raft member address a node id already has (replicated state, else our group), if any."""
+        assert self.consensus is not None
+        known = self.consensus.cluster.read(lambda s: s.nodes[node_id].raft_addr if node_id in s.nodes else None)
+        group = self.formation.group
+        if known is None and group is not None:
+            known = next((m.addr for m in group.members if m.node_id == node_id), None)
+        return known if known in members else None
+
+    def _registration_done(self, result: Any, error: Any) -> None:
+        """pysyncobj thread: a refused node_join means our id is registered for a member elsewhere."""
+        consensus = self.consensus
+        if error or not isinstance(result, dict) or result.get("ok", True) or consensus is None:
+            return
+        if self._duplicate_log.allow("registration")[0]:
+            log.event("node.registration_refused", level="error", error=result.get("error"))
+        registered = consensus.cluster.read(lambda s: s.nodes[self.node_id].raft_addr if self.node_id in s.nodes else None)
+        if registered is not None and registered != self.raft_addr and registered in consensus.member_addrs():
+            self._fail(clone_refusal(self.node_id, self.raft_addr, registered, self.state_dir), event="node.duplicate_id",
+                       node_id=self.node_id, addresses=[self.raft_addr, registered], seen_in="registration")
+
+    def _report_duplicate(self, node_id: str, original: str, clone: str, seen_in: str) -> None:
+        """`clone` announces the id registered for `original`: log it; the lease holder records it once."""
+        self._log_duplicate(node_id, original, clone, seen_in, clone_warning(node_id, original, clone))
+        consensus = self.consensus
+        if consensus is None or not self.may_act():
+            return
+        prefix = f"{clone} "
+        recorded = consensus.cluster.read(lambda s: any(
+            e["kind"] == "node.duplicate_id" and e.get("node") == node_id and str(e.get("detail", "")).startswith(prefix) for e in s.events))
+        if recorded or not self._duplicate_proposals.allow(f"{node_id} {clone}")[0]:
+            return  # one event per clone; the limiter covers the proposal still in flight
+        consensus.submit({"op": "event", "now": time.time(), "kind": "node.duplicate_id", "node": node_id,
+                          "detail": f"{clone} announces node id {node_id}, registered for {original}: refused as a clone "
+                                    f"(its state dir was copied); remove node_id and raft.* / membership.json there to join as a new node"})
+
+    def _log_duplicate(self, node_id: str, one: str, other: str, seen_in: str, message: str) -> None:
+        allowed, suppressed = self._duplicate_log.allow(f"{node_id} {' '.join(sorted((one, other)))}")
+        if allowed:
+            log.event("node.duplicate_id", level="error", node_id=node_id, addresses=[one, other], seen_in=seen_in,
+                      error=message, suppressed=suppressed)
+
+
+def loop_lag_view(lags: list[float]) -> dict[str, Any]:
+    """How late the agent's loop woke up (scheduling latency), in ms."""
+    if not lags:
+        return {"n": 0}
+    ordered = sorted(lags)
+
+    def pick(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"n": len(ordered), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(1000 * ordered[-1], 2)}
+
+
+def node_facts() -> dict[str, Any]:
+    """Hardware facts a node reports (used for placement)."""
+    return {
+        "cpus": psutil.cpu_count() or 1,
+        "memory_mb": psutil.virtual_memory().total // (1024 * 1024),
+        "hostname": os.uname().nodename,
+    }

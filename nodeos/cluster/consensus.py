@@ -1,0 +1,394 @@
+"""Consensus: pysyncobj Raft carrying the ClusterState, hardened at its port.
+
+pysyncobj unpickles what arrives on its TCP port. With a password it first
+verifies a Fernet token (HMAC-SHA256), so unauthenticated bytes are never
+unpickled; we refuse to start without one. pysyncobj 0.3.17 does, however,
+buffer whatever length a frame claims, so an unauthenticated peer could grow
+memory at will. The guard below (installed once, at import) caps what a
+connection may buffer: 4 KiB before the peer has proven the key (its first
+frame is a ~150-byte token), 16 MiB per frame afterwards, and at most 32
+connections that have not authenticated yet. It hooks pysyncobj's private
+reader, so it is pinned to the tested release line (see pyproject.toml) and
+covered by tests/lab/test_raft_port.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+_REAL_INET_NTOP = socket.inet_ntop
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj import journal as raft_journal  # noqa: E402
+from pysyncobj import tcp_connection  # noqa: E402
+from pysyncobj.monotonic import monotonic as raft_clock  # noqa: E402
+from pysyncobj.transport import TCPTransport  # noqa: E402
+
+# pysyncobj 0.3.17 (win_inet_pton.py) replaces socket.inet_ntop with a
+# Windows-only version on every OS; pyroute2 then cannot decode addresses.
+socket.inet_ntop = _REAL_INET_NTOP
+
+from nodeos import log  # noqa: E402
+
+from .config import Timing  # noqa: E402
+from .state import ClusterState  # noqa: E402
+
+PRE_AUTH_LIMIT = 4096
+MAX_FRAME = 16 * 1024 * 1024
+MAX_UNAUTHENTICATED_CONNECTIONS = 32
+# pysyncobj never msyncs its journal nor fsyncs its term/vote file; we do, this
+# often, to bound what a power cut can take (see README, limits).
+DISK_SYNC_INTERVAL = 0.2
+
+_drops_lock = threading.Lock()
+_drops: dict[str, int] = {"oversized_frame": 0, "pre_auth_overflow": 0, "too_many_connections": 0}
+_drop_log = log.RateLimiter(period=10.0, burst=3)
+
+
+class ConsensusError(RuntimeError):
+    pass
+
+
+def _count_drop(reason: str) -> None:
+    with _drops_lock:
+        _drops[reason] += 1
+        total = _drops[reason]
+    allowed, suppressed = _drop_log.allow(reason)
+    if allowed:
+        log.event("raft.connection_dropped", level="warning", reason=reason, total=total, suppressed=suppressed)
+
+
+def dropped_connections() -> dict[str, int]:
+    with _drops_lock:
+        return dict(_drops)
+
+
+def _install_frame_guard() -> None:
+    cls = tcp_connection.TcpConnection
+    if getattr(cls, "_nodeos_guarded", False):
+        return
+    original_read = cls._TcpConnection__processRead  # type: ignore[attr-defined]
+
+    def guarded_read(self: Any) -> bool:
+        more = original_read(self)
+        buffer = self._TcpConnection__readBuffer
+        if self.recvRandKey is None:
+            if len(buffer) > PRE_AUTH_LIMIT:
+                _count_drop("pre_auth_overflow")
+                self.disconnect()
+                return False
+        elif len(buffer) >= 4:
+            (length,) = struct.unpack("i", buffer[:4])
+            if length < 0 or length > MAX_FRAME or len(buffer) > 2 * MAX_FRAME + 4:
+                _count_drop("oversized_frame")
+                self.disconnect()
+                return False
+        return bool(more)
+
+    cls._TcpConnection__processRead = guarded_read  # type: ignore[attr-defined]
+    cls._nodeos_guarded = True  # type: ignore[attr-defined]
+
+
+_install_frame_guard()
+
+
+class GuardedTransport(TCPTransport):
+    """Refuses new connections while too many have not authenticated yet."""
+
+    def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802 (pysyncobj's name)
+        if len(self._unknownConnections) >= MAX_UNAUTHENTICATED_CONNECTIONS:
+            _count_drop("too_many_connections")
+            conn.disconnect()
+            return
+        super()._onNewIncomingConnection(conn)
+
+
+class ReplicatedCluster(SyncObjConsumer):
+    """The one replicated method: apply an operation to the ClusterState."""
+
+    def __init__(self) -> None:
+        # Attributes set before SyncObjConsumer.__init__ are not serialized.
+        self._lock = threading.RLock()
+        self.on_heartbeat_applied: Callable[[], None] | None = None
+        super().__init__()
+        self.state = ClusterState()
+
+    @replicated
+    def apply_op(self, op: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            result = self.state.apply(op)
+        if result.get("ok") and isinstance(op, dict) and op.get("op") == "heartbeat" and self.on_heartbeat_applied is not None:
+            self.on_heartbeat_applied()  # local observation only: never feeds back into the state
+        return result
+
+    def read(self, reader: Callable[[ClusterState], Any]) -> Any:
+        """Run `reader` on the live state under the apply lock; copy what you keep."""
+        with self._lock:
+            return reader(self.state)
+
+
+def make_conf(timing: Timing, state_dir: Path, password: str, on_state_changed: Callable[[int, int], None] | None) -> SyncObjConf:
+    return SyncObjConf(
+        password=password,
+        dynamicMembershipChange=True,
+        journalFile=str(state_dir / "raft.journal"),
+        fullDumpFile=str(state_dir / "raft.dump"),
+        raftMinTimeout=timing.raft_min_timeout,
+        raftMaxTimeout=timing.raft_max_timeout,
+        appendEntriesPeriod=timing.append_entries_period,
+        connectionTimeout=max(3.5, timing.raft_max_timeout),
+        # Safety comes from our lease; this only makes a cut-off leader step
+        # down sooner than pysyncobj's 30 s default.
+        leaderFallbackTimeout=max(3 * timing.lease, 2.0),
+        autoTickPeriod=0.02,
+        useFork=False,  # the agent is multi-threaded: no fork() for dumps
+        onStateChanged=on_state_changed,
+    )
+
+
+# -- the journal on disk ------------------------------------------------------
+# pysyncobj reads its journal without checks: a cut-off header or record makes
+# its constructor raise (struct.error, or ValueError for an empty file), and a
+# cut inside the last record, or in the header's record-end field, loads
+# silently as a zero-filled or empty log (it first pads the file to 1 KiB).
+# Forgetting acknowledged entries breaks Raft's guarantees, so the agent checks
+# the layout itself before pysyncobj opens (and pads) the file, and refuses.
+
+TICK_FAILURES_FATAL = 50  # consecutive failed pysyncobj ticks (about 1-2 s): it would retry forever
+
+
+def journal_remedy(journal: Path) -> str:
+    return (f"move it aside (and {journal.name}.meta) and restart the agent: the node rejoins "
+            f"and the leader sends it the log or a snapshot")
+
+
+def journal_problem(data: bytes) -> str | None:
+    """What makes a pysyncobj journal (format 1) unloadable, or None when its layout is whole.
+
+    Layout: name (24 bytes) | version (8) | format (4) | end of records (4) |
+    records, each `size | index, term (16) | command | size` (sizes: uint32 LE).
+    Bytes past the end of records are padding (pysyncobj grows the file in steps).
+    """
+    header = raft_journal.FIRST_RECORD_OFFSET
+    if len(data) < header:
+        return f"{len(data)} bytes, shorter than its {header}-byte header"
+    if data[: raft_journal.NAME_SIZE].rstrip(b"\0") != raft_journal.APP_NAME:
+        return "no pysyncobj journal header"
+    version, end = struct.unpack_from("<II", data, raft_journal.NAME_SIZE + raft_journal.VERSION_SIZE)
+    if version != raft_journal.JOURNAL_FORMAT_VERSION:
+        return f"journal format {version}, this pysyncobj reads {raft_journal.JOURNAL_FORMAT_VERSION}"
+    if not header <= end <= len(data):
+        return f"its records end at byte {end} but the file has {len(data)} bytes"
+    offset = header
+    while offset < end:
+        if offset + 4 > end:
+            return f"record at byte {offset} cut short"
+        (size,) = struct.unpack_from("<I", data, offset)
+        stop = offset + 8 + size
+        if size < 16 or stop > end:
+            return f"record at byte {offset} claims {size} bytes, past the end of the records at byte {end}"
+        (trailer,) = struct.unpack_from("<I", data, stop - 4)
+        if trailer != size:
+            return f"record at byte {offset} is garbled (its size fields say {size} and {trailer})"
+        offset = stop
+    return None
+
+
+def check_journal(journal: Path) -> None:
+    """Raise ConsensusError naming the file and the remedy when pysyncobj cannot load it whole."""
+    try:
+        data = journal.read_bytes()
+    except FileNotFoundError:
+        return  # a node's first start: pysyncobj creates it
+    except OSError as exc:
+        raise ConsensusError(f"raft journal {journal} cannot be read ({exc.strerror}): {journal_remedy(journal)}") from exc
+    problem = journal_problem(data)
+    if problem is not None:
+        raise ConsensusError(f"raft journal {journal} is damaged ({problem}): {journal_remedy(journal)}")
+
+
+class _WatchedSyncObj(SyncObj):
+    """SyncObj whose tick thread reports a failure it would otherwise retry forever.
+
+    pysyncobj logs a failed tick and retries every 20 ms: a journal entry that
+    cannot be applied leaves a member that counts toward quorum but does
+    nothing. After TICK_FAILURES_FATAL failures in a row, `on_failed` is called
+    once (in the tick thread) with the last error.
+    """
+
+    def __init__(self, *args: Any, on_failed: Callable[[str], None], **kwargs: Any) -> None:
+        # Set before SyncObj.__init__ (which starts the tick thread, and never
+        # serializes the attributes it finds): ours stay out of Raft dumps.
+        self._nodeos_failures = 0
+        self._nodeos_on_failed = on_failed
+        super().__init__(*args, **kwargs)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        try:
+            super()._onTick(timeToWait)
+        except Exception as exc:
+            self._nodeos_failures += 1
+            if self._nodeos_failures == TICK_FAILURES_FATAL:
+                self._nodeos_on_failed(repr(exc))
+            raise
+        self._nodeos_failures = 0
+
+
+class Consensus:
+    """One node's Raft participation, with the ClusterState as its state machine."""
+
+    def __init__(self, self_addr: str, members: list[str], password: str, state_dir: Path, timing: Timing,
+                 on_state_changed: Callable[[int, int], None] | None = None,
+                 on_follower_heartbeat: Callable[[float], None] | None = None,
+                 on_failed: Callable[[str], None] | None = None) -> None:
+        if not password:
+            raise ConsensusError("refusing to start consensus without the cluster password (pysyncobj unpickles unauthenticated input)")
+        self.self_addr = self_addr
+        self.cluster = ReplicatedCluster()
+        self._on_follower_heartbeat = on_follower_heartbeat
+        self.cluster.on_heartbeat_applied = self._heartbeat_applied
+        conf = make_conf(timing, state_dir, password, on_state_changed)
+        others = [m for m in members if m != self_addr]
+        self._state_dir = state_dir
+        journal = state_dir / "raft.journal"
+        check_journal(journal)  # before pysyncobj opens (and pads) it
+        self.failure: str | None = None  # set once pysyncobj's tick thread gave up (see running())
+        self._on_failed = on_failed
+        try:
+            self._syncobj = _WatchedSyncObj(self_addr, others, conf, consumers=[self.cluster], transportClass=GuardedTransport,
+                                            on_failed=self._tick_failed)
+        except Exception as exc:  # whatever pysyncobj's reader hit (struct.error, ValueError, ...): retrying will not help
+            raise ConsensusError(f"pysyncobj could not start from {journal} ({exc!r}): if the journal is damaged, "
+                                 f"{journal_remedy(journal)}") from exc
+        self._stopping = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
+        self._syncer.start()
+
+    def _tick_failed(self, error: str) -> None:
+        journal = self._state_dir / "raft.journal"
+        self.failure = (f"raft stopped: pysyncobj's tick failed {TICK_FAILURES_FATAL} times in a row (last: {error}); "
+                        f"if the journal {journal} is damaged, {journal_remedy(journal)}")
+        log.event("raft.failed", level="error", error=self.failure)
+        if self._on_failed is not None:
+            self._on_failed(self.failure)
+
+    def running(self) -> bool:
+        """Raft is turning: not stopped, the tick thread alive and not failing, its port bound."""
+        syncobj = self._syncobj
+        thread = syncobj._SyncObj__thread  # type: ignore[attr-defined]
+        return (self.failure is None and not self._stopping.is_set() and thread is not None and thread.is_alive()
+                and bool(syncobj._SyncObj__transport.ready))  # type: ignore[attr-defined]
+
+    def _heartbeat_applied(self) -> None:
+        """Evidence of a quorum-backed leader, for a follower that knows its leader.
+
+        Not on the leader (its evidence is the heartbeat's submission time,
+        lease.py) and not while replaying our own journal after a restart
+        (no leader known yet): old entries prove nothing about now.
+        """
+        syncobj = getattr(self, "_syncobj", None)
+        if syncobj is None or self._on_follower_heartbeat is None:
+            return
+        if not syncobj._isLeader() and syncobj._getLeader() is not None:
+            self._on_follower_heartbeat(time.monotonic())
+
+    # -- proposals ---------------------------------------------------------
+    def submit(self, op: dict[str, Any], callback: Callable[[Any, Any], None] | None = None) -> None:
+        """Propose an op; `callback(result, error)` runs in pysyncobj's thread after commit."""
+        if callback is None:
+            callback = _ignore
+        self.cluster.apply_op(op, callback=callback)
+
+    def submit_sync(self, op: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def finished(result: Any, error: Any) -> None:
+            box["result"], box["error"] = result, error
+            done.set()
+
+        self.submit(op, finished)
+        if not done.wait(timeout):
+            raise ConsensusError(f"no commit within {timeout:.1f}s (no quorum?)")
+        if box["error"]:
+            raise ConsensusError(f"proposal failed: pysyncobj error {box['error']}")
+        return box["result"]
+
+    def add_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
+        self._syncobj.addNodeToCluster(addr, callback=callback)
+
+    # -- observations ------------------------------------------------------
+    def is_leader(self) -> bool:
+        return bool(self._syncobj._isLeader())
+
+    def leader_addr(self) -> str | None:
+        leader = self._syncobj._getLeader()
+        return None if leader is None else str(leader.address if hasattr(leader, "address") else leader)
+
+    def member_addrs(self) -> list[str]:
+        return sorted([self.self_addr] + [n.address for n in self._syncobj.otherNodes])
+
+    def term(self) -> int:
+        return int(self._syncobj.raftCurrentTerm)
+
+    def response_ages(self) -> dict[str, float]:
+        """Leader only: seconds since each follower last answered (pysyncobj internal).
+
+        Measured on pysyncobj's own clock (CLOCK_MONOTONIC_RAW), which can be
+        far from time.monotonic(): never mix timestamps of the two.
+        """
+        for _ in range(3):
+            try:
+                raw = dict(self._syncobj._SyncObj__lastResponseTime)
+                now = raft_clock()
+                return {node.address: now - when for node, when in raw.items()}
+            except RuntimeError:
+                continue  # changed under us by the tick thread; try again
+        return {}
+
+    def raft_status(self) -> dict[str, Any]:
+        for _ in range(3):
+            try:
+                return self._syncobj.getStatus()
+            except RuntimeError:
+                continue
+        return {}
+
+    def sync_to_disk(self) -> None:
+        """Make the Raft journal and the term/vote record durable up to now."""
+        journal = self._syncobj._SyncObj__raftLog
+        try:
+            journal.flush()  # msync of pysyncobj's mmapped journal
+        except (ValueError, OSError):
+            return  # remapped while growing; the next round flushes it
+        for path in (self._state_dir / "raft.journal.meta", self._state_dir):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_loop(self) -> None:
+        while not self._stopping.wait(DISK_SYNC_INTERVAL):
+            try:
+                self.sync_to_disk()
+            except OSError as exc:
+                log.event("raft.sync_failed", level="error", error=str(exc))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._syncobj.destroy()
+        self._syncer.join(timeout=2)
+        self.sync_to_disk()
+
+
+def _ignore(result: Any, error: Any) -> None:
+    return None

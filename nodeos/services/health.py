@@ -1,0 +1,256 @@
+"""Health checks of one service, and the rise/fall logic that debounces them.
+
+`run_check` does the I/O and never raises: any failure is an unhealthy
+result with a detail an operator can read. `HealthTracker` and
+`ServiceHealth` are pure: time is an argument (`now`), so they are
+deterministic and unit-testable without a network.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+import psutil
+
+from .catalog import HealthCheckSpec, render_template
+
+State = Literal["starting", "healthy", "unhealthy"]
+_MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    detail: str
+    duration: float
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """What a check looks at: the address to connect to and the main pid."""
+
+    host: str = "127.0.0.1"
+    pid: int | None = None
+    # Template values for command checks ({run_dir}, {port}, ...).
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_host(bind: str) -> str:
+    """Where to connect to reach a service bound to `bind` (wildcard: loopback)."""
+    return "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind
+
+
+def run_check(spec: HealthCheckSpec, target: CheckTarget) -> CheckResult:
+    started = time.monotonic()
+    try:
+        ok, detail = _CHECKS[spec.type](spec, target)
+    except Exception as exc:  # a check must never take the agent down
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return CheckResult(ok=ok, detail=detail, duration=time.monotonic() - started)
+
+
+def _check_process(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    if target.pid is None:
+        return False, "no main pid"
+    try:
+        status = psutil.Process(target.pid).status()
+    except psutil.NoSuchProcess:
+        return False, f"pid {target.pid} does not exist"
+    if status == psutil.STATUS_ZOMBIE:
+        return False, f"pid {target.pid} is a zombie"
+    return True, f"pid {target.pid} {status}"
+
+
+def _check_tcp(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    address = (target.host, _port(spec))
+    try:
+        with socket.create_connection(address, timeout=spec.timeout):
+            return True, f"connected to {address[0]}:{address[1]}"
+    except OSError as exc:
+        return False, f"tcp {address[0]}:{address[1]}: {exc.strerror or exc}"
+
+
+def _check_http(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    port, path = _port(spec), spec.path or "/"
+    where = f"http://{target.host}:{port}{path}"
+    conn = http.client.HTTPConnection(target.host, port, timeout=spec.timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", "User-Agent": "nodeos-health"})
+        response = conn.getresponse()
+        body = response.read(_MAX_BODY).decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"{where}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
+    finally:
+        conn.close()
+    expected = spec.expect_status or 200
+    if response.status != expected:
+        return False, f"{where}: status {response.status}, expected {expected}"
+    if spec.expect_body is not None and spec.expect_body not in body:
+        return False, f"{where}: body does not contain {spec.expect_body!r}"
+    return True, f"{where}: status {response.status}"
+
+
+def _check_command(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    argv = [render_template(arg, target.values) for arg in spec.command or ()]
+    if not argv:
+        return False, "no command"
+    try:
+        # Own session, so a timeout kills the command and anything it started.
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return False, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+    try:
+        output, _ = proc.communicate(timeout=spec.timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.communicate()
+        return False, f"{argv[0]}: timed out after {spec.timeout:g}s"
+    tail = output.decode("utf-8", "replace").strip()[-200:]
+    if proc.returncode != 0:
+        return False, f"{argv[0]}: exit status {proc.returncode}: {tail}"
+    return True, f"{argv[0]}: exit status 0"
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _port(spec: HealthCheckSpec) -> int:
+    if spec.port is None:
+        raise ValueError(f"{spec.type} check without a port")
+    return spec.port
+
+
+_CHECKS = {
+    "process": _check_process,
+    "tcp": _check_tcp,
+    "http": _check_http,
+    "command": _check_command,
+}
+
+
+class HealthTracker:
+    """Debounces check results: `rise` successes in a row make a check
+    healthy, `fall` failures in a row make it unhealthy. Pure, no clock."""
+
+    def __init__(self, rise: int = 2, fall: int = 2) -> None:
+        if rise < 1 or fall < 1:
+            raise ValueError("rise and fall must be >= 1")
+        self.rise = rise
+        self.fall = fall
+        self.state: State = "starting"
+        self._successes = 0
+        self._failures = 0
+
+    def observe(self, ok: bool) -> State | None:
+        """Count one result; return the new state if it changed, else None."""
+        if ok:
+            self._successes, self._failures = self._successes + 1, 0
+            new: State = "healthy" if self._successes >= self.rise else self.state
+        else:
+            self._failures, self._successes = self._failures + 1, 0
+            new = "unhealthy" if self._failures >= self.fall else self.state
+        if new == self.state:
+            return None
+        self.state = new
+        return new
+
+    def reset(self) -> None:
+        """Back to "starting" (e.g. after a restart of the service)."""
+        self.state = "starting"
+        self._successes = self._failures = 0
+
+
+@dataclass
+class _CheckSlot:
+    spec: HealthCheckSpec
+    tracker: HealthTracker
+    next_due: float
+    last: CheckResult | None = None
+
+
+class ServiceHealth:
+    """All checks of one service. A check is due `interval` after its last
+    result; the service is healthy when every check is, unhealthy when any
+    is, starting otherwise. `now` is always an argument (monotonic seconds)."""
+
+    def __init__(self, checks: Sequence[HealthCheckSpec], now: float = 0.0) -> None:
+        self._slots = [_CheckSlot(spec, HealthTracker(spec.rise, spec.fall), now) for spec in checks]
+        self.state: State = self._aggregate()
+
+    @property
+    def checks(self) -> tuple[HealthCheckSpec, ...]:
+        return tuple(slot.spec for slot in self._slots)
+
+    def due(self, now: float) -> list[int]:
+        """Indices of the checks to run now."""
+        return [index for index, slot in enumerate(self._slots) if slot.next_due <= now]
+
+    def record(self, index: int, result: CheckResult | bool, now: float) -> State | None:
+        """Record one check's result; return the service's new state if it changed."""
+        slot = self._slots[index]
+        if isinstance(result, bool):
+            result = CheckResult(ok=result, detail="", duration=0.0)
+        slot.last = result
+        slot.tracker.observe(result.ok)
+        slot.next_due = now + slot.spec.interval
+        new = self._aggregate()
+        if new == self.state:
+            return None
+        self.state = new
+        return new
+
+    def run_due(self, target: CheckTarget, now: float) -> State | None:
+        """Convenience: run every due check against `target` and record it."""
+        before = self.state
+        for index in self.due(now):
+            self.record(index, run_check(self._slots[index].spec, target), now)
+        return self.state if self.state != before else None
+
+    def check_spec(self, index: int) -> HealthCheckSpec:
+        """The spec of check `index` (to run it elsewhere, e.g. in a thread pool)."""
+        return self._slots[index].spec
+
+    def next_due(self) -> float | None:
+        return min((slot.next_due for slot in self._slots), default=None)
+
+    def reset(self, now: float) -> None:
+        """After a (re)start: all checks starting again and due at once."""
+        for slot in self._slots:
+            slot.tracker.reset()
+            slot.next_due = now
+            slot.last = None
+        self.state = self._aggregate()
+
+    def details(self) -> list[dict[str, object]]:
+        """Per check: type, state and the last result's detail (for reporting)."""
+        return [
+            {
+                "type": slot.spec.type,
+                "state": slot.tracker.state,
+                "ok": None if slot.last is None else slot.last.ok,
+                "detail": "" if slot.last is None else slot.last.detail,
+            }
+            for slot in self._slots
+        ]
+
+    def _aggregate(self) -> State:
+        states = [slot.tracker.state for slot in self._slots]
+        if any(state == "unhealthy" for state in states):
+            return "unhealthy"
+        if states and all(state == "healthy" for state in states):
+            return "healthy"
+        return "starting"

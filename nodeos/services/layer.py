@@ -1,0 +1,371 @@
+"""The services layer of an agent: node-side convergence and the Service Monitor.
+
+Runs in its own thread (every PASS seconds) so that health checks and ARP
+probes never delay the agent's consensus loop:
+
+* every node: converge its own services and VIPs (node.py),
+  self-fenced when the agent says so;
+* the lease holder only: apply the configured catalog once, allocate VIPs
+  (ARP-probed free addresses of the nodes' subnet, or the configured range),
+  propose the Monitor's decisions (monitor.py) and probe each VIP end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from nodeos import log
+from . import arp
+from nodeos.fencing.policy import Vip
+from .catalog import Catalog, CatalogError, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog, parse_catalog
+from .health import CheckTarget, run_check
+from .monitor import choose_node, decide
+from .node import NodeServices
+from .runtime import ProcessRuntime, Runtime, SystemdRuntime
+from nodeos.cluster.state import ClusterState, ServiceRecord
+from .vip import VipManager, VipRangeError, candidate_vips, parse_vip_range
+
+if TYPE_CHECKING:
+    from nodeos.cluster.agent import Agent
+    from nodeos.cluster.consensus import Consensus
+
+PASS = 0.05
+DECISION_RETRY = 2.0  # re-propose a decision whose commit we never saw
+PROBE_INTERVAL = 0.5
+
+
+def resolve_catalog_path(setting: str | None) -> Path | None:
+    if setting is None:
+        return None
+    if setting in ("lab", "default"):
+        return packaged_catalog(setting)
+    return Path(setting)
+
+
+class Refused(Exception):
+    """An operator request that cannot be carried out; becomes an HTTP error reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _refusals_as_replies(handler: Callable[..., tuple[int, Any]]) -> Callable[..., tuple[int, Any]]:
+    @functools.wraps(handler)
+    def wrapped(*args: Any) -> tuple[int, Any]:
+        try:
+            return handler(*args)
+        except Refused as refused:
+            return refused.code, {"error": str(refused)}
+    return wrapped
+
+
+class ServicesLayer:
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        self.me = agent.node_id
+        runtime: Runtime = ProcessRuntime(agent.state_dir / "services") if agent.config.runtime == "process" else SystemdRuntime()
+        self.vips = VipManager(agent.iface.name)
+        self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian)
+        self.consensus: "Consensus | None" = None
+        self._stop = threading.Event()
+        # Two threads: a node stuck stopping one of its services must not stall
+        # the Monitor's decisions for the whole cluster (and the other way round).
+        self._threads = [threading.Thread(target=self._loop, args=(self.node_pass, "services.pass_failed"), name="services",
+                                          daemon=True),
+                         threading.Thread(target=self._loop, args=(self.monitor_pass, "monitor.pass_failed"), name="monitor",
+                                          daemon=True)]
+        self._catalog: tuple[int, Catalog | None] = (-1, None)
+        self._inflight: dict[tuple[str, str], float] = {}
+        self._inflight_lock = threading.Lock()
+        self._catalog_proposed = 0.0
+        self._vip_probe: Future | None = None
+        self._probes: dict[str, tuple[float, Future | None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor-probe")
+        self._lock = threading.Lock()
+        self.last_pass = time.monotonic()
+        self.last_monitor_pass = time.monotonic()
+
+    # -- lifecycle -----------------------------------------------------------
+    def attach(self, consensus: "Consensus") -> None:
+        self.consensus = consensus
+        for thread in self._threads:
+            thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
+        with self._lock:
+            self.node.stop_everything()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def healthy(self, now: float, limit: float = 30.0) -> bool:
+        """False when convergence or the Monitor is stuck (a hung check, runtime or netlink call)."""
+        return self.consensus is None or (now - self.last_pass < limit and now - self.last_monitor_pass < limit)
+
+    def _submit(self, op: dict[str, Any], callback: Any = None) -> None:
+        if self.consensus is not None:
+            self.consensus.submit(op, callback)
+
+    def _loop(self, step: Callable[[float], None], failure: str) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                step(started)
+            except Exception as exc:  # keep going; one bad pass must not end the thread
+                log.event(failure, level="error", error=repr(exc))
+            self._stop.wait(max(0.0, PASS - (time.monotonic() - started)))
+
+    def _snapshot(self) -> ClusterState:
+        assert self.consensus is not None
+        return self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
+
+    def node_pass(self, now: float) -> None:
+        snapshot = self._snapshot()
+        catalog = self.catalog_of(snapshot)
+        fenced = self.agent.fenced()
+        with self._lock:
+            if catalog is not None:
+                self.node.converge(snapshot, catalog, fenced, now)
+            elif fenced:
+                self.node.release_singletons(None)
+        self.last_pass = time.monotonic()
+
+    def monitor_pass(self, now: float) -> None:
+        if self.agent.may_act():
+            snapshot = self._snapshot()
+            self._monitor_pass(snapshot, self.catalog_of(snapshot), now)
+        self.last_monitor_pass = time.monotonic()
+
+    def _term(self) -> int:
+        assert self.consensus is not None
+        return self.consensus.term()
+
+    def catalog_of(self, state: ClusterState) -> Catalog | None:
+        version, catalog = self._catalog
+        if version != state.catalog_version:
+            catalog = Catalog.from_dict(state.catalog) if state.catalog is not None else None
+            self._catalog = (state.catalog_version, catalog)
+        return catalog
+
+    # -- the Monitor ---------------------------------------------------------------
+    def _monitor_pass(self, state: ClusterState, catalog: Catalog | None, now: float) -> None:
+        if state.catalog is None:
+            self._apply_configured_catalog(now)
+            return
+        assert catalog is not None
+        self._allocate_vip(state, catalog)
+        assert self.consensus is not None
+        term = self.consensus.term()  # the fencing token: ops of a deposed Monitor are refused in apply
+        for op in decide(state, catalog, time.time(), self.me, term):
+            self._propose_decision(op, now)
+        self._probe_vips(state, catalog, now)
+
+    def _apply_configured_catalog(self, now: float) -> None:
+        path = resolve_catalog_path(self.agent.config.catalog)
+        if path is None or now - self._catalog_proposed < 5.0:
+            return
+        self._catalog_proposed = now
+        try:
+            catalog = load_catalog(path)
+        except CatalogError as exc:
+            log.event("catalog.rejected", level="error", error=str(exc))
+            return
+        self._submit({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"image config ({path})",
+                      "term": self._term()})
+
+    def _propose_decision(self, op: dict[str, Any], now: float) -> None:
+        key = (op["service"], op.get("node") or op.get("to") or "")
+        with self._inflight_lock:
+            if now - self._inflight.get(key, float("-inf")) < DECISION_RETRY:
+                return
+            self._inflight[key] = now
+        log.event("monitor.decision", op=op["op"], service=op["service"], node=op.get("node") or op.get("to"), reason=op.get("reason"))
+
+        def committed(result: Any, error: Any, key: tuple[str, str] = key) -> None:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+            if error or not (result or {}).get("ok", False):
+                log.event("monitor.decision_failed", level="warning", service=key[0], error=error or (result or {}).get("error"))
+
+        self._submit(op, committed)
+
+    def _allocate_vip(self, state: ClusterState, catalog: Catalog) -> None:
+        """One VIP at a time: ARP-probe a candidate off the consensus thread."""
+        if self._vip_probe is not None:
+            if not self._vip_probe.done():
+                return
+            result, self._vip_probe = self._vip_probe.result(), None
+            if result is not None:
+                service, vip = result
+                self._submit({"op": "vip_assign", "now": time.time(), "service": service, "vip": vip, "reason": "ARP-probed free",
+                              "term": self._term()})
+            return
+        needing = [s.name for s in catalog.singletons() if s.vip and state.services.get(s.name) and state.services[s.name].vip is None]
+        if not needing:
+            return
+        taken = {r.vip for r in state.services.values() if r.vip} | {n.ip for n in state.nodes.values()}
+        try:
+            candidates = self._vip_candidates(taken)
+        except VipRangeError as exc:
+            log.event("vip.range_invalid", level="error", error=str(exc))
+            return
+        self._vip_probe = self._pool.submit(self._first_free, needing[0], candidates)
+
+    def _vip_candidates(self, taken: set[str]) -> list[str]:
+        configured = self.agent.config.vip_range
+        if configured:
+            return [ip for ip in parse_vip_range(configured) if ip not in taken][:8]
+        return candidate_vips(str(self.agent.iface.network), taken, 8)
+
+    def _first_free(self, service: str, candidates: list[str]) -> tuple[str, str] | None:
+        for vip in candidates:
+            if not arp.probe_in_use(self.agent.iface.name, vip, timeout=0.3):
+                return service, vip
+            log.event("vip.in_use", service=service, vip=vip)
+        log.event("vip.none_free", level="error", service=service, tried=candidates)
+        return None
+
+    def _probe_vips(self, state: ClusterState, catalog: Catalog, now: float) -> None:
+        """End-to-end: can a client reach each singleton through its VIP?"""
+        for spec in catalog.singletons():
+            record = state.services.get(spec.name)
+            if record is None or not record.vip or spec.port is None:
+                continue
+            if record.health.get(record.node or "", {}).get("state") in (None, "starting", "stopped"):
+                continue  # nothing to reach yet; probing now would only log noise
+            last, future = self._probes.get(spec.name, (float("-inf"), None))
+            if future is not None and future.done():
+                ok, detail = future.result()
+                self._probes[spec.name] = (last, None)
+                if record.probe.get("ok") != ok:
+                    self._submit({"op": "probe", "now": time.time(), "service": spec.name, "ok": ok, "detail": detail,
+                                  "term": self._term()})
+            elif future is None and now - last >= PROBE_INTERVAL:
+                self._probes[spec.name] = (now, self._pool.submit(_probe_through_vip, spec, record.vip))
+
+    # -- operator API -----------------------------------------------------------------
+    def holding_view(self, state: ClusterState) -> dict[str, Any]:
+        """What this node really holds now (addresses on the link, live processes), not what it believes."""
+        vips = {Vip(self.vips.ifname, r.vip) for r in state.services.values() if r.vip}
+        singletons = {n: self.node.runtime.fence_target(n) for n, r in state.services.items() if r.placement == "singleton"}
+        return self.agent.guardian.actually_held(vips, singletons)
+
+    def status_view(self, state: ClusterState) -> list[dict[str, Any]]:
+        rows = []
+        for name, record in sorted(state.services.items()):
+            if record.placement == "singleton":
+                health = record.health.get(record.node or "", {}).get("state", "-") if record.node else "unplaced"
+                instance = record.instances.get(record.node or "")
+                note = f"moving from {record.migration['from']} ({record.migration['phase']})" if record.migration else ""
+                if record.probe and not record.probe.get("ok"):
+                    note = (note + "; " if note else "") + "VIP probe failing"
+                rows.append({"name": name, "placement": "singleton", "node": record.node, "vip": record.vip, "health": health,
+                             "restarts": instance.restarts if instance else 0, "generation": instance.generation if instance else 0,
+                             "migration": record.migration, "probe": record.probe, "note": note})
+            else:
+                up = state.up_nodes()
+                healthy = sum(1 for n in up if record.health.get(n, {}).get("state") == "healthy")
+                restarts = sum(i.restarts for i in record.instances.values())
+                rows.append({"name": name, "placement": "every-node", "node": "every-node", "vip": None,
+                             "health": f"healthy {healthy}/{len(up)}", "restarts": restarts,
+                             "instances": {n: record.health.get(n, {}).get("state") for n in up}, "note": ""})
+        return rows
+
+    def get_routes(self) -> dict[str, Any]:
+        def catalog(_: dict[str, Any]) -> tuple[int, Any]:
+            assert self.consensus is not None
+            return 200, self.consensus.cluster.read(lambda s: {"version": s.catalog_version, "catalog": s.catalog})
+
+        def local(_: dict[str, Any]) -> tuple[int, Any]:
+            with self._lock:
+                return 200, {"node_id": self.me, "services": self.node.local_view(), "vips": sorted(self.vips.held())}
+
+        return {"/catalog": catalog, "/local": local}
+
+    def post_routes(self) -> dict[str, Any]:
+        return {"/catalog": self._post_catalog, "/service/restart": self._post_restart, "/service/move": self._post_move}
+
+    def _sync(self, op: dict[str, Any]) -> tuple[int, Any]:
+        from nodeos.cluster.consensus import ConsensusError
+
+        if self.consensus is None:
+            return 503, {"error": "this node is not a cluster member yet"}
+        try:
+            result = self.consensus.submit_sync(op, timeout=5.0)
+        except ConsensusError as exc:
+            return 503, {"error": str(exc)}
+        return (200, result) if result.get("ok") else (400, result)
+
+    def _post_catalog(self, params: dict[str, Any]) -> tuple[int, Any]:
+        text, source = params.get("text"), str(params.get("source") or "<catalog>")
+        if not isinstance(text, str):
+            return 400, {"error": "body needs 'text' (the catalog YAML)"}
+        try:
+            catalog = parse_catalog(text, source)
+        except CatalogError as exc:
+            return 400, {"error": str(exc)}
+        return self._sync({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"operator ({source})"})
+
+    def _lookup(self, params: dict[str, Any]) -> tuple[ClusterState, ServiceRecord]:
+        """The state and the named service's record; Refused when there is none."""
+        if self.consensus is None:
+            raise Refused(503, "this node is not a cluster member yet")
+        state = self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
+        record = state.services.get(str(params.get("name")))
+        if record is None:
+            raise Refused(404, f"no service {params.get('name')!r} (have: {', '.join(sorted(state.services)) or 'none'})")
+        return state, record
+
+    @_refusals_as_replies
+    def _post_restart(self, params: dict[str, Any]) -> tuple[int, Any]:
+        state, record = self._lookup(params)
+        nodes = [record.node] if record.placement == "singleton" else state.up_nodes()
+        if not nodes or nodes == [None]:
+            return 409, {"error": f"{record.name} is not placed on any node"}
+        for node in nodes:
+            code, result = self._sync({"op": "restart", "now": time.time(), "service": record.name, "node": node, "backoff_until": 0.0,
+                                       "counts": False, "reason": "operator request", "by": f"operator via {self.me}"})
+            if code != 200:
+                return code, result
+        return 200, {"ok": True, "service": record.name, "nodes": nodes}
+
+    @_refusals_as_replies
+    def _post_move(self, params: dict[str, Any]) -> tuple[int, Any]:
+        state, record = self._lookup(params)
+        if record.placement != "singleton":
+            return 409, {"error": f"{record.name} runs on every node; only singletons move"}
+        wanted = params.get("to")
+        target: str | None
+        if wanted:
+            matches = [n for n in state.up_nodes() if n.startswith(str(wanted))]
+            if len(matches) != 1:
+                return 400, {"error": f"--to {wanted}: {'no' if not matches else 'several'} up node(s) match (up: {', '.join(state.up_nodes())})"}
+            target = matches[0]
+        else:
+            target = choose_node(state, {record.node} if record.node else set())
+        if target is None or target == record.node:
+            return 409, {"error": f"no other up node to move {record.name} to"}
+        return self._sync({"op": "migrate", "now": time.time(), "service": record.name, "to": target,
+                           "reason": "operator request", "by": f"operator via {self.me}"})
+
+
+def vip_probe_spec(spec: ServiceSpec) -> HealthCheckSpec:
+    """The service's own HTTP check if it has one, else a TCP connect to its port."""
+    for check in spec.health:
+        if check.type == "http":
+            return dataclasses.replace(check, timeout=min(check.timeout, 0.5))
+    return HealthCheckSpec(type="tcp", port=spec.port, timeout=0.5)
+
+
+def _probe_through_vip(spec: ServiceSpec, vip: str) -> tuple[bool, str]:
+    result = run_check(vip_probe_spec(spec), CheckTarget(host=vip))
+    return result.ok, result.detail

@@ -1,0 +1,168 @@
+"""Virtual IPs: add and remove a service's VIP on this node's interface.
+
+`VipManager` is idempotent in both directions, so the agent's reconcile loop
+can call it again at any time. Adding announces the VIP with gratuitous ARP
+so clients' neighbour caches move to this node at once. The pure helpers
+pick VIP candidates from a subnet or an operator's range.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import threading
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from nodeos import log
+from . import arp
+
+# A range or subnet with more addresses than this is surely a typo.
+MAX_RANGE = 65536
+
+
+class VipError(RuntimeError):
+    """A VIP could not be added or removed."""
+
+
+class VipRangeError(ValueError):
+    """A VIP range or subnet that cannot be used; the message names it."""
+
+
+class VipManager:
+    def __init__(self, ifname: str, announce_count: int = 2) -> None:
+        self.ifname = ifname
+        self.announce_count = announce_count
+        self._added: dict[str, int] = {}  # ip -> prefixlen, added by this manager
+        self._lock = threading.Lock()
+
+    def add(self, ip: str, prefixlen: int = 32, announce: bool = True) -> None:
+        """Put `ip/prefixlen` on the interface (no error if already there), then announce it."""
+        ip = _valid_ipv4(ip)
+        if not 0 <= prefixlen <= 32:
+            raise VipError(f"{ip}: prefix length must be 0-32, got {prefixlen}")
+        with self._lock, IPRoute() as ipr:
+            index = self._index(ipr)
+            try:
+                ipr.addr("add", index=index, address=ip, prefixlen=prefixlen)
+                log.event("vip.added", ip=ip, prefixlen=prefixlen, ifname=self.ifname)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise VipError(f"{self.ifname}: cannot add {ip}/{prefixlen}: {exc}") from exc
+            self._added[ip] = prefixlen
+        if announce:
+            arp.send_gratuitous(self.ifname, ip, count=self.announce_count)
+
+    def remove(self, ip: str) -> None:
+        """Take `ip` off the interface if present, whoever added it."""
+        ip = _valid_ipv4(ip)
+        with self._lock, IPRoute() as ipr:
+            index = self._index(ipr)
+            for prefixlen in self._present(ipr, index).get(ip, []):
+                try:
+                    ipr.addr("del", index=index, address=ip, prefixlen=prefixlen)
+                    log.event("vip.removed", ip=ip, prefixlen=prefixlen, ifname=self.ifname)
+                except NetlinkError as exc:
+                    if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                        raise VipError(f"{self.ifname}: cannot remove {ip}: {exc}") from exc
+            self._added.pop(ip, None)
+
+    def held(self) -> set[str]:
+        """The VIPs this manager added that are still on the interface."""
+        with self._lock, IPRoute() as ipr:
+            present = self._present(ipr, self._index(ipr))
+            return {ip for ip in self._added if ip in present}
+
+    def present(self) -> set[str]:
+        """Every IPv4 address on the interface (the node's own included)."""
+        with self._lock, IPRoute() as ipr:
+            return set(self._present(ipr, self._index(ipr)))
+
+    def remove_all(self) -> None:
+        for ip in sorted(self._added):
+            self.remove(ip)
+
+    def _index(self, ipr: IPRoute) -> int:
+        found = ipr.link_lookup(ifname=self.ifname)
+        if not found:
+            raise VipError(f"no interface {self.ifname!r} in this network namespace")
+        return int(found[0])
+
+    def _present(self, ipr: IPRoute, index: int) -> dict[str, list[int]]:
+        addresses: dict[str, list[int]] = {}
+        for message in ipr.get_addr(family=2, index=index):
+            address = message.get_attr("IFA_ADDRESS")
+            if address:
+                addresses.setdefault(address, []).append(int(message["prefixlen"]))
+        return addresses
+
+
+def _valid_ipv4(ip: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(ip))
+    except ValueError:
+        raise VipError(f"not an IPv4 address: {ip!r}") from None
+
+
+def candidate_vips(subnet_cidr: str, exclude: set[str], count: int) -> list[str]:
+    """Up to `count` free host addresses of the subnet, from the top down.
+
+    The top of a subnet is where operators rarely put hosts; skipping the
+    network and broadcast addresses and everything in `exclude`.
+    """
+    if count < 0:
+        raise VipRangeError(f"count must be >= 0, got {count}")
+    network = _ipv4_network(subnet_cidr, strict=False)
+    first, last = _host_bounds(network)
+    picked: list[str] = []
+    address = last
+    while address >= first and len(picked) < count:
+        text = str(ipaddress.IPv4Address(address))
+        if text not in exclude:
+            picked.append(text)
+        address -= 1
+    return picked
+
+
+def parse_vip_range(text: str) -> list[str]:
+    """'10.0.0.200-10.0.0.220' (inclusive), '10.0.0.192/28' (its hosts) or one address."""
+    spec = text.strip() if isinstance(text, str) else ""
+    if not spec:
+        raise VipRangeError(f"empty VIP range: {text!r}")
+    if "/" in spec:
+        network = _ipv4_network(spec, strict=True)
+        first, last = _host_bounds(network)
+    elif "-" in spec:
+        low_text, _, high_text = spec.partition("-")
+        first, last = int(_ipv4(low_text, spec)), int(_ipv4(high_text, spec))
+        if first > last:
+            raise VipRangeError(f"VIP range {spec!r}: start is after end")
+    else:
+        first = last = int(_ipv4(spec, spec))
+    if last - first + 1 > MAX_RANGE:
+        raise VipRangeError(f"VIP range {spec!r}: more than {MAX_RANGE} addresses")
+    return [str(ipaddress.IPv4Address(value)) for value in range(first, last + 1)]
+
+
+def _ipv4(text: str, whole: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise VipRangeError(f"VIP range {whole!r}: {text.strip()!r} is not an IPv4 address") from None
+
+
+def _ipv4_network(text: str, strict: bool) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text.strip(), strict=strict)
+    except ValueError as exc:
+        hint = " (host bits set; use the network address)" if "host bits" in str(exc) else ""
+        raise VipRangeError(f"not an IPv4 subnet: {text!r}{hint}") from None
+
+
+def _host_bounds(network: ipaddress.IPv4Network) -> tuple[int, int]:
+    """First and last usable host as integers (/31 and /32 have no network/broadcast)."""
+    first, last = int(network.network_address), int(network.broadcast_address)
+    if network.prefixlen < 31:
+        first, last = first + 1, last - 1
+    return first, last
