@@ -102,7 +102,7 @@ class _Step:
 
 
 def detect_mirrors() -> tuple[str, str]:
-    """Debian mirror + security mirror: env overrides, else this host's apt sources.
+    """Debian mirror + security mirror: env overrides, else this host's apt sources, else BuildError.
 
     The security archive is taken from the sources too; if absent, it is
     assumed at /debian-security on the main mirror's host.
@@ -112,7 +112,11 @@ def detect_mirrors() -> tuple[str, str]:
     if main and security:
         return main, security
     found_main, found_security = _apt_sources()
-    main = main or found_main or "http://deb.debian.org/debian"
+    main = main or found_main
+    if not main:
+        raise BuildError("no Debian mirror: this host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/) "
+                         "name none; set NODEOS_DEBIAN_MIRROR to the URL of a Debian archive (and "
+                         "NODEOS_DEBIAN_SECURITY_MIRROR to its security archive, if not at /debian-security on the same host)")
     if not security:
         if found_security:
             security = found_security

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from nodeos.image import disk as diskmod
-from nodeos.image.build import _apt_sources, detect_mirrors, firewall_env, render_config
+from nodeos.image.build import BuildError, _apt_sources, detect_mirrors, firewall_env, render_config
 from nodeos.image.manifest import IMAGES_DIR, ManifestError, load_manifest, parse_size
 
 
@@ -110,6 +110,14 @@ def test_mirror_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main == "http://mirror.example/debian"
     found = _apt_sources()[1]
     assert security == (found or "http://mirror.example/debian-security")
+
+
+def test_no_mirror_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NODEOS_DEBIAN_MIRROR", "DIB_DISTRIBUTION_MIRROR", "NODEOS_DEBIAN_SECURITY_MIRROR", "DIB_DEBIAN_SECURITY_MIRROR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("nodeos.image.build._apt_sources", lambda: (None, None))
+    with pytest.raises(BuildError, match="NODEOS_DEBIAN_MIRROR"):
+        detect_mirrors()
 
 
 def test_layout_and_boot_config() -> None:
