@@ -151,6 +151,8 @@ class NodeServices:
         if want.vip and not self._add_vip(want.vip):  # before the service: it may bind the VIP
             return
         if spec.singleton and not self.gate.claim_service(spec.name, self.runtime.fence_target(spec.name)):
+            if not self.runtime.is_running(spec.name):
+                self.gate.release_service(spec.name)  # nothing taken: nothing for the guard to answer for
             return  # no valid grant: a singleton never starts unguarded
         ctx = ServiceContext(node_id=self.node_id, vip=want.vip)
         try:
@@ -188,6 +190,8 @@ class NodeServices:
     def _add_vip(self, vip: str) -> bool:
         """Claim (the guard must confirm a valid grant), add, then announce if still valid."""
         if not self.gate.claim_vip(self.vips.ifname, vip, 32):
+            if vip not in self._present_vips():
+                self.gate.release_vip(self.vips.ifname, vip, 32)  # nothing taken: nothing to answer for
             return False
         try:
             self.vips.add(vip, 32, announce=False)
