@@ -22,12 +22,14 @@ from the moment the fault was injected, on this host's clock.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from .cluster import lease_holder, summarize, wait_for
+from .cluster import RESULTS_DIR, lease_holder, summarize, wait_for
 from nodeos.cluster.control import ControlError, request
 from nodeos.lab.lab import Lab, LabError, destroy
 from nodeos.lab.services import service_host
@@ -118,6 +120,29 @@ def _healthy(lab: Lab, vip: str) -> bool:
     return False
 
 
+def _unhealthy_summary(lab: Lab) -> str:
+    for name in sorted(lab.spec.nodes):
+        status = lab.node_status(name, timeout=2.0)
+        if status:
+            members = ", ".join(f"{m['node_id']}={m['status']}" for m in status["members"])
+            rows = "; ".join(f"{r['name']} {r['health']} on {r['node']} migration={r.get('migration')} probe={r.get('probe')}"
+                             for r in status["services"] if r["placement"] == "singleton")
+            return f"as {name} sees it: members {members}; {rows}"
+    return "no node answers"
+
+
+def keep_lab_logs(lab: Lab) -> Path:
+    """Copy every node's logs and status to bench-results/<lab>-logs/ before the lab is torn down."""
+    target = RESULTS_DIR / f"{lab.spec.name}-logs"
+    for name, node in lab.spec.nodes.items():
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for log in Path(node.state_dir).glob("*.log"):
+            shutil.copy(log, target / name / log.name)
+        status = lab.node_status(name, timeout=2.0)
+        (target / name / "status.json").write_text(json.dumps(status, indent=2))
+    return target
+
+
 def _restore(lab: Lab, vip: str) -> None:
     for name, node in lab.spec.nodes.items():
         if node.disconnected:
@@ -126,7 +151,8 @@ def _restore(lab: Lab, vip: str) -> None:
             lab.start_agent(name)
     lab.wait_formed(timeout=60)
     if not wait_for(lambda: _healthy(lab, vip), 60, interval=0.2):
-        raise LabError("the lab did not get healthy again between rounds")
+        where = keep_lab_logs(lab)
+        raise LabError(f"the lab did not get healthy again between rounds: {_unhealthy_summary(lab)} (logs kept in {where})")
     time.sleep(1.0)
 
 

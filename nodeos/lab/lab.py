@@ -200,15 +200,13 @@ class Lab:
         if node.guard_pid is not None and _alive(node.guard_pid):
             return
         state_dir = Path(node.state_dir)
-        socket_path = state_dir / "guard.sock"
-        socket_path.unlink(missing_ok=True)
         argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "guard",
                 "--config", str(self.config_path), "--state-dir", str(state_dir)]
         node.guard_pid = _spawn(argv, state_dir / "guard.log")
         self.save()
         # The agent takes no holding before the guard answers; waiting here saves it a retry.
         deadline = time.monotonic() + 10.0
-        while not socket_path.exists() and time.monotonic() < deadline and _alive(node.guard_pid):
+        while not _answers(state_dir / "guard.sock") and time.monotonic() < deadline and _alive(node.guard_pid):
             time.sleep(0.02)
 
     def _ensure_watchdog(self, node: LabNode) -> None:
@@ -279,6 +277,7 @@ class Lab:
         node = self.node(name)
         netns.set_link(None, node.veth, up=False)
         killed = _kill_namespace(node.ns, signal.SIGKILL)
+        _disarm_watchdog(node)  # a machine that lost power does not reset itself again later
         for pid in (node.pid, node.guard_pid):
             if pid is not None:
                 _reap(pid)
@@ -437,6 +436,30 @@ def _spawn(argv: list[str], logfile_path: Path) -> int:
         proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     return proc.pid
+
+
+def _answers(socket_path: Path) -> bool:
+    """Does a process listen on this Unix socket?"""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(socket_path))
+            return True
+        except OSError:
+            return False
+
+
+def _disarm_watchdog(node: LabNode) -> None:
+    import socket
+
+    from nodeos.fencing.watchdog import LAB_SOCKET
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"disarm", str(Path(node.state_dir) / LAB_SOCKET))
+        except OSError:
+            pass  # no watchdog running: nothing armed
 
 
 def _wait_dead(pid: int, timeout: float = 5.0) -> None:

@@ -299,3 +299,18 @@ def test_vip_holder_reannounces_so_clients_drop_a_wrong_mac(lab: Lab) -> None:
 
     assert client_mac() == wrong
     wait_until(lambda: client_mac() == right, 10, f"the client's ARP entry for {vip} back at {holder}'s MAC")
+
+
+def test_a_crashed_node_boots_once_its_watchdog_stays_quiet(lab: Lab) -> None:
+    """A power cut stops the node's watchdog too: booting it later must not be followed by a reset."""
+    holder, _ = holder_not_monitor(lab)
+    watchdog_log = Path(lab.node(holder).state_dir) / "watchdog.log"
+    resets = watchdog_log.read_text().count("watchdog.reset")
+    lab.crash(holder)  # its guard was armed: it held memcached
+    time.sleep(6.0)  # longer than watchdog_timeout
+    lab.start_agent(holder)
+    lab.wait_formed(timeout=60)
+    wait_services_healthy(lab, timeout=60)
+    time.sleep(1.0)
+    assert watchdog_log.read_text().count("watchdog.reset") == resets
+    assert lab.node_status(holder)["fencing"]["guard"] is True  # its agent talks to its (one) guard
