@@ -24,7 +24,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
 
 # Daemons from the lab catalog are started by the agents, not by the host.
-for unit in memcached nginx; do
+for unit in memcached nginx ceph-crash; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

@@ -1,0 +1,28 @@
+"""Storage: Ceph that bootstraps itself, pure decisions apart from the I/O.
+
+Pure (no I/O; time and randomness are arguments):
+* keys.py: cephx keys in Ceph's format and keyrings (`make_keys`, `CephKeys`);
+* conf.py: the fsid from the cluster id (`fsid_for`) and ceph.conf (`render_ceph_conf`);
+* mons.py: where mons run, one monmap change at a time (`choose_mons`);
+* pools.py: pool replication from the host count (`pool_size`);
+* disks.py: which disks become OSDs, from lsblk (`parse_lsblk`, `choose_osd_disks`);
+* status.py: `ceph -s` reduced to what nodeos shows and waits for (`summarize`).
+
+I/O (imported where used, not here):
+* daemons.py: real Ceph daemons (mon, mgr, OSD on a file or a blank disk) as
+  processes under one node's directory; `ceph_status`, `health`;
+* probe.py: lsblk, the boot disk, and a second look at a disk before use.
+
+Public names below. Imports no other nodeos subsystem but the logger.
+"""
+
+from .conf import CephPaths, Tuning, fsid_for, render_ceph_conf
+from .disks import DiskChoice, DiskInfo, choose_osd_disks, parse_lsblk
+from .keys import CephKeys, make_key, make_keys
+from .mons import MonChange, choose_mons, initial_mons, mon_target
+from .pools import pool_size
+from .status import CephSummary, summarize
+
+__all__ = ["CephKeys", "CephPaths", "CephSummary", "DiskChoice", "DiskInfo", "MonChange", "Tuning", "choose_mons",
+           "choose_osd_disks", "fsid_for", "initial_mons", "make_key", "make_keys", "mon_target", "parse_lsblk",
+           "pool_size", "render_ceph_conf", "summarize"]
