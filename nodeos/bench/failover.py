@@ -151,8 +151,7 @@ def _restore(lab: Lab, vip: str) -> None:
             lab.start_agent(name)
     lab.wait_formed(timeout=60)
     if not wait_for(lambda: _healthy(lab, vip), 60, interval=0.2):
-        where = keep_lab_logs(lab)
-        raise LabError(f"the lab did not get healthy again between rounds: {_unhealthy_summary(lab)} (logs kept in {where})")
+        raise LabError(f"the lab did not get healthy again between rounds: {_unhealthy_summary(lab)}")
     time.sleep(1.0)
 
 
@@ -246,6 +245,10 @@ def bench_failover(rounds: int, faults: list[str]) -> dict[str, Any]:
                     recoveries.append(outcome["recovery"])
             results[f"{fault}: detection"] = summarize(detections)
             results[f"{fault}: VIP serving again"] = summarize(recoveries)
+    except LabError as exc:
+        where = keep_lab_logs(lab)
+        raise LabError(f"{exc} (after {', '.join(k for k in results if k.endswith('detection')) or 'no complete fault'}; "
+                       f"logs kept in {where}; figures so far: {json.dumps(results)})") from exc
     finally:
         if prober is not None:
             prober.stop()
