@@ -157,8 +157,8 @@ def test_new_runtime_finds_and_stops_a_leftover_of_a_crashed_agent(
     run_root = tmp_path / "run"
     previous_agent = (
         "import json, pathlib\n"
-        "from nodeos.catalog import load_catalog, packaged_catalog\n"
-        "from nodeos.runtime import ProcessRuntime, ServiceContext\n"
+        "from nodeos.services.catalog import load_catalog, packaged_catalog\n"
+        "from nodeos.services.runtime import ProcessRuntime, ServiceContext\n"
         f"rt = ProcessRuntime(pathlib.Path({str(run_root)!r}))\n"
         "rt.start(load_catalog(packaged_catalog('lab'))['memcached'], ServiceContext(node_id='old'))\n"
         "print(json.dumps(rt.main_pid('memcached')))\n"

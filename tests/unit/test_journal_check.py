@@ -19,7 +19,7 @@ END_AT = 36  # offset of the header's end-of-records field
 
 def make_journal(path: Path, entries: int = 6) -> int:
     """A journal written by pysyncobj itself; returns where its records end."""
-    # Imported here: importing pysyncobj before nodeos.consensus would let it
+    # Imported here: importing pysyncobj before nodeos.cluster.consensus would let it
     # replace socket.inet_ntop for good (see consensus.py).
     from pysyncobj.journal import FileJournal
 

@@ -1,4 +1,4 @@
-"""VIP candidates and operator ranges (pure helpers of nodeos.vip)."""
+"""VIP candidates and operator ranges (pure helpers of nodeos.services.vip)."""
 
 from __future__ import annotations
 
