@@ -28,6 +28,8 @@ from nodeos.storage.conf import LAB_TUNING
 from nodeos.storage.daemons import CephError, CephNode, Daemon
 from nodeos.storage.status import summarize
 
+from .conftest import wait_for
+
 if TYPE_CHECKING:
     from tests.lab.conftest import LabNode, LabTools
 
@@ -115,15 +117,6 @@ def kill_all(cluster: LabCeph) -> None:
         daemons.kill(daemon)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 def in_parallel(fn: Callable[[CephNode], Any], nodes: list[CephNode]) -> list[Any]:
     """fn(node) for every node at once (mkfs and OSD creation dominate bring-up)."""
     results: dict[int, Any] = {}
@@ -176,7 +169,7 @@ def bring_up(cluster: LabCeph) -> None:
     cluster.marks["osds"] = time.monotonic() - start
     size, min_size = pool_size(len(cluster.nodes))
     daemons.create_pool(first, POOL, size, min_size, application="rados")
-    settled = wait_for(lambda: summarize(cluster.status()).settled(osds=len(cluster.nodes)), HEALTH_WAIT)
+    settled = wait_for(lambda: summarize(cluster.status()).settled(osds=len(cluster.nodes)), HEALTH_WAIT, 1.0)
     assert settled, f"not settled after {HEALTH_WAIT:.0f}s: {summarize(cluster.status()).line()}; {cluster.health()}"
     cluster.marks["health_ok"] = time.monotonic() - start
 
