@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nodeos.image.manifest import DEFAULT_MANIFEST, IMAGES_DIR, ManifestError, load_manifest
+from nodeos.image.manifest import DEFAULT_MANIFEST, IMAGES_DIR, ManifestError, load_manifest, with_config_settings
 
 BUILD_HELP = """\
 Build a node image from a manifest (images/*.yaml; default: the cloud manifest).
@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                             "default: images/build/identity.json, created once")
     build.add_argument("--cache", type=Path, default=IMAGES_DIR / "cache",
                        help="build cache directory (default: %(default)s)")
+    build.add_argument("--set", dest="config_set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field of the manifest's node config, e.g. --set timing.fence_after=4 "
+                            "--set realtime=false (repeatable; validated like the manifest)")
     build.add_argument("--compress-qcow2", action="store_true", help="compress the qcow2 (smaller, slower)")
     build.add_argument("--keep-work", action="store_true", help="keep the work directory after a failure")
     build.add_argument("--verbose", "-v", action="store_true", help="trace diskimage-builder scripts (-x)")
@@ -97,11 +100,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from nodeos.image.build import BuildError, BuildOptions, build
 
     try:
-        load_manifest(args.manifest)
+        with_config_settings(load_manifest(args.manifest), args.config_set)
     except ManifestError as exc:
         print(f"nodeos image build: {exc}", file=sys.stderr)
         return 2
-    options = BuildOptions(manifest=args.manifest, output=args.output, identity=args.identity, cache=args.cache,
+    options = BuildOptions(manifest=args.manifest, config_set=tuple(args.config_set), output=args.output, identity=args.identity, cache=args.cache,
                            keep_work=args.keep_work, qcow2_compress=args.compress_qcow2, verbose=args.verbose)
     try:
         build(options)

@@ -35,7 +35,7 @@ from .consensus import Consensus, ConsensusError, dropped_connections
 from .discovery import Discovery, detect_interface
 from .formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
 from nodeos.fencing.guard import SOCKET_NAME as GUARD_SOCKET
-from nodeos.fencing.guardian import Guardian
+from nodeos.fencing.guardian import Guardian, guard_timeout_for
 from .identity import (ClusterIdentity, clone_ambiguous, clone_refusal, clone_verdict, clone_warning, load_or_create_node_id,
                        write_private)
 from .lease import FenceClock, LeaseClock
@@ -86,7 +86,8 @@ class Agent:
         self.lease = LeaseClock(t.lease)
         self.fence = FenceClock(t.fence_after)
         self._lease_lock = threading.Lock()
-        self.guardian = Guardian(state_dir / GUARD_SOCKET, self.grant_until)
+        self.guardian = Guardian(state_dir / GUARD_SOCKET, self.grant_until,
+                                 guard_timeout=guard_timeout_for(config.timing.fence_margin))
         self.loop_lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self.control_counters: Callable[[], dict[str, Any]] = dict  # the control server's, once it runs
         self._was_leader = False

@@ -27,19 +27,27 @@ from .fencer import Fencer
 from .policy import Holdings, Vip
 
 PERIOD = 0.05
+# The guard's answer: a third of the default fence margin; slower machines set a
+# larger timing.fence_margin and get guard_timeout_for() of it.
 GUARD_TIMEOUT = 0.1
+
+
+def guard_timeout_for(fence_margin: float) -> float:
+    """How long the agent waits for its guard: a third of the margin, never under GUARD_TIMEOUT."""
+    return max(GUARD_TIMEOUT, fence_margin / 3)
 
 
 class GuardConnection:
     """One line out, one line back, on the guard's Unix socket; reconnects as needed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float = GUARD_TIMEOUT) -> None:
         self.path = path
+        self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
 
     def call(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        """The guard's reply, or None when it does not answer (in GUARD_TIMEOUT)."""
+        """The guard's reply, or None when it does not answer (in `timeout`)."""
         for attempt in range(2):
             try:
                 if self._sock is None:
@@ -58,7 +66,7 @@ class GuardConnection:
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(GUARD_TIMEOUT)
+        sock.settimeout(self.timeout)
         try:
             sock.connect(str(self.path))
         except OSError:
@@ -86,8 +94,9 @@ class GuardConnection:
 
 
 class Guardian:
-    def __init__(self, guard_socket: Path, grant_until: Callable[[], float | None], fencer: Fencer | None = None) -> None:
-        self._guard = GuardConnection(guard_socket)
+    def __init__(self, guard_socket: Path, grant_until: Callable[[], float | None], fencer: Fencer | None = None,
+                 guard_timeout: float = GUARD_TIMEOUT) -> None:
+        self._guard = GuardConnection(guard_socket, guard_timeout)
         self._grant_until = grant_until
         self._fencer = fencer or Fencer()
         self._lock = threading.Lock()  # holdings and the guard connection

@@ -33,7 +33,8 @@ import yaml
 
 from . import disk as diskmod
 from . import pxe as pxemod
-from .manifest import ELEMENTS_DIR, IMAGES_DIR, REPO_ROOT, Manifest, ManifestError, catalog_ports, load_manifest
+from .manifest import (ELEMENTS_DIR, IMAGES_DIR, REPO_ROOT, Manifest, ManifestError, catalog_ports, load_manifest,
+                       with_config_settings)
 
 BUILD_ROOT = IMAGES_DIR / "build"
 CACHE_ROOT = IMAGES_DIR / "cache"
@@ -55,6 +56,8 @@ class BuildOptions:
     keep_work: bool = False
     qcow2_compress: bool = False
     dib_extra_args: tuple[str, ...] = ()
+    # `KEY=VALUE` settings over the manifest's node config (manifest.with_config_settings).
+    config_set: tuple[str, ...] = ()
     verbose: bool = False
 
 
@@ -381,7 +384,7 @@ def build(options: BuildOptions, stream_out: Any = None) -> BuildResult:
     if os.geteuid() != 0:
         raise BuildError("image build must run as root (debootstrap, chroot, mkfs)")
     try:
-        manifest = load_manifest(options.manifest)
+        manifest = with_config_settings(load_manifest(options.manifest), options.config_set)
     except ManifestError as exc:
         raise BuildError(str(exc)) from exc
     output = Path(options.output) if options.output else BUILD_ROOT / manifest.name
@@ -526,6 +529,7 @@ def _build(manifest: Manifest, options: BuildOptions, output: Path, work: Path, 
                 "identity_cluster_id": _cluster_id(inputs / "identity.json"),
                 "identity_sha256": sha256_file(inputs / "identity.json"),
                 "config": yaml.safe_load(render_config(manifest)),
+                "config_set": list(options.config_set),
                 "catalog": str(manifest.catalog) if manifest.catalog else None,
                 "catalog_sha256": sha256_file(manifest.catalog) if manifest.catalog else None,
                 "service_packages": list(manifest.service_packages),

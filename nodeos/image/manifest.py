@@ -278,3 +278,38 @@ def catalog_ports(path: Path | None) -> tuple[list[str], list[str]]:
             if check.port:
                 tcp.add(int(check.port))
     return [str(p) for p in sorted(tcp)], []
+
+
+def with_config_settings(manifest: Manifest, settings: tuple[str, ...] | list[str]) -> Manifest:
+    """The manifest with `KEY=VALUE` settings applied to its node config.
+
+    KEY may be dotted (`timing.fence_after=4`); VALUE is read as YAML, so
+    `realtime=false` is a bool and `timing.lease=4` a number. The result is
+    validated like the manifest's own config; errors name the setting.
+    """
+    import copy
+    import dataclasses
+
+    if not settings:
+        return manifest
+    config = copy.deepcopy(manifest.config)
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ManifestError(f"--set {item!r}: expected KEY=VALUE, e.g. timing.fence_after=4")
+        *parents, leaf = key.strip().split(".")
+        node = config
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ManifestError(f"--set {item!r}: '{part}' is not a mapping in the config")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    try:
+        parse_config(config, f"{manifest.path}: config with --set {' '.join(settings)}")
+    except ConfigError as exc:
+        raise ManifestError(str(exc)) from exc
+    return dataclasses.replace(manifest, config=config)

@@ -149,3 +149,21 @@ def test_bios_boot_patching(tmp_path: Path) -> None:
     start, length, segment = struct.unpack_from("<QHH", data, layout.bios_start + 500)
     assert start == layout.bios_start // 512 + 1
     assert length == (core.stat().st_size + 511) // 512 - 1 and segment == 0x820
+
+
+def test_config_settings_override_the_manifest_config_and_are_validated() -> None:
+    from nodeos.image.manifest import with_config_settings
+
+    base = load_manifest("minimal")
+    changed = with_config_settings(base, ["realtime=false", "timing.fence_after=4", "timing.lease=4.5"])
+    assert changed.config["realtime"] is False
+    assert changed.config["timing"] == {"fence_after": 4, "lease": 4.5}
+    assert changed.config["bootstrap_expect"] == base.config["bootstrap_expect"]
+    assert "timing" not in base.config  # the loaded manifest is untouched
+    assert "realtime=false" in render_config(changed) or "realtime: false" in render_config(changed)
+    for bad, words in [("fence_after", "KEY=VALUE"), ("nope=1", "unknown field 'nope'"),
+                       ("timing.fence_after=soon", "must be float"),
+                       ("timing.fence_margin=0.01", "fence_margin"),
+                       ("bootstrap_expect.x=1", "not a mapping")]:
+        with pytest.raises(ManifestError, match=words):
+            with_config_settings(base, [bad])
