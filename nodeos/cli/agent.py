@@ -13,6 +13,7 @@ from nodeos.cluster.discovery import InterfaceError
 from nodeos.cluster.identity import IdentityError, load_identity
 # Registers the service operations: every node must know every op it may apply.
 from nodeos.services import placement  # noqa: F401
+from nodeos.storage import ops as storage_ops  # noqa: F401  (registers the storage ops)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad config, identity or environment: restarting will not help

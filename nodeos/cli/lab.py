@@ -157,7 +157,7 @@ def register(sub: Any) -> None:
     up = named(lab_sub.add_parser("up", help="create bridge + namespaces, start an agent in each, wait for the cluster"))
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default: %(default)s)")
     up.add_argument("--expect", type=int, help="bootstrap_expect (default: the number of nodes)")
-    up.add_argument("--catalog", default="lab", help="service catalog: 'lab' (packaged) or a YAML path (default: %(default)s)")
+    up.add_argument("--catalog", default="lab", help="service catalog: a packaged one by name ('lab', 'lab-storage': with Ceph) or a YAML path (default: %(default)s)")
     up.add_argument("--no-services", action="store_true", help="run no catalog services, consensus only")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the cluster to form")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for formation (default: %(default)s)")

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import bench
 
     bench.register(sub)
+    from . import storage as storage_cli
+
+    storage_cli.register(sub)
     try:
         from . import services as services_cli
     except ImportError:

@@ -29,6 +29,17 @@ def render_status(status: dict[str, Any]) -> str:
     if services:
         rows = [[s["name"], s.get("node") or "-", s.get("vip") or "-", s.get("health") or "-", str(s.get("restarts", 0)), s.get("note") or ""] for s in services]
         lines += ["", _table(rows, ["SERVICE", "NODE", "VIP", "HEALTH", "RESTARTS", ""])]
+    storage = status.get("storage")
+    if storage:
+        health = storage.get("health") or {}
+        lines += ["", f"storage   Ceph {storage['fsid']}: {health.get('line') or 'health not read yet'}"]
+        lines += [f"          {check}" for check in health.get("checks") or []]
+        lines += [f"          mons on {', '.join(storage['mons'])}"
+                  + (f"; removing {', '.join(storage['mon_removing'])}" if storage.get("mon_removing") else "")]
+        for node, osds in sorted((storage.get("osds") or {}).items()):
+            skipped = "; ".join(f"skipped {d}: {why}" for d, why in sorted((osds.get("skipped") or {}).items()))
+            lines.append(f"          {node}: OSD {', '.join(map(str, osds.get('ids') or []))} on "
+                         f"{', '.join(osds.get('taken') or [])}" + (f"; {skipped}" if skipped else ""))
     return "\n".join(lines)
 
 

@@ -499,6 +499,7 @@ class Agent:
         if self.services is not None:
             out["services"] = self.services.status_view(state)
             out["holding"] = self.services.holding_view(state)
+            out["storage"] = self.services.storage.status_view(state)
         return out
 
     @staticmethod

@@ -51,6 +51,21 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Ceph (nodeos/storage): used when the catalog runs the Ceph services."""
+
+    # A mon whose node has been lost this long is replaced on another node
+    # (Rook waits 10 min, MicroCeph never; a node reboot takes about a minute).
+    mon_replace_after: float = 120.0
+    # "auto": every blank disk but the boot disk, else a file; "file": a file only
+    # (the lab, whose namespaces see the host's disks).
+    osd_disks: str = "auto"
+    osd_file_size: int = 8 << 30  # bytes of a file-backed OSD (sparse)
+    # "default" for real nodes, "lab": small memory and PG targets (nodeos/storage/conf.py).
+    tuning: str = "default"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     bootstrap_expect: int = 3
     interface: str | None = None  # None: the interface of the default route, else the only one
@@ -69,6 +84,7 @@ class NodeConfig:
     watchdog: str = "auto"
     watchdog_timeout: float = 5.0
     timing: Timing = field(default_factory=Timing)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def replace(self, **changes: Any) -> "NodeConfig":
         return dataclasses.replace(self, **changes)
@@ -81,7 +97,7 @@ def _check_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]
         if key not in known:
             raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(known))})")
         default = getattr(cls(), key)
-        if isinstance(default, bool) or default is None or isinstance(default, Timing):
+        if isinstance(default, bool) or default is None or isinstance(default, (Timing, StorageConfig)):
             out[key] = value
             continue
         expected: type = float if isinstance(default, float) else type(default)
@@ -103,7 +119,11 @@ def parse_config(data: Any, where: str = "config") -> NodeConfig:
     if not isinstance(timing_data, dict):
         raise ConfigError(f"{where}: field 'timing' must be a mapping")
     timing = Timing(**_check_fields(Timing, timing_data, f"{where}: timing"))
-    config = NodeConfig(timing=timing, **fields)
+    storage_data = fields.pop("storage", None) or {}
+    if not isinstance(storage_data, dict):
+        raise ConfigError(f"{where}: field 'storage' must be a mapping")
+    storage = StorageConfig(**_check_fields(StorageConfig, storage_data, f"{where}: storage"))
+    config = NodeConfig(timing=timing, storage=storage, **fields)
     _validate(config, where)
     return config
 
@@ -119,6 +139,15 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: watchdog must be 'auto', 'none', 'lab' or a /dev/ path, got {config.watchdog!r}")
     if not 1.0 <= config.watchdog_timeout <= 600:
         raise ConfigError(f"{where}: watchdog_timeout must be between 1 and 600 seconds")
+    storage = config.storage
+    if storage.osd_disks not in ("auto", "file"):
+        raise ConfigError(f"{where}: storage.osd_disks must be 'auto' or 'file', got {storage.osd_disks!r}")
+    if storage.tuning not in ("default", "lab"):
+        raise ConfigError(f"{where}: storage.tuning must be 'default' or 'lab', got {storage.tuning!r}")
+    if storage.osd_file_size < 1 << 30:
+        raise ConfigError(f"{where}: storage.osd_file_size must be at least 1 GiB (bytes), got {storage.osd_file_size}")
+    if storage.mon_replace_after < 5:
+        raise ConfigError(f"{where}: storage.mon_replace_after must be at least 5 seconds")
     t = config.timing
     if t.raft_min_timeout <= 3 * t.append_entries_period:
         raise ConfigError(f"{where}: timing.raft_min_timeout must exceed 3 x append_entries_period")

@@ -82,6 +82,9 @@ class ClusterState:
         self.catalog_version: int = 0
         self.services: dict[str, ServiceRecord] = {}
         self.retired: dict[str, list[str]] = {}  # removed service -> nodes that may still run it
+        # Owned by nodeos.storage (its ops are registered there); holds secrets
+        # under "keys", which to_dict() leaves out.
+        self.storage: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.event_seq: int = 0
         self.applied: int = 0
@@ -155,6 +158,7 @@ class ClusterState:
             "nodes": {n: vars(r).copy() for n, r in sorted(self.nodes.items())},
             "catalog_version": self.catalog_version,
             "services": {s: _service_dict(r) for s, r in sorted(self.services.items())},
+            "storage": {k: copy.deepcopy(v) for k, v in sorted(self.storage.items()) if k != "keys"},
         }
 
 

@@ -70,7 +70,13 @@ class LabSpec:
     client: dict[str, str] | None = None
     partitioned: list[list[str]] | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)  # overrides of LAB_STORAGE
     loads: list[int] = field(default_factory=list)  # pids of running `load` faults
+
+
+# Ceph in the lab (catalog lab-storage): OSDs on 1 GiB files only (the
+# namespaces see the host's disks, which are never the lab's), small targets.
+LAB_STORAGE: dict[str, Any] = {"osd_disks": "file", "tuning": "lab", "osd_file_size": 1 << 30}
 
 
 def _check_name(name: str) -> None:
@@ -121,7 +127,7 @@ class Lab:
     # -- creation ------------------------------------------------------------
     @classmethod
     def create(cls, name: str, nodes: int, expect: int | None = None, catalog: str | None = "lab",
-               timing: dict[str, float] | None = None) -> "Lab":
+               timing: dict[str, float] | None = None, storage: dict[str, Any] | None = None) -> "Lab":
         _check_name(name)
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, bridges)")
@@ -129,7 +135,8 @@ class Lab:
             raise LabError(f"lab {name!r} is already up; run 'nodeos lab down --name {name}' first")
         if nodes < 1 or nodes > 60:
             raise LabError("--nodes must be between 1 and 60")
-        spec = LabSpec(name=name, bridge=f"nlb-{name}", expect=expect or nodes, catalog=catalog, timing=timing or {})
+        spec = LabSpec(name=name, bridge=f"nlb-{name}", expect=expect or nodes, catalog=catalog, timing=timing or {},
+                       storage=storage or {})
         lab = cls(spec)
         for index in range(1, nodes + 1):
             lab._plan_node(index)
@@ -155,6 +162,7 @@ class Lab:
             config["catalog"] = self.spec.catalog
         if self.spec.timing:
             config["timing"] = dict(self.spec.timing)
+        config["storage"] = {**LAB_STORAGE, **self.spec.storage}
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config))
 

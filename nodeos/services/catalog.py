@@ -24,9 +24,11 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 CATALOG_VERSION = 1
-PLACEMENTS = ("singleton", "every-node")
-CHECK_TYPES = ("process", "tcp", "http", "command")
-TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind")
+# ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
+PLACEMENTS = ("singleton", "every-node", "ceph-mons")
+CHECK_TYPES = ("process", "tcp", "http", "command", "ceph")
+CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
+TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir")
 # The process runtime keeps its own bookkeeping in the run dir.
 RESERVED_FILES = frozenset({"pid.json", "service.log"})
 
@@ -59,6 +61,7 @@ class HealthCheckSpec:
     expect_status: int | None = None  # http
     expect_body: str | None = None  # http, substring
     command: tuple[str, ...] | None = None  # command; exit 0 = healthy
+    daemon: str | None = None  # ceph: mon | mgr | osd
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Resources:
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
-    placement: str  # "singleton" | "every-node"
+    placement: str  # "singleton" | "every-node" | "ceph-mons"
     vip: bool = False
     unit: str | None = None  # systemd unit (real nodes)
     command: tuple[str, ...] | None = None  # argv template (lab process runtime)
@@ -99,15 +102,16 @@ class ServiceSpec:
         return self.placement == "singleton"
 
     def template_values(
-        self, *, node_id: str, run_dir: Path | str, vip: str | None, bind: str
+        self, *, node_id: str, run_dir: Path | str, vip: str | None, bind: str, ceph_dir: Path | str = ""
     ) -> dict[str, str]:
-        """The values `{run_dir}`, `{node_id}`, `{vip}`, `{port}`, `{bind}` expand to."""
+        """The values `{run_dir}`, `{node_id}`, `{vip}`, `{port}`, `{bind}`, `{ceph_dir}` expand to."""
         return {
             "run_dir": str(run_dir),
             "node_id": node_id,
             "vip": vip or "",
             "port": "" if self.port is None else str(self.port),
             "bind": bind,
+            "ceph_dir": str(ceph_dir),
         }
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
@@ -368,6 +372,7 @@ _SERVICE_KEYS = (
 _START_KEYS = ("unit", "command")
 _CHECK_KEYS = (
     "type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "expect_body", "command",
+    "daemon",
 )
 _CHECK_ONLY_FOR = {
     "port": ("tcp", "http"),
@@ -375,6 +380,7 @@ _CHECK_ONLY_FOR = {
     "expect_status": ("http",),
     "expect_body": ("http",),
     "command": ("command",),
+    "daemon": ("ceph",),
 }
 _RESTART_KEYS = ("max_restarts", "backoff_initial", "backoff_max", "reset_after")
 _RESOURCE_KEYS = ("cpu", "memory_mb")
@@ -403,7 +409,7 @@ def _build_catalog(data: Any, where: _Where) -> Catalog:
 def _build_service(where: _Where, name: str, raw: Any, path: PathKey) -> ServiceSpec:
     data = _mapping(where, raw, path, _SERVICE_KEYS)
     if "placement" not in data:
-        raise where.error(path, "'placement' is required (singleton or every-node)")
+        raise where.error(path, "'placement' is required (singleton, every-node or ceph-mons)")
     placement = data["placement"]
     if placement not in PLACEMENTS:
         raise where.error(path + ("placement",), f"must be one of: {', '.join(PLACEMENTS)}, got {_describe(placement)}")
@@ -514,6 +520,12 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         for index, arg in enumerate(argv):
             _check_placeholders(where, arg, path + ("command", index), has_vip, service_port is not None)
         return HealthCheckSpec(command=argv, **common)
+    if kind == "ceph":
+        daemon = data.get("daemon")
+        if daemon not in CEPH_DAEMONS:
+            raise where.error(path + ("daemon",), f"a ceph check needs 'daemon': one of {', '.join(CEPH_DAEMONS)}, "
+                                                  f"got {_describe(daemon)}")
+        return HealthCheckSpec(daemon=daemon, **common)
     return HealthCheckSpec(**common)
 
 
@@ -625,6 +637,7 @@ def _check_to_dict(check: HealthCheckSpec) -> dict[str, Any]:
         "expect_status": check.expect_status,
         "expect_body": check.expect_body,
         "command": None if check.command is None else list(check.command),
+        "daemon": check.daemon,
     }
     out.update({key: value for key, value in optional.items() if value is not None})
     return out

@@ -121,6 +121,15 @@ def _check_command(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, st
     return True, f"{argv[0]}: exit status 0"
 
 
+def _check_ceph(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    from nodeos.storage.asok import daemon_check
+
+    ceph_dir = target.values.get("ceph_dir")
+    if not ceph_dir:
+        return False, "no Ceph directory for this node"
+    return daemon_check(spec.daemon or "", os.path.join(ceph_dir, "run"), target.values.get("node_id", ""))
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -139,6 +148,7 @@ _CHECKS = {
     "tcp": _check_tcp,
     "http": _check_http,
     "command": _check_command,
+    "ceph": _check_ceph,
 }
 
 

@@ -28,6 +28,7 @@ from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime
+from nodeos.storage.layer import StorageLayer
 from nodeos.cluster.state import ClusterState, ServiceRecord
 from .vip import VipManager, VipRangeError, candidate_vips, parse_vip_range
 
@@ -43,8 +44,8 @@ PROBE_INTERVAL = 0.5
 def resolve_catalog_path(setting: str | None) -> Path | None:
     if setting is None:
         return None
-    if setting in ("lab", "default"):
-        return packaged_catalog(setting)
+    if "/" not in setting and not setting.endswith(".yaml") and packaged_catalog(setting).exists():
+        return packaged_catalog(setting)  # a packaged catalog by name: lab, lab-storage, default
     return Path(setting)
 
 
@@ -72,7 +73,9 @@ class ServicesLayer:
         self.me = agent.node_id
         runtime: Runtime = ProcessRuntime(agent.state_dir / "services") if agent.config.runtime == "process" else SystemdRuntime()
         self.vips = VipManager(agent.iface.name)
-        self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian)
+        self.storage = StorageLayer(self.me, agent.iface.ip, str(agent.iface.network), agent.state_dir,
+                                    agent.config.storage, self._submit)
+        self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian, ceph_dir=self.storage.root)
         self.consensus: "Consensus | None" = None
         self._stop = threading.Event()
         # Two threads: a node stuck stopping one of its services must not stall
@@ -106,6 +109,7 @@ class ServicesLayer:
         with self._lock:
             self.node.stop_everything()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.storage.shutdown()
 
     def healthy(self, now: float, limit: float = 30.0) -> bool:
         """False when convergence or the Monitor is stuck (a hung check, runtime or netlink call)."""
@@ -134,6 +138,8 @@ class ServicesLayer:
         fenced = self.agent.fenced()
         with self._lock:
             if catalog is not None:
+                if uses_ceph(catalog):
+                    self.storage.node_pass(snapshot)  # the files the Ceph services start from
                 self.node.converge(snapshot, catalog, fenced, now)
             elif fenced:
                 self.node.release_singletons(None)
@@ -167,6 +173,8 @@ class ServicesLayer:
         term = self.consensus.term()  # the fencing token: ops of a deposed Monitor are refused in apply
         for op in decide(state, catalog, time.time(), self.me, term):
             self._propose_decision(op, now)
+        if uses_ceph(catalog):
+            self.storage.monitor_pass(state, term, now)
         self._probe_vips(state, catalog, now)
 
     def _apply_configured_catalog(self, now: float) -> None:
@@ -273,9 +281,11 @@ class ServicesLayer:
                              "migration": record.migration, "probe": record.probe, "note": note})
             else:
                 up = state.up_nodes()
+                if record.placement == "ceph-mons":
+                    up = [n for n in up if n in (state.storage.get("mons") or {})]
                 healthy = sum(1 for n in up if record.health.get(n, {}).get("state") == "healthy")
                 restarts = sum(i.restarts for i in record.instances.values())
-                rows.append({"name": name, "placement": "every-node", "node": "every-node", "vip": None,
+                rows.append({"name": name, "placement": record.placement, "node": record.placement, "vip": None,
                              "health": f"healthy {healthy}/{len(up)}", "restarts": restarts,
                              "instances": {n: record.health.get(n, {}).get("state") for n in up}, "note": ""})
         return rows
@@ -356,6 +366,11 @@ class ServicesLayer:
             return 409, {"error": f"no other up node to move {record.name} to"}
         return self._sync({"op": "migrate", "now": time.time(), "service": record.name, "to": target,
                            "reason": "operator request", "by": f"operator via {self.me}"})
+
+
+def uses_ceph(catalog: Catalog) -> bool:
+    """Does the catalog run Ceph (its mons have their own placement)?"""
+    return any(spec.placement == "ceph-mons" for spec in catalog)
 
 
 def vip_probe_spec(spec: ServiceSpec) -> HealthCheckSpec:

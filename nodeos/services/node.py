@@ -11,6 +11,7 @@ no VIP, whatever the last state it saw said.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -76,7 +77,9 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
         instance = record.instances.get(me)
         generation = instance.generation if instance else 0
         migration = record.migration
-        if spec.singleton:
+        if spec.placement == "ceph-mons":
+            want = Desired(me in (state.storage.get("mons") or {}), generation)
+        elif spec.singleton:
             # While any node may still hold it, its node waits and every such node
             # stops it and confirms with a `stopped` report after the decision.
             releasing = migration is not None and migration["phase"] == "releasing"
@@ -98,8 +101,9 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
 
 class NodeServices:
     def __init__(self, node_id: str, runtime: Runtime, vips: VipManager, submit: Callable[[dict[str, Any]], None],
-                 gate: FenceGate) -> None:
+                 gate: FenceGate, ceph_dir: Path | None = None) -> None:
         self.node_id = node_id
+        self.ceph_dir = ceph_dir
         self.runtime = runtime
         self.vips = vips
         self.submit = submit
@@ -111,6 +115,7 @@ class NodeServices:
         self._last_report: dict[str, float] = {}
         self._checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="check")
         self._fenced_logged = False
+        self._check_values = {"node_id": node_id, "ceph_dir": str(ceph_dir or "")}
 
     # -- one pass ------------------------------------------------------------
     def converge(self, state: ClusterState, catalog: Catalog, fenced: bool, now: float) -> None:
@@ -154,7 +159,7 @@ class NodeServices:
             if not self.runtime.is_running(spec.name):
                 self.gate.release_service(spec.name)  # nothing taken: nothing for the guard to answer for
             return  # no valid grant: a singleton never starts unguarded
-        ctx = ServiceContext(node_id=self.node_id, vip=want.vip)
+        ctx = ServiceContext(node_id=self.node_id, vip=want.vip, ceph_dir=self.ceph_dir)
         try:
             self.runtime.start(spec, ctx)
             detail = "started"
@@ -256,7 +261,7 @@ class NodeServices:
                 self._report(name, "failed", local.generation, local.detail, now)
                 continue
             self._collect(local, now)
-            target = CheckTarget(host="127.0.0.1", pid=pid)
+            target = CheckTarget(host="127.0.0.1", pid=pid, values=self._check_values)
             for index in local.health.due(now):
                 if index not in local.pending:
                     local.pending[index] = self._checks.submit(run_check, local.health.check_spec(index), target)

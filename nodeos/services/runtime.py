@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class ServiceContext:
     bind: str = "0.0.0.0"
     # None: the runtime's own choice (ProcessRuntime: run_root/<name>).
     run_dir: Path | None = None
+    ceph_dir: Path | None = None  # this node's Ceph files (nodeos/storage/files.py)
 
 
 @runtime_checkable
@@ -164,7 +166,8 @@ class ProcessRuntime:
         if spec.command is None:
             raise ServiceRuntimeError(f"{spec.name}: no start.command for the process runtime")
         run_dir.mkdir(parents=True, exist_ok=True)
-        values = spec.template_values(node_id=ctx.node_id, run_dir=run_dir, vip=ctx.vip, bind=ctx.bind)
+        values = spec.template_values(node_id=ctx.node_id, run_dir=run_dir, vip=ctx.vip, bind=ctx.bind,
+                                      ceph_dir=ctx.ceph_dir or "")
         for file_name, content in spec.render_files(values).items():
             _write_atomic(run_dir / file_name, content)
         return spec.render_command(values)
@@ -184,6 +187,7 @@ class ProcessRuntime:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    env=_child_env(),
                 )
             except OSError as exc:
                 raise ServiceRuntimeError(f"{name}: cannot execute {argv[0]!r}: {exc.strerror or exc}") from exc
@@ -246,6 +250,14 @@ class ProcessRuntime:
         if not _wait_group_gone(pgid, child, 5.0):
             raise ServiceRuntimeError(f"{name}: process group {pgid} survived SIGKILL")
         log.event("runtime.stopped", service=name, pgid=pgid, how="SIGKILL", level="warning")
+
+
+def _child_env() -> dict[str, str]:
+    """The agent's environment, with its own installation's bin first: `nodeos` in a
+    catalog command is the nodeos of the running agent (lab venv or /opt/nodeos)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
+    return env
 
 
 def _live_process(pid: int) -> psutil.Process | None:

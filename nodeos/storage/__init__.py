@@ -6,14 +6,21 @@ Pure (no I/O; time and randomness are arguments):
 * mons.py: where mons run, one monmap change at a time (`choose_mons`);
 * pools.py: pool replication from the host count (`pool_size`);
 * disks.py: which disks become OSDs, from lsblk (`parse_lsblk`, `choose_osd_disks`);
-* status.py: `ceph -s` reduced to what nodeos shows and waits for (`summarize`).
+* status.py: `ceph -s` reduced to what nodeos shows and waits for (`summarize`);
+* ops.py: Ceph's part of the replicated state and the ops that change it;
+* decide.py: the Monitor's storage decisions (init, keys, mons, the volumes pool).
 
 I/O (imported where used, not here):
 * daemons.py: real Ceph daemons (mon, mgr, OSD on a file or a blank disk) as
   processes under one node's directory; `ceph_status`, `health`;
-* probe.py: lsblk, the boot disk, and a second look at a disk before use.
+* probe.py: lsblk, the boot disk, and a second look at a disk before use;
+* files.py: a node's ceph.conf, keyrings and facts, written from the state;
+* launch.py: `nodeos storage run mon|mgr|osd`, the catalog's Ceph services;
+* asok.py: the daemons' admin sockets (the `ceph` health check);
+* actions.py, layer.py: the Monitor's Ceph I/O and an agent's storage duties.
 
-Public names below. Imports no other nodeos subsystem but the logger.
+Public names below. Sits above `cluster` (its ops live in the replicated
+state) and below `services` (which runs the Ceph daemons as catalog services).
 """
 
 from .conf import CephPaths, Tuning, fsid_for, render_ceph_conf

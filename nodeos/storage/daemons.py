@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -32,6 +33,7 @@ from .keys import (ADMIN, BOOTSTRAP_OSD, MGR_CAPS, CephKeys, RandomBytes, admin_
 CLI_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10  # the ceph CLI waits forever for a quorum without it
 MKFS_TIMEOUT = 120.0
+OSD_READY = "nodeos-ready"  # written after a complete mkfs (a crash mid-way leaves none)
 
 
 class CephError(RuntimeError):
@@ -181,23 +183,39 @@ def build_monmap(node: CephNode, fsid: str, mons: Mapping[str, str], path: str) 
 
 def create_mon(node: CephNode, keys: CephKeys, monmap: str) -> None:
     """`ceph-mon --mkfs` with the given monmap; the auth database is seeded with every key."""
-    data = Path(node.paths.data("mon", node.node_id))
-    if (data / "store.db").exists():
-        return  # made before: mkfs again would lose the mon's state
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = Path(node.paths.keys_dir) / ".mon-mkfs.keyring"
     write_private(seed, mon_keyring(keys))
     try:
-        run(node, ["ceph-mon", "--conf", node.conf, "--mkfs", "-i", node.node_id, "--monmap", monmap,
-                   "--keyring", str(seed)], timeout=MKFS_TIMEOUT)
+        mkfs_mon(node, monmap, str(seed))
     finally:
         seed.unlink(missing_ok=True)
 
 
-def start_mon(node: CephNode) -> Daemon:
+def mon_exists(node: CephNode) -> bool:
+    return (Path(node.paths.data("mon", node.node_id)) / "store.db").exists()
+
+
+def mkfs_mon(node: CephNode, monmap: str, seed_keyring: str) -> None:
+    """`ceph-mon --mkfs` from a monmap and a keyring of every key; never over an existing mon."""
+    if mon_exists(node):
+        return  # made before: mkfs again would lose the mon's state
+    data = Path(node.paths.data("mon", node.node_id))
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        run(node, ["ceph-mon", "--conf", node.conf, "--mkfs", "-i", node.node_id, "--monmap", monmap,
+                   "--keyring", seed_keyring], timeout=MKFS_TIMEOUT)
+    except CephError:
+        shutil.rmtree(data, ignore_errors=True)  # half-made: the next try starts clean
+        raise
+
+
+def mon_argv(node: CephNode) -> list[str]:
     # --public-addr: a joining mon is not in its own monmap yet, so it must be told where to bind.
-    return _start(node, "mon", node.node_id, ["ceph-mon", "--conf", node.conf, "-f", "-i", node.node_id,
-                                              "--public-addr", node.ip])
+    return ["ceph-mon", "--conf", node.conf, "-f", "-i", node.node_id, "--public-addr", node.ip]
+
+
+def start_mon(node: CephNode) -> Daemon:
+    return _start(node, "mon", node.node_id, mon_argv(node))
 
 
 def join_mon(node: CephNode, via: CephNode, keys: CephKeys) -> Daemon:
@@ -245,8 +263,8 @@ def quorum(node: CephNode) -> list[str]:
 
 # -- manager ---------------------------------------------------------------------------
 
-def start_mgr(node: CephNode) -> Daemon:
-    """The mgr on `node`; its key is made (or fetched) by the mons, so it moves freely."""
+def prepare_mgr(node: CephNode) -> list[str]:
+    """The mgr's keyring on `node` (made or fetched from the mons, so the mgr moves freely); its argv."""
     data = Path(node.paths.data("mgr", node.node_id))
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     keyring = data / "keyring"
@@ -254,7 +272,11 @@ def start_mgr(node: CephNode) -> Daemon:
         caps = [word for kind, cap in sorted(MGR_CAPS.items()) for word in (kind, cap)]
         ceph(node, "auth", "get-or-create", f"mgr.{node.node_id}", *caps, "-o", str(keyring))
         keyring.chmod(0o600)
-    return _start(node, "mgr", node.node_id, ["ceph-mgr", "--conf", node.conf, "-f", "-i", node.node_id])
+    return ["ceph-mgr", "--conf", node.conf, "-f", "-i", node.node_id]
+
+
+def start_mgr(node: CephNode) -> Daemon:
+    return _start(node, "mgr", node.node_id, prepare_mgr(node))
 
 
 # -- OSDs ----------------------------------------------------------------------------
@@ -279,8 +301,33 @@ def create_osd(node: CephNode, random_bytes: RandomBytes, block: str | None = No
         # Like ceph-volume: an id that never got its disk is given back, not left down forever.
         ceph(node, "osd", "purge-new", f"osd.{osd_id}", "--yes-i-really-mean-it", name=BOOTSTRAP_OSD)
         raise
+    (Path(node.paths.data("osd", str(osd_id))) / OSD_READY).write_text(block_path + "\n")
     log.event("ceph.osd_created", node=node.node_id, osd=osd_id, block=block_path)
     return osd_id
+
+
+def local_osds(node: CephNode) -> tuple[list[int], list[int]]:
+    """(OSDs made completely on this node, ids whose making was cut short, e.g. by a crash)."""
+    ready, broken = [], []
+    for data in sorted(Path(node.paths.root, "osd").glob("ceph-*")):
+        osd_id = data.name[len("ceph-"):]
+        if osd_id.isdigit():
+            (ready if (data / OSD_READY).exists() else broken).append(int(osd_id))
+    return sorted(ready), sorted(broken)
+
+
+def discard_osd(node: CephNode, osd_id: int) -> None:
+    """Give back an id whose OSD was never finished, and remove what was made of it."""
+    try:
+        ceph(node, "osd", "purge-new", f"osd.{osd_id}", "--yes-i-really-mean-it", name=BOOTSTRAP_OSD)
+    except CephError as exc:
+        if "does not exist" not in str(exc) and "ENOENT" not in str(exc):
+            raise
+    shutil.rmtree(node.paths.data("osd", str(osd_id)), ignore_errors=True)
+    block = Path(node.paths.block_file(osd_id))
+    if block.is_file():
+        block.unlink()
+    log.event("ceph.osd_discarded", node=node.node_id, osd=osd_id)
 
 
 def _mkfs_osd(node: CephNode, osd_id: int, osd_uuid: str, secret: str, block_path: str,
@@ -297,8 +344,12 @@ def _mkfs_osd(node: CephNode, osd_id: int, osd_uuid: str, secret: str, block_pat
     run(node, argv, timeout=MKFS_TIMEOUT)
 
 
+def osd_argv(node: CephNode, osd_id: int) -> list[str]:
+    return ["ceph-osd", "--conf", node.conf, "-f", "-i", str(osd_id)]
+
+
 def start_osd(node: CephNode, osd_id: int) -> Daemon:
-    return _start(node, "osd", str(osd_id), ["ceph-osd", "--conf", node.conf, "-f", "-i", str(osd_id)])
+    return _start(node, "osd", str(osd_id), osd_argv(node, osd_id))
 
 
 # -- pools and objects -----------------------------------------------------------------

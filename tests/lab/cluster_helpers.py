@@ -15,9 +15,9 @@ from nodeos.lab.lab import Lab, destroy
 
 
 def new_lab(nodes: int, expect: int | None = None, catalog: str | None = None, start: bool = True,
-            timing: dict[str, float] | None = None) -> Lab:
+            timing: dict[str, float] | None = None, storage: dict[str, Any] | None = None) -> Lab:
     name = "t" + secrets.token_hex(2)
-    lab = Lab.create(name, nodes, expect, catalog=catalog, timing=timing)
+    lab = Lab.create(name, nodes, expect, catalog=catalog, timing=timing, storage=storage)
     if start:
         lab.start_all()
     return lab

@@ -1,0 +1,192 @@
+"""Ceph's part of the replicated state: the operations that change it, pure.
+
+`state.storage` (a plain dict, so Raft snapshots stay simple) holds:
+
+* `fsid`, `public_network`, `created_at`;
+* `keys`: the cephx keys (`CephKeys.to_wire()`), never shown (state.to_dict drops them);
+* `initial_mons`: node -> IP of the first monmap (those mons mkfs from it);
+* `mons`: node -> IP of the mons that should run now (the desired monmap);
+* `mon_removing`: nodes dropped from `mons` whose `ceph mon remove` is still due;
+* `registered`: nodes whose client key the mons know (keys of later nodes are imported);
+* `pools`: name -> {"size", "min_size"} as last applied to Ceph;
+* `osds`: node -> {"ids", "taken", "skipped"} as the node's OSD launcher reported;
+* `health`: {"status", "line", "since", "checks"} as the Monitor last read it.
+
+Monitor ops carry a `term` (the state refuses them from a deposed Monitor);
+`osd_report` comes from a node's agent and carries none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodeos.cluster.state import ClusterState, OpError, _require, register
+
+from .keys import CephKeys, is_valid_key
+from .mons import initial_mons
+
+POOL_VOLUMES = "nodeos-volumes"
+
+
+def ready(state: ClusterState) -> bool:
+    return bool(state.storage.get("fsid"))
+
+
+def _storage(state: ClusterState) -> dict[str, Any]:
+    if not ready(state):
+        raise OpError("storage is not initialized yet")
+    return state.storage
+
+
+def _node_ip(state: ClusterState, node: str) -> str:
+    record = state.nodes.get(node)
+    if record is None:
+        raise OpError(f"unknown node {node!r}")
+    return record.ip
+
+
+@register("storage_init")
+def _op_storage_init(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    if ready(state):
+        raise OpError("storage is already initialized")
+    fsid = _require(op, "fsid", str)
+    network = _require(op, "public_network", str)
+    try:
+        keys = CephKeys.from_wire(op.get("keys"))
+    except ValueError as exc:
+        raise OpError(f"field 'keys': {exc}") from None
+    mons = _require(op, "mons", list)
+    if not mons or any(not isinstance(m, str) for m in mons) or sorted(set(mons)) != initial_mons(mons):
+        raise OpError("field 'mons' must be the initial mon nodes (sorted, distinct)")
+    placed = {m: _node_ip(state, m) for m in mons}
+    state.storage = {"fsid": fsid, "public_network": network, "created_at": op["now"], "keys": keys.to_wire(),
+                     "initial_mons": dict(placed), "mons": dict(placed), "mon_removing": [],
+                     "registered": sorted(keys.clients), "pools": {}, "osds": {}, "health": {}}
+    state.add_event(op["now"], "storage.initialized", mons=sorted(placed), by=op.get("by"),
+                    detail=f"Ceph fsid {fsid}; mons on {', '.join(sorted(placed))}")
+    return {"mons": sorted(placed)}
+
+
+@register("storage_node_key")
+def _op_storage_node_key(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    node = _require(op, "node", str)
+    key = _require(op, "key", str)
+    _node_ip(state, node)
+    if not is_valid_key(key):
+        raise OpError("field 'key' is not a cephx key")
+    clients = storage["keys"]["clients"]
+    if node not in clients:
+        clients[node] = key
+    return {}
+
+
+@register("storage_node_registered")
+def _op_storage_node_registered(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    node = _require(op, "node", str)
+    if node not in storage["keys"]["clients"]:
+        raise OpError(f"node {node} has no client key")
+    if node not in storage["registered"]:
+        storage["registered"] = sorted([*storage["registered"], node])
+    return {}
+
+
+@register("mon_add")
+def _op_mon_add(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    node = _require(op, "node", str)
+    ip = _node_ip(state, node)
+    if state.nodes[node].status != "up":
+        raise OpError(f"node {node} is not up")
+    if node in storage["mons"]:
+        raise OpError(f"node {node} already runs a mon")
+    storage["mons"][node] = ip
+    state.add_event(op["now"], "storage.mon_added", node=node, reason=op.get("reason"), by=op.get("by"),
+                    detail=f"mons now {', '.join(sorted(storage['mons']))}")
+    return {}
+
+
+@register("mon_remove")
+def _op_mon_remove(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    node = _require(op, "node", str)
+    if node not in storage["mons"]:
+        raise OpError(f"node {node} runs no mon")
+    if len(storage["mons"]) <= 1:
+        raise OpError("the last mon is never removed")
+    del storage["mons"][node]
+    storage["mon_removing"] = sorted({*storage["mon_removing"], node})
+    state.add_event(op["now"], "storage.mon_removing", node=node, reason=op.get("reason"), by=op.get("by"),
+                    detail=f"mons now {', '.join(sorted(storage['mons']))}; `ceph mon remove` follows")
+    return {}
+
+
+@register("mon_removed")
+def _op_mon_removed(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    node = _require(op, "node", str)
+    if node not in storage["mon_removing"]:
+        raise OpError(f"no removal of the mon on {node} is due")
+    storage["mon_removing"] = [n for n in storage["mon_removing"] if n != node]
+    state.add_event(op["now"], "storage.mon_removed", node=node, detail=op.get("detail"), by=op.get("by"))
+    return {}
+
+
+@register("pool_set")
+def _op_pool_set(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    name = _require(op, "pool", str)
+    size = _require(op, "size", int)
+    min_size = _require(op, "min_size", int)
+    if not 1 <= min_size <= size <= 10:
+        raise OpError("pool sizes must satisfy 1 <= min_size <= size <= 10")
+    before = storage["pools"].get(name)
+    after = {"size": size, "min_size": min_size}
+    if before == after:
+        return {"already": True}  # the Monitor may record an idempotent action twice
+    storage["pools"][name] = after
+    state.add_event(op["now"], "storage.pool_created" if before is None else "storage.pool_resized", pool=name,
+                    by=op.get("by"), detail=f"{name}: size {size}, min_size {min_size}"
+                    + (f" (was {before['size']}/{before['min_size']})" if before else ""))
+    return {}
+
+
+@register("osd_report")
+def _op_osd_report(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    node = _require(op, "node", str)
+    _node_ip(state, node)
+    ids = _require(op, "ids", list)
+    taken = _require(op, "taken", list)
+    skipped = _require(op, "skipped", dict)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+        raise OpError("field 'ids' must list OSD ids")
+    report = {"ids": sorted(ids), "taken": [str(t) for t in taken],
+              "skipped": {str(k): str(v) for k, v in skipped.items()}}
+    if storage["osds"].get(node) != report:
+        storage["osds"][node] = report
+        skipped_text = "; ".join(f"skipped {d}: {why}" for d, why in sorted(report["skipped"].items()))
+        state.add_event(op["now"], "storage.osds", node=node, ids=report["ids"], taken=report["taken"],
+                        skipped=report["skipped"] or None,
+                        detail=f"OSDs {', '.join(map(str, report['ids']))} on {', '.join(report['taken'])}"
+                        + (f"; {skipped_text}" if skipped_text else ""))
+    return {}
+
+
+@register("storage_health")
+def _op_storage_health(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    status = _require(op, "status", str)
+    line = _require(op, "line", str)
+    checks = op.get("checks") or []
+    if not isinstance(checks, list):
+        raise OpError("field 'checks' must be a list")
+    before = storage.get("health") or {}
+    since = before.get("since", op["now"]) if before.get("status") == status else op["now"]
+    storage["health"] = {"status": status, "line": line, "since": since, "checks": [str(c) for c in checks][:20]}
+    if before.get("status") != status:
+        state.add_event(op["now"], "storage.health", status=status, previous=before.get("status"),
+                        checks=storage["health"]["checks"] or None,
+                        detail=line + ("; " + "; ".join(storage["health"]["checks"]) if storage["health"]["checks"] else ""))
+    return {}
