@@ -20,11 +20,21 @@ packages="$(grep -v '^\s*#' scripts/apt-packages.txt | awk 'NF{print $1}' | sort
 echo "setup: installing Debian packages: $packages" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# No package may start its daemon on this host (MariaDB, Ceph, nginx...): the
+# agents run them. policy-rc.d is Debian's switch for that, removed again after.
+own_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  own_policy=1
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # also when apt-get fails
+fi
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
+if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 
 # Daemons from the lab catalog are started by the agents, not by the host.
-for unit in memcached nginx ceph-crash; do
+for unit in memcached nginx ceph-crash mariadb; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

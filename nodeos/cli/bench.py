@@ -3,6 +3,7 @@
     nodeos bench formation --rounds 10     agents' start -> formed cluster (3 and 5 nodes)
     nodeos bench election  --rounds 10     leader SIGKILL -> a new Monitor lease holder
     nodeos bench failover  --rounds 10     per fault: detection and VIP serving again
+    nodeos bench failover  --stateful      MariaDB on a Ceph volume: its node failed -> writes again
     nodeos bench load      --seconds 600   false failovers and loop lag, idle vs. `load all`
 """
 
@@ -15,6 +16,9 @@ from typing import Any
 
 from nodeos.bench.cluster import bench_election, bench_formation, print_table, write_results
 from nodeos.lab.lab import LabError
+
+
+STATELESS_FAULTS = ["service-kill", "node-crash", "node-reboot", "disconnect", "monitor-crash", "kill-agent", "hang-agent"]
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -33,10 +37,15 @@ def _cmd(args: argparse.Namespace) -> int:
             path = write_results("load", {"bench": "load", "at": time.time(), "results": results}, args.out)
             print(f"\nwrote {path}")
             return 0
+        elif args.stateful:
+            from nodeos.bench.stateful import FAULTS, bench_stateful
+
+            results = bench_stateful(args.rounds, args.faults or list(FAULTS))
+            title = "Stateful failover (MariaDB on a Ceph volume): phases and writes acknowledged again"
         else:
             from nodeos.bench.failover import bench_failover
 
-            results = bench_failover(args.rounds, args.faults)
+            results = bench_failover(args.rounds, args.faults or STATELESS_FAULTS)
             title = "Failover per fault: detection and VIP serving again"
     except LabError as exc:
         print(f"nodeos bench: {exc}", file=sys.stderr)
@@ -55,9 +64,11 @@ def register(sub: Any) -> None:
     formation.add_argument("--sizes", type=int, nargs="+", default=[3, 5], help="cluster sizes (default: 3 5)")
     election = bench_sub.add_parser("election", help="time from leader SIGKILL to a new Monitor lease holder")
     failover = bench_sub.add_parser("failover", help="per fault: time to detection and to the VIP serving again")
-    failover.add_argument("--faults", nargs="+", default=["service-kill", "node-crash", "node-reboot", "disconnect", "monitor-crash",
-                                                          "kill-agent", "hang-agent"],
-                          help="faults to measure (default: all)")
+    failover.add_argument("--faults", nargs="+", default=None,
+                          help="faults to measure (default: all; with --stateful: node-crash disconnect partition)")
+    failover.add_argument("--stateful", action="store_true",
+                          help="MariaDB on a Ceph volume (catalog lab-storage): the holder's node crashed, cut off or "
+                               "partitioned -> inserts through its VIP acknowledged again, every acknowledged row read back")
     load = bench_sub.add_parser("load", help="false failovers (fences, lease changes, service stops) and the agents' loop "
                                              "lag, idle and under `lab fault load all`")
     load.add_argument("--seconds", type=float, default=600.0, help="seconds under load (default: %(default)s)")

@@ -32,7 +32,9 @@ from typing import Any
 import yaml
 
 from . import netns
+from nodeos import log
 from nodeos.cluster.control import ControlError, request
+from nodeos.storage.volumes import drop_mounts_under, share_mounts, unshare_mounts
 from nodeos.cluster.identity import init_identity
 
 LAB_ROOT = Path(os.environ.get("NODEOS_LAB_ROOT", "/run/nodeos-lab"))
@@ -142,6 +144,7 @@ class Lab:
             lab._plan_node(index)
         lab.save()  # intent first: `down` can undo a half-made lab
         lab._write_config()
+        share_mounts(str(lab.dir))  # volumes mounted under it behave as on a node (systemd's shared /)
         init_identity(lab.identity_path, force=True)
         netns.create_bridge(spec.bridge)
         for node in spec.nodes.values():
@@ -198,7 +201,7 @@ class Lab:
         self._boot_network(node)
         self._ensure_watchdog(node)
         self._ensure_guard(node)
-        argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "agent",
+        argv = [*_enter(node.ns), sys.executable, "-m", "nodeos.cli", "agent",
                 "--config", str(self.config_path), "--identity", str(identity or self.identity_path), "--state-dir", str(state_dir)]
         node.pid = _spawn(argv, state_dir / "agent.log")
         self.save()
@@ -208,7 +211,7 @@ class Lab:
         if node.guard_pid is not None and _alive(node.guard_pid):
             return
         state_dir = Path(node.state_dir)
-        argv = ["ip", "netns", "exec", node.ns, sys.executable, "-m", "nodeos.cli", "guard",
+        argv = [*_enter(node.ns), sys.executable, "-m", "nodeos.cli", "guard",
                 "--config", str(self.config_path), "--state-dir", str(state_dir)]
         node.guard_pid = _spawn(argv, state_dir / "guard.log")
         self.save()
@@ -285,6 +288,7 @@ class Lab:
         node = self.node(name)
         netns.set_link(None, node.veth, up=False)
         killed = _kill_namespace(node.ns, signal.SIGKILL)
+        _drop_node_mounts(node)  # its kernel's mounts (volumes) die with it
         _disarm_watchdog(node)  # a machine that lost power does not reset itself again later
         for pid in (node.pid, node.guard_pid):
             if pid is not None:
@@ -495,6 +499,12 @@ def destroy(name: str) -> list[str]:
         _kill_namespace(ns, signal.SIGKILL)
         netns.delete_namespace(ns)
         removed.append(ns)
+    root = LAB_ROOT / name
+    if root.is_dir():
+        removed += drop_mounts_under(str(root))
+        unshare_mounts(str(root))
+        if any(p.startswith(str(root)) for p in _mount_points()):
+            raise LabError(f"{root}: still mounted after the lab's processes were killed; not removing it")
     try:
         _nft(f"table bridge nodeos_lab_{name}\ndelete table bridge nodeos_lab_{name}\n")
     except LabError:
@@ -506,6 +516,22 @@ def destroy(name: str) -> list[str]:
     for leftover in LOAD_ROOT.glob(f"{name}-*") if LOAD_ROOT.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def _enter(ns: str) -> list[str]:
+    """Run in the node's network namespace but the host's mount namespace: `ip netns exec`
+    would give every agent start a private mount namespace, and a volume mounted by one
+    agent process would be invisible to the next one (and to tests)."""
+    return ["nsenter", f"--net=/run/netns/{ns}"]
+
+
+def _drop_node_mounts(node: LabNode) -> None:
+    for dropped in drop_mounts_under(node.state_dir):
+        log.event("lab.mount_dropped", node=node.name, what=dropped)
+
+
+def _mount_points() -> list[str]:
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
 
 def _kill_recorded_host_processes(name: str) -> None:

@@ -62,6 +62,7 @@ class HealthCheckSpec:
     expect_body: str | None = None  # http, substring
     command: tuple[str, ...] | None = None  # command; exit 0 = healthy
     daemon: str | None = None  # ceph: mon | mgr | osd
+    start_period: float = 0.0  # seconds after a start in which failures do not count until a pass
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A singleton's data on an RBD image that moves with it (nodeos/storage/volumes.py)."""
+
+    size: int  # bytes
+    fs: str = "ext4"  # ext4 | xfs
+    mount: str = ""  # absolute path; templates as in start.command ({run_dir} in the lab)
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     placement: str  # "singleton" | "every-node" | "ceph-mons"
@@ -96,6 +106,7 @@ class ServiceSpec:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     depends_on: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
+    volume: VolumeSpec | None = None
 
     @property
     def singleton(self) -> bool:
@@ -367,12 +378,17 @@ def _check_placeholders(where: _Where, text: str, path: PathKey, has_vip: bool, 
 
 _TOP_KEYS = ("version", "services")
 _SERVICE_KEYS = (
-    "placement", "vip", "start", "files", "port", "health", "restart", "depends_on", "resources",
+    "placement", "vip", "start", "files", "port", "health", "restart", "depends_on", "resources", "volume",
 )
+_VOLUME_KEYS = ("size", "fs", "mount")
+VOLUME_FILESYSTEMS = ("ext4", "xfs")
+_SIZE = re.compile(r"^\s*(\d+)\s*(MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {None: 1, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+MIN_VOLUME = 64 << 20
 _START_KEYS = ("unit", "command")
 _CHECK_KEYS = (
     "type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "expect_body", "command",
-    "daemon",
+    "daemon", "start_period",
 )
 _CHECK_ONLY_FOR = {
     "port": ("tcp", "http"),
@@ -434,7 +450,35 @@ def _build_service(where: _Where, name: str, raw: Any, path: PathKey) -> Service
         restart=_build_restart(where, data.get("restart", {}), path + ("restart",)),
         depends_on=_build_depends(where, data.get("depends_on", []), path + ("depends_on",), name),
         resources=_build_resources(where, data.get("resources", {}), path + ("resources",)),
+        volume=_build_volume(where, data.get("volume"), path + ("volume",), placement, vip, port is not None),
     )
+
+
+def _build_volume(where: _Where, raw: Any, path: PathKey, placement: str, has_vip: bool,
+                  has_port: bool) -> VolumeSpec | None:
+    if raw is None:
+        return None
+    if placement != "singleton":
+        raise where.error(path, "only singleton services can have a volume (it is attached on one node at a time)")
+    data = _mapping(where, raw, path, _VOLUME_KEYS)
+    for key in _VOLUME_KEYS:
+        if key not in data:
+            raise where.error(path, f"'{key}' is required (size like 1GiB, fs ext4 or xfs, mount an absolute path)")
+    size_text = data["size"]
+    match = _SIZE.match(str(size_text)) if not isinstance(size_text, bool) else None
+    if match is None:
+        raise where.error(path + ("size",), f"must be bytes or a size like 512MiB or 2GiB, got {_describe(size_text)}")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size < MIN_VOLUME:
+        raise where.error(path + ("size",), f"must be at least 64MiB, got {_describe(size_text)}")
+    fs = data["fs"]
+    if fs not in VOLUME_FILESYSTEMS:
+        raise where.error(path + ("fs",), f"must be one of: {', '.join(VOLUME_FILESYSTEMS)}, got {_describe(fs)}")
+    mount = _string(where, data["mount"], path + ("mount",))
+    _check_placeholders(where, mount, path + ("mount",), has_vip, has_port)
+    if not mount.startswith("/") and not mount.startswith("{"):
+        raise where.error(path + ("mount",), f"must be an absolute path, got {_describe(mount)}")
+    return VolumeSpec(size=size, fs=fs, mount=mount)
 
 
 def _build_start(
@@ -495,6 +539,7 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         timeout=_number(where, data.get("timeout", 1.0), path + ("timeout",), 0.0, 600.0, False),
         rise=_int(where, data.get("rise", 2), path + ("rise",), 1, 100),
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
+        start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
     )
     if kind in ("tcp", "http"):
         if data.get("port") is None and service_port is None:
@@ -631,6 +676,8 @@ def _check_to_dict(check: HealthCheckSpec) -> dict[str, Any]:
         "rise": check.rise,
         "fall": check.fall,
     }
+    if check.start_period:
+        out["start_period"] = check.start_period
     optional = {
         "port": check.port,
         "path": check.path,
@@ -663,4 +710,6 @@ def _service_to_dict(spec: ServiceSpec) -> dict[str, Any]:
     }
     out["depends_on"] = list(spec.depends_on)
     out["resources"] = {"cpu": spec.resources.cpu, "memory_mb": spec.resources.memory_mb}
+    if spec.volume is not None:
+        out["volume"] = {"size": spec.volume.size, "fs": spec.volume.fs, "mount": spec.volume.mount}
     return out

@@ -199,6 +199,7 @@ class ServiceHealth:
 
     def __init__(self, checks: Sequence[HealthCheckSpec], now: float = 0.0) -> None:
         self._slots = [_CheckSlot(spec, HealthTracker(spec.rise, spec.fall), now) for spec in checks]
+        self._started = now
         self.state: State = self._aggregate()
 
     @property
@@ -215,7 +216,11 @@ class ServiceHealth:
         if isinstance(result, bool):
             result = CheckResult(ok=result, detail="", duration=0.0)
         slot.last = result
-        slot.tracker.observe(result.ok)
+        # Within its start_period a check that has not passed yet does not count its
+        # failures (a database initialising its files); one pass ends the grace.
+        in_grace = slot.tracker.state == "starting" and now - self._started < slot.spec.start_period
+        if result.ok or not in_grace:
+            slot.tracker.observe(result.ok)
         slot.next_due = now + slot.spec.interval
         new = self._aggregate()
         if new == self.state:
@@ -243,6 +248,7 @@ class ServiceHealth:
             slot.tracker.reset()
             slot.next_due = now
             slot.last = None
+        self._started = now
         self.state = self._aggregate()
 
     def details(self) -> list[dict[str, object]]:

@@ -29,6 +29,7 @@ from .monitor import choose_node, decide
 from .node import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime
 from nodeos.storage.layer import StorageLayer
+from nodeos.storage.node_volumes import NodeVolumes
 from nodeos.cluster.state import ClusterState, ServiceRecord
 from .vip import VipManager, VipRangeError, candidate_vips, parse_vip_range
 
@@ -75,7 +76,9 @@ class ServicesLayer:
         self.vips = VipManager(agent.iface.name)
         self.storage = StorageLayer(self.me, agent.iface.ip, str(agent.iface.network), agent.state_dir,
                                     agent.config.storage, self._submit)
-        self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian, ceph_dir=self.storage.root)
+        volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync)
+        self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian, ceph_dir=self.storage.root,
+                                 volumes=volumes)
         self.consensus: "Consensus | None" = None
         self._stop = threading.Event()
         # Two threads: a node stuck stopping one of its services must not stall
@@ -118,6 +121,11 @@ class ServicesLayer:
     def _submit(self, op: dict[str, Any], callback: Any = None) -> None:
         if self.consensus is not None:
             self.consensus.submit(op, callback)
+
+    def _submit_sync(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Propose and wait for the commit (ConsensusError when there is none in time)."""
+        assert self.consensus is not None
+        return self.consensus.submit_sync(op, timeout=5.0)
 
     def _loop(self, step: Callable[[float], None], failure: str) -> None:
         while not self._stop.is_set():
@@ -174,7 +182,8 @@ class ServicesLayer:
         for op in decide(state, catalog, time.time(), self.me, term):
             self._propose_decision(op, now)
         if uses_ceph(catalog):
-            self.storage.monitor_pass(state, term, now)
+            volumes = {s.name: (s.volume.size, s.volume.fs) for s in catalog if s.volume is not None}
+            self.storage.monitor_pass(state, term, now, volumes)
         self._probe_vips(state, catalog, now)
 
     def _apply_configured_catalog(self, now: float) -> None:

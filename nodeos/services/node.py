@@ -18,11 +18,14 @@ from typing import Any, Callable, Protocol
 
 from nodeos import log
 from . import arp
-from .catalog import Catalog, ServiceSpec
+from .catalog import Catalog, ServiceSpec, render_template
 from .health import CheckResult, CheckTarget, ServiceHealth, run_check
 from .placement import release_set
 from .runtime import Runtime, ServiceContext, ServiceRuntimeError
 from nodeos.cluster.state import ClusterState
+from nodeos.storage.decide import volume_ready
+from nodeos.storage.node_volumes import NodeVolumes
+from nodeos.storage.volume_spec import VolumeError
 from .vip import VipError, VipManager
 
 REPORT_MIN_INTERVAL = 0.2
@@ -65,6 +68,10 @@ class Local:
     detail: str = ""
 
 
+def volume_may_attach(state: ClusterState, service: str, me: str) -> bool:
+    return volume_ready(state, service, me) and me in state.storage.get("registered", [])
+
+
 def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, running: set[str]) -> dict[str, Desired]:
     """What this node should run, from the replicated state (pure)."""
     out: dict[str, Desired] = {}
@@ -95,15 +102,18 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
         missing = [d for d in spec.depends_on if d not in healthy_somewhere]
         if want.run and missing and name not in running:
             want.run, want.waiting_for = False, missing
+        if want.run and spec.volume is not None and not volume_may_attach(state, name, me):
+            want.run, want.waiting_for = False, ["volume"]  # its image, or the previous holder's fence
         out[name] = want
     return out
 
 
 class NodeServices:
     def __init__(self, node_id: str, runtime: Runtime, vips: VipManager, submit: Callable[[dict[str, Any]], None],
-                 gate: FenceGate, ceph_dir: Path | None = None) -> None:
+                 gate: FenceGate, ceph_dir: Path | None = None, volumes: NodeVolumes | None = None) -> None:
         self.node_id = node_id
         self.ceph_dir = ceph_dir
+        self.volumes = volumes
         self.runtime = runtime
         self.vips = vips
         self.submit = submit
@@ -124,6 +134,10 @@ class NodeServices:
             log.event("fence.engaged" if fenced else "fence.released", level="warning" if fenced else "info")
             self._fenced_logged = fenced
         desired = desired_here(state, catalog, self.node_id, fenced, set(self.local))
+        if self.volumes is not None:
+            # Before anything else: a volume this node must not hold (a crash's leftover, fenced, moved away).
+            keep = {n for n, want in desired.items() if want.run or (n in self.local and catalog[n].volume)}
+            self.volumes.detach_unwanted(state, keep, lambda op: self.submit(op))
         for name in list(self.local):
             if name not in desired:
                 self._stop(name, reason="removed from the catalog", report=False)
@@ -161,9 +175,10 @@ class NodeServices:
             return  # no valid grant: a singleton never starts unguarded
         ctx = ServiceContext(node_id=self.node_id, vip=want.vip, ceph_dir=self.ceph_dir)
         try:
+            self._prepare_volume(spec, ctx)
             self.runtime.start(spec, ctx)
             detail = "started"
-        except ServiceRuntimeError as exc:
+        except (ServiceRuntimeError, VolumeError) as exc:
             detail = f"start failed: {exc}"
             log.event("service.start_failed", level="error", service=spec.name, error=str(exc))
         self.local[spec.name] = Local(want.generation, ServiceHealth(spec.health, now), want.vip, now)
@@ -174,12 +189,26 @@ class NodeServices:
         else:
             self._report(spec.name, "starting", want.generation, detail, now, force=True)
 
+    def _prepare_volume(self, spec: ServiceSpec, ctx: ServiceContext) -> None:
+        """Attach, record and mount the service's volume before it starts (node_volumes.py)."""
+        if spec.volume is None:
+            return
+        if self.volumes is None:
+            raise VolumeError(f"{spec.name} has a volume but this node runs no storage")
+        run_dir = getattr(self.runtime, "run_dir", lambda _name: "")(spec.name)
+        values = spec.template_values(node_id=self.node_id, run_dir=run_dir, vip=ctx.vip, bind=ctx.bind,
+                                      ceph_dir=ctx.ceph_dir or "")
+        self.volumes.prepare(spec.name, spec.volume.fs, render_template(spec.volume.mount, values))
+
     def _stop(self, name: str, reason: str, report: bool) -> None:
         local = self.local.pop(name, None)
         if local is not None and local.vip:
             self._remove_vip(local.vip)  # first: clients stop coming while it stops
         if self._stop_process(name):
             self.gate.release_service(name)
+            if self.volumes is not None and name in self.volumes.held_here():
+                # After the process (it may flush on exit); fenced: do not wait on OSDs it may not reach.
+                self.volumes.release(name, lambda op: self.submit(op), fenced=reason == "fenced")
         log.event("service.stopped", service=name, reason=reason)
         if report:
             self._report(name, "stopped", local.generation if local else 0, reason, time.monotonic(), force=True)

@@ -8,7 +8,9 @@ Pure (no I/O; time and randomness are arguments):
 * disks.py: which disks become OSDs, from lsblk (`parse_lsblk`, `choose_osd_disks`);
 * status.py: `ceph -s` reduced to what nodeos shows and waits for (`summarize`);
 * ops.py: Ceph's part of the replicated state and the ops that change it;
-* decide.py: the Monitor's storage decisions (init, keys, mons, the volumes pool).
+* decide.py: the Monitor's storage decisions (init, keys, mons, the volumes pool,
+  volume images and fences);
+* volume_spec.py: volumes' commands, parsing and the attachment record.
 
 I/O (imported where used, not here):
 * daemons.py: real Ceph daemons (mon, mgr, OSD on a file or a blank disk) as
@@ -17,7 +19,9 @@ I/O (imported where used, not here):
 * files.py: a node's ceph.conf, keyrings and facts, written from the state;
 * launch.py: `nodeos storage run mon|mgr|osd`, the catalog's Ceph services;
 * asok.py: the daemons' admin sockets (the `ceph` health check);
-* actions.py, layer.py: the Monitor's Ceph I/O and an agent's storage duties.
+* actions.py, layer.py: the Monitor's Ceph I/O and an agent's storage duties;
+* volumes.py: attach (kernel rbd or rbd-fuse + loop, probed), mount, detach, blocklist;
+* node_volumes.py: a node's side of volumes, in the fence's order (attach, record, mount).
 
 Public names below. Sits above `cluster` (its ops live in the replicated
 state) and below `services` (which runs the Ceph daemons as catalog services).

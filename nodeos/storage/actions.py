@@ -10,16 +10,22 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
+from nodeos import log
+
+from . import volumes
 from .daemons import CephError, CephNode, ceph, ceph_status, create_pool, health
 from .decide import Action
-from .keys import CephKeys, node_keyring
+from .keys import ADMIN, CephKeys, node_keyring
+from .ops import volume_image
 from .status import summarize
+
+T = TypeVar("T")
 
 
 def run_action(node: CephNode, storage: dict[str, Any], action: Action, by: str, term: int) -> dict[str, Any]:
-    """Do `action` in Ceph; the op that records it. CephError when Ceph refused or did not answer."""
+    """Do `action` in Ceph; the op that records it ({} for none). CephError when Ceph refused or did not answer."""
     base = {"now": time.time(), "by": by, "term": term}
     if action.kind == "remove_mon":
         detail = _remove_mon(node, action.node)
@@ -30,7 +36,27 @@ def run_action(node: CephNode, storage: dict[str, Any], action: Action, by: str,
     if action.kind == "pool":
         create_pool(node, action.pool, action.size, action.min_size, application="rbd")
         return {**base, "op": "pool_set", "pool": action.pool, "size": action.size, "min_size": action.min_size}
+    if action.kind == "osd_down":
+        ceph(node, "osd", "down", *[str(i) for i in action.osds])
+        return {}
+    if action.kind == "image":
+        _volume_call(lambda: volumes.ensure_image(node, action.pool, volume_image(action.service), action.size,
+                                                  name=ADMIN))
+        return {**base, "op": "volume_created", "service": action.service, "size": action.size, "fs": action.fs}
+    if action.kind == "fence":
+        entry = _volume_call(lambda: volumes.blocklist_add(node, action.client, volumes.BLOCKLIST_EXPIRE, name=ADMIN))
+        log.event("storage.fenced", service=action.service, node=action.node, client=action.client,
+                  until=getattr(entry, "until", None))
+        return {**base, "op": "volume_fenced", "service": action.service, "client": action.client,
+                "expire": volumes.BLOCKLIST_EXPIRE, "reason": f"{action.service} must run elsewhere than {action.node}"}
     raise CephError(f"unknown storage action {action.kind!r}")
+
+
+def _volume_call(work: Callable[[], T]) -> T:
+    try:
+        return work()
+    except volumes.VolumeError as exc:
+        raise CephError(str(exc)) from None
 
 
 def _remove_mon(node: CephNode, mon_id: str) -> str:

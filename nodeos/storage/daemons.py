@@ -316,6 +316,18 @@ def local_osds(node: CephNode) -> tuple[list[int], list[int]]:
     return sorted(ready), sorted(broken)
 
 
+def purge_osd(node: CephNode, osd_id: int) -> None:
+    """Remove an OSD whose data is gone from the cluster (down first: Ceph refuses to purge an up OSD)."""
+    ceph(node, "osd", "down", str(osd_id))
+    try:
+        ceph(node, "osd", "purge", str(osd_id), "--yes-i-really-mean-it")
+    except CephError as exc:
+        if "does not exist" not in str(exc) and "ENOENT" not in str(exc):
+            raise
+    shutil.rmtree(node.paths.data("osd", str(osd_id)), ignore_errors=True)
+    log.event("ceph.osd_purged", node=node.node_id, osd=osd_id)
+
+
 def discard_osd(node: CephNode, osd_id: int) -> None:
     """Give back an id whose OSD was never finished, and remove what was made of it."""
     try:

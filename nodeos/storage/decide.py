@@ -12,13 +12,18 @@ Order of things:
 3. mon changes, one at a time (mons.py): only while every mon of the
    desired monmap that is on an up node reports healthy (in quorum) and no
    removal is still due, so each change has landed before the next;
-4. the volumes pool, sized for the hosts, once an OSD is up.
+4. the volumes pool, sized for the hosts, once an OSD is up;
+5. volumes (`volumes`: service -> (size, fs) from the catalog): the image is
+   made before the service's first placement can start; a holder that is
+   not where the service should run is fenced (its client address
+   blocklisted) unless it is a live node still releasing the service (it
+   detaches cleanly then). Attaching elsewhere waits for the holder to clear.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from nodeos.cluster.state import ClusterState
 
@@ -34,17 +39,27 @@ OSD_SERVICE = "ceph-osd"
 
 @dataclass(frozen=True)
 class Action:
-    """Ceph I/O the Monitor runs, then reports with an op: kind in remove_mon | register | pool."""
+    """Ceph I/O the Monitor runs, then reports with an op: remove_mon | register | pool | image | fence."""
 
     kind: str
     node: str = ""
     pool: str = ""
     size: int = 0
     min_size: int = 0
+    service: str = ""
+    fs: str = ""
+    client: str = ""
+    osds: tuple[int, ...] = ()
+    since: float = 0.0  # osd_down: once per loss of the node
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.node or self.pool}"
+        return f"{self.kind}:{self.node or self.pool or self.service}:{self.since}"
+
+    @property
+    def once(self) -> bool:
+        """Done once when it succeeded (no op records it), not repeated."""
+        return self.kind == "osd_down"
 
 
 def lost_since(state: ClusterState) -> dict[str, float]:
@@ -52,7 +67,8 @@ def lost_since(state: ClusterState) -> dict[str, float]:
 
 
 def decide_storage(state: ClusterState, now: float, by: str, term: int, random_bytes: RandomBytes,
-                   public_network: str, mon_replace_after: float = MON_REPLACE_AFTER) -> tuple[list[dict[str, Any]], list[Action]]:
+                   public_network: str, mon_replace_after: float = MON_REPLACE_AFTER,
+                   volumes: Mapping[str, tuple[int, str]] | None = None) -> tuple[list[dict[str, Any]], list[Action]]:
     base = {"now": now, "by": by, "term": term}
     up = state.up_nodes()
     if not ready(state):
@@ -72,13 +88,52 @@ def decide_storage(state: ClusterState, now: float, by: str, term: int, random_b
         elif node not in storage["registered"]:
             actions.append(Action("register", node=node))
     actions += [Action("remove_mon", node=n) for n in storage["mon_removing"]]
+    # A lost node is fenced: its OSDs are marked down at once, so the PGs they
+    # lead stop waiting for them (Ceph alone waits for its heartbeat grace).
+    for node, since in sorted(lost_since(state).items()):
+        ids = tuple((storage["osds"].get(node) or {}).get("ids") or ())
+        if ids:
+            actions.append(Action("osd_down", node=node, osds=ids, since=since))
     op = _mon_change(state, base, now, mon_replace_after)
     if op is not None:
         ops.append(op)
     pool = _pool_action(state)
     if pool is not None:
         actions.append(pool)
+    actions += volume_actions(state, volumes or {})
     return ops, actions
+
+
+def volume_actions(state: ClusterState, volumes: Mapping[str, tuple[int, str]]) -> list[Action]:
+    if POOL_VOLUMES not in state.storage["pools"]:
+        return []
+    recorded = state.storage.get("volumes") or {}
+    actions = [Action("image", pool=POOL_VOLUMES, service=name, size=size, fs=fs)
+               for name, (size, fs) in sorted(volumes.items()) if name not in recorded]
+    for name, volume in sorted(recorded.items()):
+        if volume.get("holder") and volume.get("client") and must_fence(state, name, volume["holder"]):
+            actions.append(Action("fence", service=name, node=volume["holder"], client=volume["client"]))
+    return actions
+
+
+def must_fence(state: ClusterState, service: str, holder: str) -> bool:
+    """Is `holder` holding `service`'s volume where the service should not run, and not about to let go?"""
+    record = state.services.get(service)
+    if record is not None and record.node == holder:
+        return False
+    node = state.nodes.get(holder)
+    migration = record.migration if record is not None else None
+    still_releasing = (node is not None and node.status == "up" and migration is not None
+                       and migration.get("phase") == "releasing")
+    return not still_releasing
+
+
+def volume_ready(state: ClusterState, service: str, node: str) -> bool:
+    """May `node` attach `service`'s volume now (pool and image made, nobody else holding it)?"""
+    if not ready(state) or POOL_VOLUMES not in state.storage["pools"]:
+        return False
+    volume = (state.storage.get("volumes") or {}).get(service)
+    return volume is not None and volume.get("created") and volume.get("holder") in (None, node)
 
 
 def mons_settled(state: ClusterState) -> bool:

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .conf import CephPaths
-from .daemons import (CephError, CephNode, ceph, create_osd, discard_osd, local_osds, mkfs_mon, mon_argv, mon_exists,
-                      osd_argv, prepare_mgr, build_monmap, write_private)
+from .daemons import (OSD_READY, CephError, CephNode, build_monmap, ceph, create_osd, discard_osd, local_osds, mkfs_mon,
+                      mon_argv, mon_exists, osd_argv, prepare_mgr, purge_osd, write_private)
 from .files import BOOTSTRAP, MON_SEED, NODE_FACTS
 
 EXIT_NOT_READY = 3  # the agent has not written this node's Ceph files yet, or the cluster does not answer
@@ -94,6 +94,13 @@ def prepare_osds(node: CephNode, osd_disks: str) -> list[int]:
     ready, broken = local_osds(node)
     for osd_id in broken:
         discard_osd(node, osd_id)
+    for osd_id in [i for i in ready if _file_lost(node, i)]:
+        # Its data is gone for good (the file was deleted): Ceph re-replicates from
+        # the other copies onto a new OSD. A missing *disk* is never purged: it may
+        # only be late to appear, and its data would be thrown away.
+        print(f"nodeos storage run osd: the file of osd.{osd_id} is gone; purging it for a new one", flush=True)
+        purge_osd(node, osd_id)
+        ready.remove(osd_id)
     if ready:
         return ready
     taken, skipped = _choose_disks(osd_disks)
@@ -104,6 +111,13 @@ def prepare_osds(node: CephNode, osd_disks: str) -> list[int]:
     write_private(Path(node.paths.root) / OSD_REPORT,
                   json.dumps({"ids": made, "taken": taken, "skipped": skipped}, sort_keys=True) + "\n")
     return made
+
+
+def _file_lost(node: CephNode, osd_id: int) -> bool:
+    """A file-backed OSD whose block file no longer exists."""
+    marker = Path(node.paths.data("osd", str(osd_id))) / OSD_READY
+    block = marker.read_text().strip()
+    return block == node.paths.block_file(osd_id) and not Path(block).exists()
 
 
 def _choose_disks(osd_disks: str) -> tuple[list[str], dict[str, str]]:

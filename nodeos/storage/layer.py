@@ -46,11 +46,12 @@ class StorageLayer:
         self.files = StorageFiles(node_id, self.root, settings)
         self.ceph = CephNode(node_id, ip, CephPaths(str(self.root)))
         self.submit = submit
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
+        self._worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage")
         self._running: dict[str, Future[Any]] = {}
         self._tried: dict[str, float] = {}
         self._lock = threading.Lock()
         self._reported_osds: dict[str, Any] | None = None
+        self._done: set[str] = set()  # `once` actions that succeeded
         self._health_at = float("-inf")
         self._health_line_at = float("-inf")
 
@@ -69,15 +70,17 @@ class StorageLayer:
                          "taken": report.get("taken", []), "skipped": report.get("skipped", {})}, None)
 
     # -- the Monitor -------------------------------------------------------------------
-    def monitor_pass(self, state: ClusterState, term: int, now: float) -> None:
+    def monitor_pass(self, state: ClusterState, term: int, now: float,
+                     volumes: dict[str, tuple[int, str]] | None = None) -> None:
         ops, actions = decide_storage(state, time.time(), self.node_id, term, os.urandom, self.network,
-                                      self.settings.mon_replace_after)
+                                      self.settings.mon_replace_after, volumes)
         for op in ops:
             self._propose(op, now)
         if not ready(state) or not Path(self.ceph.admin_keyring).exists():
             return  # the admin key and conf (written by this node's services pass) are needed below
         for action in actions:
-            self._start(action.key, now, lambda a=action: self._run(a, dict(state.storage), term))
+            if action.key not in self._done:
+                self._start(action.key, now, lambda a=action: self._run(a, dict(state.storage), term))
         if now - self._health_at >= HEALTH_INTERVAL:
             self._health_at = now
             self._start("health", now, lambda: self._read_health(state.storage.get("health") or {}, term, now),
@@ -117,8 +120,14 @@ class StorageLayer:
             log.event("storage.action_failed", level="warning", action=action.kind, node=action.node or None,
                       pool=action.pool or None, error=str(exc))
             return
-        log.event("storage.action_done", action=action.kind, node=action.node or None, pool=action.pool or None)
-        self.submit(op, None)
+        log.event("storage.action_done", action=action.kind, node=action.node or None, pool=action.pool or None,
+                  service=action.service or None)
+        if action.once:
+            self._done.add(action.key)
+        with self._lock:
+            self._tried[action.key] = time.monotonic()  # give its op RETRY to be applied before a repeat
+        if op:
+            self.submit(op, None)
 
     def _read_health(self, before: dict[str, Any], term: int, now: float) -> None:
         try:
@@ -138,7 +147,8 @@ class StorageLayer:
             return None
         storage = state.storage
         return {"fsid": storage["fsid"], "mons": sorted(storage["mons"]), "mon_removing": storage["mon_removing"],
-                "pools": storage["pools"], "osds": storage["osds"], "health": storage.get("health") or {}}
+                "pools": storage["pools"], "osds": storage["osds"], "health": storage.get("health") or {},
+                "volumes": storage.get("volumes") or {}}
 
 
 def _normalized(report: dict[str, Any]) -> dict[str, Any]:

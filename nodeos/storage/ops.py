@@ -10,7 +10,17 @@
 * `registered`: nodes whose client key the mons know (keys of later nodes are imported);
 * `pools`: name -> {"size", "min_size"} as last applied to Ceph;
 * `osds`: node -> {"ids", "taken", "skipped"} as the node's OSD launcher reported;
-* `health`: {"status", "line", "since", "checks"} as the Monitor last read it.
+* `health`: {"status", "line", "since", "checks"} as the Monitor last read it;
+* `volumes`: service -> {"image", "size", "fs", "created", "holder", "client",
+  "attached_at", "fenced"}: the RBD image of a singleton with a volume, the
+  node that attached it and its client instance address (what a fence
+  blocklists), and every address fenced so far.
+
+A volume's rule (DESIGN.md invariant 3): a node attaches only while
+`holder` is empty or itself, records its client address (`volume_attached`,
+committed) before it mounts or writes, and a holder is cleared only by its
+own clean detach (`volume_detached`) or by the Monitor's fence
+(`volume_fenced`, recorded after Ceph blocklisted the address).
 
 Monitor ops carry a `term` (the state refuses them from a deposed Monitor);
 `osd_report` comes from a node's agent and carries none.
@@ -61,7 +71,7 @@ def _op_storage_init(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     placed = {m: _node_ip(state, m) for m in mons}
     state.storage = {"fsid": fsid, "public_network": network, "created_at": op["now"], "keys": keys.to_wire(),
                      "initial_mons": dict(placed), "mons": dict(placed), "mon_removing": [],
-                     "registered": sorted(keys.clients), "pools": {}, "osds": {}, "health": {}}
+                     "registered": sorted(keys.clients), "pools": {}, "osds": {}, "health": {}, "volumes": {}}
     state.add_event(op["now"], "storage.initialized", mons=sorted(placed), by=op.get("by"),
                     detail=f"Ceph fsid {fsid}; mons on {', '.join(sorted(placed))}")
     return {"mons": sorted(placed)}
@@ -189,4 +199,84 @@ def _op_storage_health(state: ClusterState, op: dict[str, Any]) -> dict[str, Any
         state.add_event(op["now"], "storage.health", status=status, previous=before.get("status"),
                         checks=storage["health"]["checks"] or None,
                         detail=line + ("; " + "; ".join(storage["health"]["checks"]) if storage["health"]["checks"] else ""))
+    return {}
+
+
+def volume_image(service: str) -> str:
+    """The RBD image of a service's volume (in POOL_VOLUMES)."""
+    return f"svc-{service}"
+
+
+def _volume(state: ClusterState, op: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    service = _require(op, "service", str)
+    volume = _storage(state).setdefault("volumes", {}).get(service)
+    if volume is None:
+        raise OpError(f"service {service} has no volume")
+    return service, volume
+
+
+@register("volume_created")
+def _op_volume_created(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    service = _require(op, "service", str)
+    size = _require(op, "size", int)
+    fs = _require(op, "fs", str)
+    volumes = storage.setdefault("volumes", {})
+    if service in volumes:
+        return {"already": True}
+    volumes[service] = {"image": volume_image(service), "size": size, "fs": fs, "created": True, "holder": None,
+                        "client": None, "attached_at": None, "fenced": []}
+    state.add_event(op["now"], "storage.volume_created", service=service, by=op.get("by"),
+                    detail=f"{POOL_VOLUMES}/{volume_image(service)}, {size >> 20} MiB, {fs}")
+    return {}
+
+
+@register("volume_attached")
+def _op_volume_attached(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    service, volume = _volume(state, op)
+    node = _require(op, "node", str)
+    client = _require(op, "client", str)
+    record = state.services.get(service)
+    if record is None or record.node != node:
+        raise OpError(f"{service} is not placed on {node}: it must not attach its volume")
+    if volume["holder"] not in (None, node):
+        raise OpError(f"{service}'s volume is held by {volume['holder']} ({volume['client']}) until it is fenced")
+    if client in volume["fenced"]:
+        raise OpError(f"client {client} was fenced")
+    if (volume["holder"], volume["client"]) != (node, client):
+        volume.update(holder=node, client=client, attached_at=op["now"])
+        state.add_event(op["now"], "storage.volume_attached", service=service, node=node, client=client,
+                        detail=f"{volume['image']} attached read-write by {client}")
+    return {}
+
+
+@register("volume_detached")
+def _op_volume_detached(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    service, volume = _volume(state, op)
+    node = _require(op, "node", str)
+    client = op.get("client")
+    if volume["holder"] != node or (client is not None and volume["client"] != client):
+        return {"already": True}  # a late report of an older attachment
+    state.add_event(op["now"], "storage.volume_detached", service=service, node=node, client=volume["client"],
+                    detail=f"{volume['image']} unmounted and detached cleanly")
+    volume.update(holder=None, client=None, attached_at=None)
+    return {}
+
+
+@register("volume_fenced")
+def _op_volume_fenced(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    service, volume = _volume(state, op)
+    client = _require(op, "client", str)
+    expire = _require(op, "expire", int)
+    if client in volume["fenced"] and volume["client"] != client:
+        return {"already": True}  # recorded before (an action the Monitor ran twice)
+    if client not in volume["fenced"]:
+        volume["fenced"] = [*volume["fenced"], client][-50:]
+    holder = volume["holder"]
+    if volume["client"] == client:
+        volume.update(holder=None, client=None, attached_at=None)
+    state.add_event(op["now"], "storage.volume_fenced", service=service, node=holder, client=client, by=op.get("by"),
+                    reason=op.get("reason"),
+                    detail=f"Ceph blocklisted {client} for {expire // 86400} days before {volume['image']} "
+                           "is attached elsewhere")
     return {}

@@ -53,12 +53,19 @@ class ArpSamplers:
         return [w for w in self.windows if len(w["macs"]) > 1]
 
 
+def _mac(ns: str) -> str:
+    out = subprocess.run(["ip", "-j", "-n", ns, "link", "show", "dev", "eth0"], capture_output=True, text=True)
+    return (json.loads(out.stdout or "[{}]")[0]).get("address", "?")
+
+
 def vips_on_nodes(lab: Lab, vips: set[str]) -> dict[str, list[str]]:
     """Which nodes have each VIP on their interface (seen by `ip`, not by any agent)."""
     found: dict[str, list[str]] = {}
     for name, node in sorted(lab.spec.nodes.items()):
         result = subprocess.run(["ip", "-j", "-n", node.ns, "-4", "addr", "show", "dev", "eth0"], capture_output=True, text=True)
         for entry in json.loads(result.stdout or "[]"):
+            if "LOWER_UP" not in entry.get("flags", []):
+                continue  # a crashed or unplugged node keeps its addresses but answers nobody
             for addr in entry.get("addr_info", []):
                 if addr["local"] in vips:
                     found.setdefault(addr["local"], []).append(name)
@@ -96,6 +103,7 @@ class Observers:
 
     def __init__(self, lab: Lab, vips: dict[str, str], addresses: bool = False) -> None:
         self.vips = vips
+        self.macs = {name: _mac(node.ns) for name, node in lab.spec.nodes.items()}
         self.arp = ArpSamplers(lab, sorted(vips.values()))
         # `addresses`: also sample every node's addresses (a cut-off node is out of the ARP samplers' reach).
         self.census = Census(lab, vips=set(vips.values()) if addresses else None)
@@ -104,9 +112,50 @@ class Observers:
         self.census.stop()
         self.arp.stop()
 
+    def _addresses_near(self, t: float) -> list[tuple[float, dict[str, list[str]]]]:
+        return [(round(at - t, 2), {k: v for k, v in seen.items() if k in self.census.vips})
+                for at, seen in self.census.samples if abs(at - t) < 0.5]
+
     def assert_never_two(self) -> None:
         doubles = self.arp.doubles()
-        assert not doubles, f"two MACs answered for a VIP in {len(doubles)} windows, first {doubles[:3]}"
+        assert not doubles, (f"two MACs answered for a VIP in {len(doubles)} windows, first {doubles[:3]}; "
+                             f"MACs: {self.macs}; VIP addresses sampled around it: "
+                             f"{self._addresses_near(doubles[0]['t']) if doubles else None}")
         twice = self.census.doubles(sorted(self.vips) + sorted(self.census.vips))
         assert not twice, f"a singleton ran on two nodes in {len(twice)} samples, first {twice[:3]}"
         assert self.arp.windows and self.census.samples, "the observers recorded nothing"
+
+
+class VolumeMounts:
+    """Samples, every `period`, which nodes have a service's volume mounted read-write.
+
+    Read from the kernel's mount table (lab agents mount in the host's mount
+    namespace), never from an agent: a mount point `<state_dir>/services/NAME/data`
+    belongs to that node.
+    """
+
+    def __init__(self, lab: Lab, service: str, period: float = 0.05) -> None:
+        self.points = {str(Path(node.state_dir) / "services" / service / "data"): name
+                       for name, node in lab.spec.nodes.items()}
+        self.period = period
+        self.samples: list[tuple[float, list[str]]] = []
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            nodes = []
+            for line in Path("/proc/self/mountinfo").read_text().splitlines():
+                fields = line.split()
+                if fields[4] in self.points and "rw" in fields[5].split(","):
+                    nodes.append(self.points[fields[4]])
+            self.samples.append((time.monotonic(), sorted(nodes)))
+            self._halt.wait(self.period)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(timeout=10)
+
+    def doubles(self) -> list[tuple[float, list[str]]]:
+        return [(t, nodes) for t, nodes in self.samples if len(nodes) > 1]

@@ -151,6 +151,48 @@ def test_a_killed_osd_is_restarted_and_data_stays_readable(lab: Lab) -> None:
     assert any(e["kind"] == "service.restart" and e.get("service") == "ceph-osd" for e in events)
 
 
+def test_a_deleted_osd_file_gets_a_new_osd_and_data_stays_readable(lab: Lab) -> None:
+    node = "n2"
+    report = json.loads((ceph_dir(lab, node) / "osd-report.json").read_text())
+    old_id = report["ids"][0]
+    old_uuid = osd_uuids(lab)[old_id]
+    payload = b"kept elsewhere " * 500
+    scratch = ceph_dir(lab, "n1") / "scratch-deleted.in"
+    scratch.write_bytes(payload)
+    run = ["ip", "netns", "exec", lab.node("n1").ns, "rados", "--conf", str(ceph_dir(lab, "n1") / "ceph.conf"),
+           "--name", "client.admin", "-p", POOL_VOLUMES]
+    subprocess.run([*run, "put", "deleted-probe", str(scratch)], check=True, timeout=60)
+    Path(report["taken"][0]).unlink()  # the OSD's data is gone; the running daemon still has it open
+    lost_at = time.monotonic()
+    print("\n" + kill_service_on(lab, "ceph-osd", node))
+    # Ceph gives the lowest free id to the new OSD (often the same number): the uuid tells them apart.
+    wait_until(lambda: old_uuid not in osd_uuids(lab).values(), 60, f"osd.{old_id} purged and made anew",
+               interval=1.0)
+    wait_until(lambda: settled(lab, len(lab.spec.nodes)), SETTLE, "Ceph settled with a new OSD on n2")
+    print(f"osd.{old_id}'s file deleted -> a new OSD, Ceph settled in {time.monotonic() - lost_at:.1f}s")
+    assert json.loads((ceph_dir(lab, node) / "osd-report.json").read_text())["ids"]
+    out = ceph_dir(lab, "n1") / "scratch-deleted.out"
+    subprocess.run([*run, "get", "deleted-probe", str(out)], check=True, timeout=60)
+    assert out.read_bytes() == payload
+
+
+def osd_uuids(lab: Lab) -> dict[int, str]:
+    return {o["osd"]: o["uuid"] for o in ceph_json(lab, "n1", "osd", "dump")["osds"]}
+
+
+def kill_service_on(lab: Lab, service: str, node: str) -> str:
+    """SIGKILL the service's main process on one node (by its pid record, checked to be in the namespace)."""
+    import os
+    import signal
+
+    from nodeos.lab import netns
+
+    pid = int(json.loads((Path(lab.node(node).state_dir) / "services" / service / "pid.json").read_text())["pid"])
+    assert pid in netns.namespace_pids(lab.node(node).ns)
+    os.kill(pid, signal.SIGKILL)
+    return f"{service} on {node}: SIGKILL sent to pid {pid}"
+
+
 def test_a_fourth_node_adds_its_osd_and_key(lab: Lab) -> None:
     added = lab.add_node()
     wait_until(lambda: settled(lab, 4), SETTLE, "4 OSDs up and in, HEALTH_OK")

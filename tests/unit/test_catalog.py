@@ -308,3 +308,39 @@ def test_load_catalog_missing_file(tmp_path: Path) -> None:
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(CatalogError):
         load_catalog(tmp_path / "bin.yaml")
+
+
+VOLUME_BASE = """version: 1
+services:
+  db:
+    placement: {placement}
+    port: 3306
+    start: {{command: [x]}}
+    volume: {volume}
+"""
+
+
+@pytest.mark.parametrize("placement, volume, words", [
+    ("singleton", "{size: 1GiB, fs: btrfs, mount: /x}", "volume.fs: must be one of: ext4, xfs"),
+    ("singleton", "{size: 1KiB, fs: ext4, mount: /x}", "volume.size: must be bytes or a size"),
+    ("singleton", "{size: 16MiB, fs: ext4, mount: /x}", "at least 64MiB"),
+    ("singleton", "{size: 1GiB, fs: ext4}", "'mount' is required"),
+    ("singleton", "{size: 1GiB, fs: ext4, mount: relative}", "must be an absolute path"),
+    ("every-node", "{size: 1GiB, fs: ext4, mount: /x}", "only singleton services can have a volume"),
+])
+def test_volume_mistakes_name_the_field(placement: str, volume: str, words: str) -> None:
+    with pytest.raises(CatalogError, match=words) as info:
+        parse_catalog(VOLUME_BASE.format(placement=placement, volume=volume), "c.yaml")
+    assert str(info.value).startswith("c.yaml:")
+
+
+def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
+    catalog = load_catalog(packaged_catalog("lab-storage"))
+    assert Catalog.from_dict(catalog.to_dict()) == catalog
+    volume = catalog["mariadb"].volume
+    assert volume is not None and (volume.size, volume.fs) == (1 << 30, "ext4")
+    assert catalog["ceph-mon"].placement == "ceph-mons"
+    assert [c.daemon for c in catalog["ceph-osd"].health if c.type == "ceph"] == ["osd"]
+    with pytest.raises(CatalogError, match="daemon"):
+        parse_catalog("version: 1\nservices:\n  m:\n    placement: ceph-mons\n    start: {command: [x]}\n"
+                      "    health: [{type: ceph, daemon: mds}]\n", "c.yaml")

@@ -110,3 +110,22 @@ def test_reset_makes_everything_due_and_starting() -> None:
 def test_no_checks_stays_starting() -> None:
     health = ServiceHealth([], now=0.0)
     assert health.due(0.0) == [] and health.state == "starting" and health.next_due() is None
+
+
+def test_start_period_ignores_failures_until_the_first_pass():
+    from nodeos.services.catalog import HealthCheckSpec
+    from nodeos.services.health import ServiceHealth
+
+    health = ServiceHealth([HealthCheckSpec(type="tcp", port=1, rise=1, fall=2, start_period=10.0)], now=0.0)
+    for t in (1.0, 2.0, 3.0, 9.0):
+        health.record(0, False, t)
+    assert health.state == "starting"  # initialising: failures do not count yet
+    health.record(0, True, 9.5)
+    assert health.state == "healthy"
+    health.record(0, False, 9.6)
+    health.record(0, False, 9.7)
+    assert health.state == "unhealthy"  # after a pass, the grace is over
+    health.reset(20.0)
+    for t in (31.0, 32.0):
+        health.record(0, False, t)
+    assert health.state == "unhealthy"  # past the period after the restart: failures count

@@ -191,3 +191,90 @@ def test_osd_reports_are_recorded_with_what_was_skipped(state):
     assert state.events[-1]["kind"] == "storage.osds" and "skipped /dev/vda: the boot disk" in state.events[-1]["detail"]
     bad = state.apply({"op": "osd_report", "now": 4.0, "node": "zz", "ids": [1], "taken": [], "skipped": {}})
     assert bad["ok"] is False
+
+
+# -- volumes -----------------------------------------------------------------------------------
+
+VOLUMES = {"mariadb": (1 << 30, "ext4")}
+
+
+def volume_state(state: ClusterState) -> None:
+    """Ceph initialised, the pool made, MariaDB placed on a, its image created."""
+    monitor(state, 2.0)
+    apply(state, {"op": "pool_set", "now": 3.0, "pool": storage_ops.POOL_VOLUMES, "size": 3, "min_size": 2, "term": 1})
+    _, actions = decide_storage(state, 4.0, "a", 1, seeded(), NET, volumes=VOLUMES)
+    images = [a for a in actions if a.kind == "image"]
+    assert [(a.service, a.size, a.fs) for a in images] == [("mariadb", 1 << 30, "ext4")]
+    apply(state, {"op": "volume_created", "now": 5.0, "service": "mariadb", "size": 1 << 30, "fs": "ext4", "term": 1})
+    state.services["mariadb"] = nodeos_record("mariadb", "a")
+
+
+def nodeos_record(name: str, node: str):
+    from nodeos.cluster.state import ServiceRecord
+
+    return ServiceRecord(name, "singleton", node=node)
+
+
+def attach(state: ClusterState, node: str, client: str) -> dict:
+    return state.apply({"op": "volume_attached", "now": 6.0, "service": "mariadb", "node": node, "client": client})
+
+
+def test_only_the_placed_node_may_attach_and_only_while_nobody_holds_the_volume(state):
+    from nodeos.storage.decide import volume_ready
+
+    volume_state(state)
+    assert volume_ready(state, "mariadb", "a") and volume_ready(state, "mariadb", "b")
+    assert attach(state, "b", "10.0.0.2:0/1")["ok"] is False  # not placed there
+    assert attach(state, "a", "10.0.0.1:0/7")["ok"]
+    assert not volume_ready(state, "mariadb", "b")  # held by a
+    state.services["mariadb"].node = "b"  # the Monitor moved it
+    assert attach(state, "b", "10.0.0.2:0/1")["ok"] is False  # a still holds it: fence first
+    assert "10.0.0.1:0/7" in state.to_dict()["storage"]["volumes"]["mariadb"]["client"]
+
+
+def test_a_live_holder_still_releasing_is_waited_for_a_lost_one_is_fenced(state):
+    from nodeos.storage.decide import must_fence, volume_actions
+
+    volume_state(state)
+    attach(state, "a", "10.0.0.1:0/7")
+    assert volume_actions(state, VOLUMES) == []  # where it should be: nothing to do
+    record = state.services["mariadb"]
+    record.node, record.migration = "b", {"from": "a", "to": "b", "phase": "releasing", "seq": 0}
+    assert not must_fence(state, "mariadb", "a")  # a stops it and detaches cleanly
+    record.migration["phase"] = "starting"
+    assert must_fence(state, "mariadb", "a")  # a reported stopped but kept the volume: fence
+    record.migration["phase"] = "releasing"
+    lose(state, "a", 7.0)
+    fences = [x for x in volume_actions(state, VOLUMES) if x.kind == "fence"]
+    assert [(f.service, f.node, f.client) for f in fences] == [("mariadb", "a", "10.0.0.1:0/7")]
+
+
+def test_the_fence_is_recorded_once_and_frees_the_volume_for_the_next_node(state):
+    volume_state(state)
+    attach(state, "a", "10.0.0.1:0/7")
+    state.services["mariadb"].node = "b"
+    fence = {"op": "volume_fenced", "now": 8.0, "service": "mariadb", "client": "10.0.0.1:0/7",
+             "expire": 315360000, "term": 1, "by": "c"}
+    apply(state, fence)
+    events = [e for e in state.events if e["kind"] == "storage.volume_fenced"]
+    assert len(events) == 1 and events[0]["client"] == "10.0.0.1:0/7" and events[0]["node"] == "a"
+    assert apply(state, {**fence, "now": 9.0}).get("already")  # a repeated action records nothing twice
+    assert len([e for e in state.events if e["kind"] == "storage.volume_fenced"]) == 1
+    assert attach(state, "b", "10.0.0.2:0/9")["ok"]
+    assert attach(state, "b", "10.0.0.1:0/7")["ok"] is False  # a fenced address never holds it again
+    late = state.apply({"op": "volume_detached", "now": 10.0, "service": "mariadb", "node": "a"})
+    assert late.get("already") and state.storage["volumes"]["mariadb"]["holder"] == "b"
+
+
+def test_a_service_with_a_volume_waits_for_it(state):
+    catalog = load_catalog(packaged_catalog("lab-storage"))
+    volume_state(state)
+    for node in "abc":
+        report(state, "ceph-mon", node, "healthy", 6.0)
+    report(state, "ceph-osd", "a", "healthy", 6.0)
+    state.services["mariadb"].node = "b"
+    attach_b = desired_here(state, catalog, "b", False, set())["mariadb"]
+    assert attach_b.run  # nobody holds it, b is registered
+    state.storage["volumes"]["mariadb"]["holder"] = "a"
+    waiting = desired_here(state, catalog, "b", False, set())["mariadb"]
+    assert not waiting.run and waiting.waiting_for == ["volume"]
