@@ -52,6 +52,12 @@ class ArpSamplers:
     def doubles(self) -> list[dict[str, Any]]:
         return [w for w in self.windows if len(w["macs"]) > 1]
 
+    def gap_before(self, t: float) -> float | None:
+        """Seconds since the previous window of the same VIP (a stalled sampler shows here)."""
+        window = next((w for w in self.windows if w["t"] == t), None)
+        earlier = [w["t"] for w in self.windows if window and w["vip"] == window["vip"] and w["t"] < t]
+        return round(t - max(earlier), 3) if earlier else None
+
 
 def _mac(ns: str) -> str:
     out = subprocess.run(["ip", "-j", "-n", ns, "link", "show", "dev", "eth0"], capture_output=True, text=True)
@@ -119,6 +125,7 @@ class Observers:
     def assert_never_two(self) -> None:
         doubles = self.arp.doubles()
         assert not doubles, (f"two MACs answered for a VIP in {len(doubles)} windows, first {doubles[:3]}; "
+                             f"sampler gap before it: {self.arp.gap_before(doubles[0]['t']) if doubles else None}s; "
                              f"MACs: {self.macs}; VIP addresses sampled around it: "
                              f"{self._addresses_near(doubles[0]['t']) if doubles else None}")
         twice = self.census.doubles(sorted(self.vips) + sorted(self.census.vips))
