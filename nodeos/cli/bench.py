@@ -51,7 +51,8 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"nodeos bench: {exc}", file=sys.stderr)
         return 1
     print_table(title, {k: v for k, v in results.items() if isinstance(v, dict) and "n" in v})
-    path = write_results(args.bench, {"bench": args.bench, "rounds": args.rounds, "at": time.time(), "results": results}, args.out)
+    name = "failover-stateful" if getattr(args, "stateful", False) else args.bench
+    path = write_results(name, {"bench": name, "rounds": args.rounds, "at": time.time(), "results": results}, args.out)
     print(f"\nwrote {path}")
     return 0
 
@@ -77,5 +78,6 @@ def register(sub: Any) -> None:
     load.set_defaults(func=_cmd)
     for parser in (formation, election, failover):
         parser.add_argument("--rounds", type=int, default=10, help="rounds per case (default: %(default)s)")
-        parser.add_argument("--out", help="JSON output path (default: bench-results/<bench>.json)")
+        parser.add_argument("--out", help="JSON output path (default: bench-results/<bench>.json; "
+                                          "failover --stateful: failover-stateful.json)")
         parser.set_defaults(func=_cmd)
