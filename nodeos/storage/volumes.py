@@ -898,10 +898,13 @@ def drop_mounts_under(directory: str) -> list[str]:
     released. Real nodes lose these with their kernel; a lab node shares the host's."""
     directory = os.path.normpath(os.path.abspath(directory))
     dropped = []
+    # Found before the unmounts: once its FUSE mount is detached, a loop device's backing
+    # path reads relative ("/svc-x") and no longer shows where it came from.
+    loops = _loops_backed_under(directory + "/")
     for point in sorted((p for p in _mountinfo() if p.startswith(directory + "/")), key=len, reverse=True):
         if _bounded(["umount", "--lazy", point], UMOUNT_TIMEOUT) is not None:
             dropped.append(point)
-    for loop in _loops_backed_under(directory + "/"):
+    for loop in loops:
         _bounded(["losetup", "-d", loop], UMOUNT_TIMEOUT)
         dropped.append(loop)
     return dropped
