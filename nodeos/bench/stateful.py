@@ -124,10 +124,6 @@ def write_gap(acks: list[tuple[int, float]], started: float) -> float | None:
     return None
 
 
-def names_by_id(lab: Lab) -> dict[str, str]:
-    return {(Path(node.state_dir) / "node_id").read_text().strip(): name for name, node in lab.spec.nodes.items()}
-
-
 def service_row(lab: Lab) -> dict[str, Any] | None:
     """MariaDB's status row as the Monitor (else any node that answers) sees it."""
     statuses = [s for s in (lab.node_status(n, timeout=1.0) for n in sorted(lab.spec.nodes)) if s and s.get("services")]
@@ -139,7 +135,7 @@ def healthy_on(lab: Lab) -> str | None:
     """The lab name of the node where MariaDB is healthy with its VIP answering, else None."""
     row = service_row(lab)
     if row and row["health"] == "healthy" and (row.get("probe") or {}).get("ok") and not row.get("migration"):
-        return names_by_id(lab).get(row["node"])
+        return lab.names_by_id().get(row["node"])
     return None
 
 

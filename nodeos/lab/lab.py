@@ -123,6 +123,15 @@ class Lab:
         except KeyError:
             raise LabError(f"lab {self.spec.name!r} has no node {name!r} (nodes: {', '.join(sorted(self.spec.nodes))})") from None
 
+    def names_by_id(self) -> dict[str, str]:
+        """node id -> lab node name, from the nodes' state dirs (no agent asked)."""
+        found = {}
+        for name, node in self.spec.nodes.items():
+            path = Path(node.state_dir) / "node_id"
+            if path.exists():
+                found[path.read_text().strip()] = name
+        return found
+
     def node_socket(self, name: str) -> Path:
         return Path(self.node(name).state_dir) / "agent.sock"
 

@@ -32,8 +32,9 @@ def service_host(lab: Lab, service: str) -> str:
     return hosts[0]
 
 
-def kill_service(lab: Lab, service: str) -> str:
-    host = service_host(lab, service)
+def kill_service(lab: Lab, service: str, node: str | None = None) -> str:
+    """SIGKILL the service's main process on `node` (default: the first node that runs it)."""
+    host = node or service_host(lab, service)
     record = Path(lab.node(host).state_dir) / "services" / service / "pid.json"
     try:
         pid = int(json.loads(record.read_text())["pid"])

@@ -66,18 +66,13 @@ def restore(lab: Lab) -> None:
     wait_services_healthy(lab, timeout=90)
 
 
-def names_by_id(lab: Lab) -> dict[str, str]:
-    """node id -> lab node name, from the nodes' state dirs (no agent asked)."""
-    return {(Path(node.state_dir) / "node_id").read_text().strip(): name for name, node in lab.spec.nodes.items()}
-
-
 def monitor_node(lab: Lab) -> str:
     return wait_until(lambda: (lease_holders(lab, sorted(lab.spec.nodes)) or [None])[0], 20, "a Monitor lease holder")
 
 
 def place(lab: Lab, service: str, node: str) -> None:
     """Move `service` to lab node `node` (if it is elsewhere) and wait until it serves there."""
-    ids = names_by_id(lab)
+    ids = lab.names_by_id()
     rows = {r["name"]: r for r in status_json(lab, "n1")["services"]}
     if ids.get(rows[service]["node"]) != node:
         node_id = next(i for i, n in ids.items() if n == node)
@@ -261,7 +256,7 @@ def test_fence_does_not_wait_behind_a_blocked_stop(lab: Lab) -> None:
     time.sleep(0.5)
     try:
         os.kill(memcached_pid, signal.SIGSTOP)  # its stop now waits 5 s for SIGTERM, then SIGKILLs
-        ids = {n: i for i, n in names_by_id(lab).items()}
+        ids = {n: i for i, n in lab.names_by_id().items()}
         result = cli("service", "move", "memcached", "--to", ids[others[0]], "--lab-node", others[0], "--lab", lab.spec.name)
         assert result.returncode == 0, result.stderr
         time.sleep(0.5)  # the holder's services thread is inside the blocked stop now

@@ -84,10 +84,6 @@ def no_quorum_windows(quorums: list[int], period: float) -> list[float]:
     return windows
 
 
-def ids_by_name(lab: Lab) -> dict[str, str]:
-    return {(Path(node.state_dir) / "node_id").read_text().strip(): name for name, node in lab.spec.nodes.items()}
-
-
 @pytest.fixture(scope="module")
 def lab():
     lab = new_lab(3, catalog="lab-storage", storage={"mon_replace_after": MON_REPLACE_AFTER})
@@ -104,7 +100,7 @@ def lab():
 def test_three_nodes_run_ceph_with_no_configuration(lab: Lab) -> None:
     status = ceph_json(lab, "n1", "status")
     assert len(status["quorum_names"]) == 3
-    names = ids_by_name(lab)
+    names = lab.names_by_id()
     assert sorted(names[m] for m in status["quorum_names"]) == ["n1", "n2", "n3"]
     pool = ceph_json(lab, "n2", "osd", "pool", "get", POOL_VOLUMES, "all")
     assert (pool["size"], pool["min_size"]) == (3, 2)
@@ -170,7 +166,7 @@ def test_a_deleted_osd_file_gets_a_new_osd_and_data_stays_readable(lab: Lab) -> 
     subprocess.run([*run, "put", "deleted-probe", str(scratch)], check=True, timeout=60)
     Path(report["taken"][0]).unlink()  # the OSD's data is gone; the running daemon still has it open
     lost_at = time.monotonic()
-    print("\n" + kill_service_on(lab, "ceph-osd", node))
+    print("\n" + kill_service(lab, "ceph-osd", node))
     # Ceph gives the lowest free id to the new OSD (often the same number): the uuid tells them apart.
     wait_until(lambda: old_uuid not in osd_uuids(lab).values(), 60, f"osd.{old_id} purged and made anew",
                interval=1.0)
@@ -186,23 +182,10 @@ def osd_uuids(lab: Lab) -> dict[int, str]:
     return {o["osd"]: o["uuid"] for o in ceph_json(lab, "n1", "osd", "dump")["osds"]}
 
 
-def kill_service_on(lab: Lab, service: str, node: str) -> str:
-    """SIGKILL the service's main process on one node (by its pid record, checked to be in the namespace)."""
-    import os
-    import signal
-
-    from nodeos.lab import netns
-
-    pid = int(json.loads((Path(lab.node(node).state_dir) / "services" / service / "pid.json").read_text())["pid"])
-    assert pid in netns.namespace_pids(lab.node(node).ns)
-    os.kill(pid, signal.SIGKILL)
-    return f"{service} on {node}: SIGKILL sent to pid {pid}"
-
-
 def test_a_fourth_node_adds_its_osd_and_key(lab: Lab) -> None:
     added = lab.add_node()
     wait_until(lambda: settled(lab, 4), SETTLE, "4 OSDs up and in, HEALTH_OK")
-    names = ids_by_name(lab)
+    names = lab.names_by_id()
     status = ceph_json(lab, "n1", "status")
     assert len(status["quorum_names"]) == 3  # 3 mons for 4 nodes
     auth = ceph_json(lab, "n1", "auth", "ls")
@@ -219,7 +202,7 @@ def test_a_crashed_mon_node_is_replaced_and_quorum_holds_throughout(lab: Lab) ->
     if len(lab.spec.nodes) < 4:
         lab.add_node()
         wait_until(lambda: settled(lab, 4), SETTLE, "4 OSDs up and in, HEALTH_OK")
-    names = ids_by_name(lab)
+    names = lab.names_by_id()
     mons = ceph_json(lab, "n1", "status")["quorum_names"]
     spare = next(n for n in sorted(lab.spec.nodes) if next(i for i, m in names.items() if m == n) not in mons)
     victim = next(names[m] for m in sorted(mons) if names[m] != "n1")

@@ -22,7 +22,7 @@ import pytest
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import census
 
-from nodeos.bench.stateful import Writer, healthy_on, names_by_id, service_row as mariadb_row, stored_ids, write_gap
+from nodeos.bench.stateful import Writer, healthy_on, service_row as mariadb_row, stored_ids, write_gap
 
 from .cluster_helpers import cli, is_root, new_lab, teardown, wait_until
 from .safety_helpers import Observers, VolumeMounts
@@ -118,7 +118,7 @@ def test_partitioned_holder_is_fenced_and_never_writes_again(lab: Lab) -> None:
     print(f"\npartition of {holder}: MariaDB took writes through its VIP again after {recovery:.1f}s; "
           f"{len(acked)} acknowledged rows, none lost")
     survivor = next(n for n in sorted(lab.spec.nodes) if n != holder)
-    ids = {name: node_id for node_id, name in names_by_id(lab).items()}
+    ids = {name: node_id for node_id, name in lab.names_by_id().items()}
     fenced = [e for e in fence_events(lab, survivor) if e.get("node") == ids[holder]]
     assert fenced, "the old holder's client was not blocklisted"
     before = len(stored)
