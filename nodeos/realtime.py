@@ -30,6 +30,14 @@ def set_realtime(who: str, priority: int, fifo: bool = False) -> bool:
     return True
 
 
+def drop_realtime() -> None:
+    """Give the calling thread (and threads it starts later) the normal policy back."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass  # never real-time in the first place
+
+
 def lock_memory(who: str) -> bool:
     """mlockall: a page fault under memory pressure must not stall a fence."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 from nodeos import log
+from nodeos.realtime import drop_realtime
 
 MAX_BODY = 1024 * 1024
 Route = Callable[[dict[str, Any]], tuple[int, Any]]
@@ -278,6 +279,18 @@ class _UnixHTTPServer(_BoundedServer, socketserver.UnixStreamServer):
         return request, ("local", 0)
 
 
+def _at_normal_priority(serve: Callable[[], None]) -> Callable[[], None]:
+    """The network's listener and its handler threads must not share the agent's
+    real-time priority: a flood of connections would then take CPU from the
+    Raft threads of this node and, on a shared host, of its peers."""
+
+    def run() -> None:
+        drop_realtime()
+        serve()
+
+    return run
+
+
 def _peer(client_address: Any) -> str:
     return str(client_address[0]) if isinstance(client_address, tuple) and client_address else "local"
 
@@ -331,7 +344,10 @@ class ControlServer:
 
     def start(self) -> None:
         for server in self._servers:
-            threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+            target = server.serve_forever
+            if isinstance(server, _TCPHTTPServer):
+                target = _at_normal_priority(server.serve_forever)
+            threading.Thread(target=target, name="control", daemon=True).start()
 
     def stop(self) -> None:
         for server in self._servers:
