@@ -63,6 +63,9 @@ class StorageConfig:
     osd_file_size: int = 8 << 30  # bytes of a file-backed OSD (sparse)
     # "default" for real nodes, "lab": small memory and PG targets (nodeos/storage/conf.py).
     tuning: str = "default"
+    # Seconds a ceph/rados command may take (the Monitor's health read, a mon
+    # join, `ceph osd new`...); raise it on very slow machines (emulated CPUs).
+    command_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: storage.tuning must be 'default' or 'lab', got {storage.tuning!r}")
     if storage.osd_file_size < 1 << 30:
         raise ConfigError(f"{where}: storage.osd_file_size must be at least 1 GiB (bytes), got {storage.osd_file_size}")
+    if not 5 <= storage.command_timeout <= 3600:
+        raise ConfigError(f"{where}: storage.command_timeout must be 5 to 3600 seconds, got {storage.command_timeout}")
     if storage.mon_replace_after < 5:
         raise ConfigError(f"{where}: storage.mon_replace_after must be at least 5 seconds")
     t = config.timing

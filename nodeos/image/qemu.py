@@ -112,6 +112,12 @@ def make_overlay(base: Path, overlay: Path, size: str | None = None) -> Path:
     return overlay
 
 
+def make_blank_disk(path: Path, size: str) -> Path:
+    """A blank (sparse) qcow2 disk: no partition table, no signature."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True, capture_output=True)
+    return path
+
+
 @dataclass
 class VM:
     """One QEMU guest. `start()` launches it; `stop()`/`kill()` end only this PID."""
@@ -130,6 +136,7 @@ class VM:
     append: str | None = None
     boot_network: bool = False
     accel: str | None = None
+    data_disks: list[Path] = field(default_factory=list)  # more virtio disks (qcow2), e.g. blank OSD disks
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -159,6 +166,9 @@ class VM:
             fmt = "qcow2" if self.disk.suffix == ".qcow2" else "raw"
             cmd += ["-drive", f"if=none,id=disk0,format={fmt},file={self.disk},cache=unsafe,discard=unmap",
                     "-device", "virtio-blk-pci,drive=disk0,bootindex=1"]
+        for index, data in enumerate(self.data_disks, start=1):
+            cmd += ["-drive", f"if=none,id=disk{index},format=qcow2,file={data},cache=unsafe,discard=unmap",
+                    "-device", f"virtio-blk-pci,drive=disk{index},serial=nodeos-data{index}"]
         if self.netdev:
             netid = dict(p.split("=", 1) for p in self.netdev.split(",")[1:] if "=" in p).get("id", "net0")
             nic = f"{self.nic_model},netdev={netid}"

@@ -338,6 +338,15 @@ def _run_subprocess(argv: Sequence[str], timeout: float) -> "subprocess.Complete
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
+def unit_cgroup(unit: str) -> str:
+    """The cgroup systemd gives a system unit: an instance of a template unit
+    (ceph-mon@x.service) sits in its template's slice, system-ceph\\x2dmon.slice."""
+    if "@" not in unit:
+        return f"{CGROUP_ROOT}/system.slice/{unit}"
+    prefix = unit.split("@", 1)[0].replace("-", "\\x2d")  # systemd-escape
+    return f"{CGROUP_ROOT}/system.slice/system-{prefix}.slice/{unit}"
+
+
 class SystemdRuntime:
     """systemctl on each service's unit (real nodes).
 
@@ -363,7 +372,7 @@ class SystemdRuntime:
         return self._units.get(name, f"{name}.service")
 
     def fence_target(self, name: str) -> dict[str, str]:
-        return {"cgroup": f"{CGROUP_ROOT}/system.slice/{self.unit_for(name)}"}
+        return {"cgroup": unit_cgroup(self.unit_for(name))}
 
     def start(self, spec: ServiceSpec, ctx: ServiceContext) -> None:
         if spec.unit is None:

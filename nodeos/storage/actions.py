@@ -81,8 +81,9 @@ def _import_key(node: CephNode, keys: CephKeys, node_id: str) -> None:
         os.unlink(path)
 
 
-def read_health(node: CephNode, timeout: float = 20.0) -> dict[str, Any]:
+def read_health(node: CephNode) -> dict[str, Any]:
     """{"status", "line", "checks"} from `ceph status` and `ceph health detail`."""
+    timeout = node.command_timeout
     summary = summarize(ceph_status(node.conf, node.admin_keyring, timeout=timeout))
     checks: list[str] = []
     if summary.health != "HEALTH_OK":

@@ -32,7 +32,7 @@ from .keys import (ADMIN, BOOTSTRAP_OSD, MGR_CAPS, CephKeys, RandomBytes, admin_
 
 CLI_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10  # the ceph CLI waits forever for a quorum without it
-MKFS_TIMEOUT = 120.0
+MKFS_TIMEOUT = 600.0  # a mon store or a bluestore on a slow disk; only the launcher waits
 OSD_READY = "nodeos-ready"  # written after a complete mkfs (a crash mid-way leaves none)
 
 
@@ -48,6 +48,7 @@ class CephNode:
     ip: str
     paths: CephPaths
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS) in the lab
+    command_timeout: float = CLI_TIMEOUT  # a ceph/rados command (storage.command_timeout)
 
     @property
     def conf(self) -> str:
@@ -91,9 +92,10 @@ def write_private(path: str | Path, text: str) -> None:
     os.replace(tmp, target)
 
 
-def run(node: CephNode, argv: Sequence[str], *, stdin: str | None = None, timeout: float = CLI_TIMEOUT) -> str:
+def run(node: CephNode, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None) -> str:
     """Run a command on `node` (in its namespace); its stdout, or CephError."""
     full = [*node.prefix, *argv]
+    timeout = node.command_timeout if timeout is None else timeout
     try:
         result = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -107,7 +109,7 @@ def run(node: CephNode, argv: Sequence[str], *, stdin: str | None = None, timeou
 
 
 def ceph(node: CephNode, *args: str, name: str = ADMIN, stdin: str | None = None,
-         timeout: float = CLI_TIMEOUT) -> str:
+         timeout: float | None = None) -> str:
     """The `ceph` CLI on `node` as `name`, whose keyring the conf's [client] section names."""
     return run(node, ["ceph", "--conf", node.conf, "--name", name, "--connect-timeout", str(CONNECT_TIMEOUT), *args],
                stdin=stdin, timeout=timeout)
@@ -377,7 +379,7 @@ def create_pool(node: CephNode, pool: str, size: int, min_size: int, application
     ceph(node, "osd", "pool", "application", "enable", pool, application)
 
 
-def rados(node: CephNode, *args: str, timeout: float = CLI_TIMEOUT) -> str:
+def rados(node: CephNode, *args: str, timeout: float | None = None) -> str:
     return run(node, ["rados", "--conf", node.conf, "--name", ADMIN, *args], timeout=timeout)
 
 

@@ -35,14 +35,15 @@ def tuning_for(settings: StorageConfig) -> Tuning:
 
 
 def render_files(state: ClusterState, node_id: str, paths: CephPaths, tuning: Tuning,
-                 osd_disks: str = "file") -> dict[str, tuple[str, bool]]:
+                 osd_disks: str = "file", command_timeout: float = 30.0) -> dict[str, tuple[str, bool]]:
     """path -> (content, private) of every file this node needs now (pure)."""
     storage = state.storage
     keys = CephKeys.from_wire(storage["keys"])
     conf = render_ceph_conf(storage["fsid"], storage["mons"], storage["public_network"], hosts=max(1, len(state.nodes)),
                             node=node_id, paths=paths, tuning=tuning)
     boot = {"fsid": storage["fsid"], "initial_mons": storage["initial_mons"]}
-    facts = {"node_id": node_id, "ip": state.nodes[node_id].ip, "osd_disks": osd_disks}
+    facts = {"node_id": node_id, "ip": state.nodes[node_id].ip, "osd_disks": osd_disks,
+             "command_timeout": command_timeout}  # for the launcher (launch.py)
     files = {
         str(Path(paths.root) / NODE_FACTS): (json.dumps(facts, sort_keys=True) + "\n", False),
         paths.conf: (conf, False),
@@ -64,6 +65,7 @@ class StorageFiles:
         self.paths = CephPaths(str(root))
         self.tuning = tuning_for(settings)
         self.osd_disks = settings.osd_disks
+        self.command_timeout = settings.command_timeout
         self._written: dict[str, str] = {}
 
     def sync(self, state: ClusterState) -> bool:
@@ -73,7 +75,8 @@ class StorageFiles:
         for directory in self.paths.dirs():
             Path(directory).mkdir(parents=True, exist_ok=True, mode=0o700)
         changed = []
-        for path, (content, private) in render_files(state, self.node_id, self.paths, self.tuning, self.osd_disks).items():
+        for path, (content, private) in render_files(state, self.node_id, self.paths, self.tuning, self.osd_disks,
+                                                   self.command_timeout).items():
             if self._written.get(path) == content and Path(path).exists():
                 continue
             if private:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .conf import CephPaths
-from .daemons import (OSD_READY, CephError, CephNode, build_monmap, ceph, create_osd, discard_osd, local_osds, mkfs_mon,
+from .daemons import (CLI_TIMEOUT, OSD_READY, CephError, CephNode, build_monmap, ceph, create_osd, discard_osd, local_osds, mkfs_mon,
                       mon_argv, mon_exists, osd_argv, prepare_mgr, purge_osd, write_private)
 from .files import BOOTSTRAP, MON_SEED, NODE_FACTS
 
@@ -41,8 +41,8 @@ class LaunchError(RuntimeError):
     pass
 
 
-def node_for(ceph_dir: str, node_id: str, ip: str) -> CephNode:
-    return CephNode(node_id, ip, CephPaths(ceph_dir))
+def node_for(ceph_dir: str, node_id: str, ip: str, command_timeout: float = CLI_TIMEOUT) -> CephNode:
+    return CephNode(node_id, ip, CephPaths(ceph_dir), command_timeout=command_timeout)
 
 
 def run(kind: str, ceph_dir: str) -> int:
@@ -52,7 +52,7 @@ def run(kind: str, ceph_dir: str) -> int:
         print(f"nodeos storage run {kind}: {ceph_dir}/{NODE_FACTS} not readable ({exc}); the agent writes it "
               "once Ceph is initialized", file=sys.stderr)
         return EXIT_NOT_READY
-    node = node_for(ceph_dir, facts["node_id"], facts["ip"])
+    node = node_for(ceph_dir, facts["node_id"], facts["ip"], float(facts.get("command_timeout", CLI_TIMEOUT)))
     osd_disks = facts.get("osd_disks", "file")
     try:
         if kind == "mon":

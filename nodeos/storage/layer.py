@@ -44,7 +44,7 @@ class StorageLayer:
         self.settings = settings
         self.root = Path(state_dir) / "ceph"
         self.files = StorageFiles(node_id, self.root, settings)
-        self.ceph = CephNode(node_id, ip, CephPaths(str(self.root)))
+        self.ceph = CephNode(node_id, ip, CephPaths(str(self.root)), command_timeout=settings.command_timeout)
         self.submit = submit
         self._worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storage")
         self._running: dict[str, Future[Any]] = {}

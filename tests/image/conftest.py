@@ -12,7 +12,9 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import socketserver
+import struct
 import subprocess
 import threading
 import time
@@ -30,12 +32,13 @@ ARTIFACTS = REPO / "artifacts" / "image"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """test_image_*.py build and boot images: marker `image`. The other modules
-    here (manifest validation, disk layout helpers, installer) are quick."""
+    """test_image_*.py build and boot images: marker `image` (`image_cloud`, the
+    cloud image's tier, is only run when asked for). The other modules here
+    (manifest validation, disk layout helpers, installer) are quick."""
     here = Path(__file__).parent
     for item in items:
         path = Path(str(item.fspath))
-        if path.parent == here and path.name.startswith("test_image_"):
+        if path.parent == here and path.name.startswith("test_image_") and not item.get_closest_marker("image_cloud"):
             item.add_marker(pytest.mark.image)
 
 
@@ -97,25 +100,33 @@ TCG_CONFIG = (
     "timing.lease=4.0",
     "timing.fence_after=4.0",
     "timing.fence_margin=2.0",
+    "storage.command_timeout=180.0",  # a ceph CLI call takes tens of seconds on an emulated CPU
 )
 
 
-@pytest.fixture(scope="session")
-def minimal_image() -> BuiltImage:
-    """Build images/minimal.yaml once per session (DIB caches make rebuilds quick).
+# Small VMs: Ceph's small-node settings (512 MiB per OSD, small PG counts).
+STORAGE_CONFIG = ("storage.tuning=lab",)
+
+
+def build_image(name: str, config_set: tuple[str, ...]) -> BuiltImage:
+    """Build images/<name>.yaml into images/build/<name>/ (DIB caches make rebuilds quick).
 
     NODEOS_IMAGE_TEST_REUSE=1 reuses an existing build whose recorded inputs
-    (elements, manifest, nodeos sources) are unchanged, to iterate on tests.
+    (elements, manifest, nodeos sources, --set values) are unchanged, to
+    iterate on tests; NODEOS_IMAGE_TEST_REUSE=any reuses it whatever changed
+    since (only to iterate on the tests themselves).
     """
     need_root()
     from nodeos.image.build import BuildError, BuildOptions, build, sha256_file, tree_digest
     from nodeos.image.manifest import ELEMENTS_DIR, load_manifest
 
-    output = REPO / "images" / "build" / "minimal"
-    config_set = TCG_CONFIG if probe_accel() == "tcg" else ()
-    if os.environ.get("NODEOS_IMAGE_TEST_REUSE") == "1" and (output / "manifest.json").exists():
+    output = REPO / "images" / "build" / name
+    reuse = os.environ.get("NODEOS_IMAGE_TEST_REUSE")
+    if reuse == "any" and (output / "manifest.json").exists():
+        return BuiltImage(output, json.loads((output / "manifest.json").read_text()), 0.0)
+    if reuse == "1" and (output / "manifest.json").exists():
         info = json.loads((output / "manifest.json").read_text())
-        manifest = load_manifest("minimal")
+        manifest = load_manifest(name)
         same = (info["inputs"]["manifest_sha256"] == sha256_file(manifest.path)
                 and info["inputs"]["elements_sha256"] == tree_digest(
                     [ELEMENTS_DIR / e for e in manifest.elements], REPO)
@@ -126,13 +137,29 @@ def minimal_image() -> BuiltImage:
             return BuiltImage(output, info, 0.0)
     start = time.monotonic()
     try:
-        result = build(BuildOptions(manifest="minimal", output=output, config_set=config_set))
+        result = build(BuildOptions(manifest=name, output=output, config_set=config_set))
     except BuildError as exc:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         if (output / "build.log").exists():
-            shutil.copy2(output / "build.log", ARTIFACTS / "build-minimal.log")
-        pytest.fail(f"building the minimal image failed: {exc}")
+            shutil.copy2(output / "build.log", ARTIFACTS / f"build-{name}.log")
+        pytest.fail(f"building the {name} image failed: {exc}")
     return BuiltImage(output, result.info, time.monotonic() - start)
+
+
+def slow_machine_config() -> tuple[str, ...]:
+    return TCG_CONFIG if probe_accel() == "tcg" else ()
+
+
+@pytest.fixture(scope="session")
+def minimal_image() -> BuiltImage:
+    """images/minimal.yaml, built once per session."""
+    return build_image("minimal", slow_machine_config())
+
+
+@pytest.fixture(scope="session")
+def cloud_image() -> BuiltImage:
+    """images/cloud.yaml (Ceph, OpenStack packages), built once per session."""
+    return build_image("cloud", slow_machine_config() + STORAGE_CONFIG)
 
 
 # ------------------------------------------------------------------ the LAN
@@ -152,6 +179,54 @@ class _HTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
+NTP_EPOCH = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+
+
+def _ntp_stamp(unix: float) -> bytes:
+    seconds = int(unix) + NTP_EPOCH
+    return struct.pack("!II", seconds, int((unix % 1) * 2**32) & 0xFFFFFFFF)
+
+
+def sntp_reply(request: bytes, received: float, now: float) -> bytes | None:
+    """A server's answer (RFC 4330) to a client's request, with this host's clock as stratum 1."""
+    if len(request) < 48 or request[0] & 0x7 != 3:  # mode 3: client
+        return None
+    version = (request[0] >> 3) & 0x7
+    header = struct.pack("!BBbbII4s", (version << 3) | 4, 1, request[2], -20, 0, 0, b"LOCL")
+    return header + _ntp_stamp(now) + request[40:48] + _ntp_stamp(received) + _ntp_stamp(now)
+
+
+class SntpServer:
+    """The guests' time source on the test LAN (DHCP option 42): QEMU guests
+    read the RTC in whole seconds and drift under TCG, and Ceph's mons report
+    HEALTH_WARN (MON_CLOCK_SKEW) beyond 50 ms, as on a rack without NTP."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, 123))
+        self.sock.settimeout(0.5)
+        self._stop = threading.Event()
+        self.answered = 0
+        self._thread = threading.Thread(target=self._serve, name="sntp", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                request, peer = self.sock.recvfrom(512)
+            except OSError:
+                continue
+            reply = sntp_reply(request, time.time(), time.time())
+            if reply is not None:
+                self.sock.sendto(reply, peer)
+                self.answered += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
 @dataclass
 class Lan:
     """A Linux bridge with a host address, dnsmasq (DHCP, static lease per MAC,
@@ -164,6 +239,7 @@ class Lan:
     taps: list[str] = field(default_factory=list)
     dnsmasq: subprocess.Popen[bytes] | None = None
     httpd: _HTTPServer | None = None
+    ntp: SntpServer | None = None
 
     @property
     def host_ip(self) -> str:
@@ -183,11 +259,13 @@ class Lan:
         _ip("link", "set", self.name, "up")
         if not dhcp:
             return
+        self.ntp = SntpServer(self.host_ip)
         leases = self.workdir / "dnsmasq.leases"
         args = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", f"--interface={self.name}",
                 "--bind-interfaces", "--except-interface=lo", "--port=0", "--no-resolv", "--no-hosts",
                 f"--dhcp-range={self.subnet}.100,{self.subnet}.150,255.255.255.0,12h",
                 "--dhcp-option=3", "--dhcp-option=6",  # no router, no DNS: nothing leaves the bridge
+                f"--dhcp-option=42,{self.host_ip}",  # NTP: this host (SntpServer)
                 f"--dhcp-leasefile={leases}", "--dhcp-authoritative", "--log-dhcp",
                 f"--log-facility={self.workdir / 'dnsmasq.log'}", f"--pid-file={self.workdir / 'dnsmasq.pid'}",
                 "--dhcp-userclass=set:ipxe,iPXE", f"--dhcp-boot=tag:ipxe,{self.http_url}/boot.ipxe"]
@@ -216,6 +294,8 @@ class Lan:
         return name
 
     def down(self) -> None:
+        if self.ntp is not None:
+            self.ntp.stop()
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
@@ -273,6 +353,22 @@ def vms(artifacts_dir: Path) -> Iterator[list[VM]]:
         vm.kill()
 
 
+def formed(statuses: list[dict[str, Any] | None], size: int) -> bool:
+    """Every node answered, all members of one group with one leader and `size` members."""
+    if any(s is None for s in statuses):
+        return False
+    groups = {s.get("group_id") for s in statuses}  # type: ignore[union-attr]
+    leaders = {s.get("leader") for s in statuses}  # type: ignore[union-attr]
+    return (all(s.get("formation") == "member" for s in statuses)  # type: ignore[union-attr]
+            and len(groups) == 1 and None not in groups
+            and len(leaders) == 1 and None not in leaders
+            and all(len(s.get("members") or []) == size for s in statuses))  # type: ignore[union-attr]
+
+
+def dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
 def status(ip: str, port: int = 7372, timeout: float = 3.0) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://{ip}:{port}/status", timeout=timeout) as resp:
@@ -289,4 +385,5 @@ def http_get(url: str, timeout: float = 3.0) -> str | None:
         return None
 
 
-__all__ = ["BuiltImage", "Lan", "VM", "make_lan", "make_overlay", "mac_for", "probe_accel", "status", "http_get"]
+__all__ = ["BuiltImage", "Lan", "VM", "dump_json", "formed", "make_lan", "make_overlay", "mac_for", "probe_accel",
+           "status", "http_get"]

@@ -22,26 +22,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, BuiltImage, VM, http_get, mac_for, make_lan, make_overlay, probe_accel, status
+from .conftest import (REPO, BuiltImage, VM, dump_json, formed, http_get, mac_for, make_lan, make_overlay,
+                       probe_accel, status)
 
 VM_COUNT = 3
 BOOT_TIMEOUT = float(300)  # per phase, generous for TCG on 2 cores
 CLUSTER_TIMEOUT = float(420)
-
-
-def _formed(statuses: list[dict[str, Any] | None], size: int) -> bool:
-    if any(s is None for s in statuses):
-        return False
-    groups = {s.get("group_id") for s in statuses}  # type: ignore[union-attr]
-    leaders = {s.get("leader") for s in statuses}  # type: ignore[union-attr]
-    return (all(s.get("formation") == "member" for s in statuses)  # type: ignore[union-attr]
-            and len(groups) == 1 and None not in groups
-            and len(leaders) == 1 and None not in leaders
-            and all(len(s.get("members") or []) == size for s in statuses))  # type: ignore[union-attr]
-
-
-def _dump(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
 
 
 def test_build_manifest(minimal_image: BuiltImage) -> None:
@@ -92,11 +78,11 @@ def test_three_vms_form_cluster_and_fail_over(minimal_image: BuiltImage, artifac
     statuses: list[dict[str, Any] | None] = []
     while time.monotonic() < deadline:
         statuses = [status(ip) for ip in ips]
-        if _formed(statuses, VM_COUNT):
+        if formed(statuses, VM_COUNT):
             break
         time.sleep(2)
-    _dump(artifacts_dir / "status-formed.json", statuses)
-    assert _formed(statuses, VM_COUNT), f"no formed {VM_COUNT}-node cluster: {json.dumps(statuses)[:3000]}"
+    dump_json(artifacts_dir / "status-formed.json", statuses)
+    assert formed(statuses, VM_COUNT), f"no formed {VM_COUNT}-node cluster: {json.dumps(statuses)[:3000]}"
     formed_after = time.monotonic() - start
     cluster_ids = {s["cluster_id"] for s in statuses}  # type: ignore[index]
     assert cluster_ids == {minimal_image.info["inputs"]["identity_cluster_id"]}
@@ -129,7 +115,7 @@ def test_three_vms_form_cluster_and_fail_over(minimal_image: BuiltImage, artifac
         if answer and "nginx on node" in answer and answer.strip().split()[-1] != serving:
             moved_body = answer
         time.sleep(1)
-    _dump(artifacts_dir / "status-after-kill.json", [status(ip) for ip in survivors])
+    dump_json(artifacts_dir / "status-after-kill.json", [status(ip) for ip in survivors])
     assert lost_seen is not None, "survivors never reported the killed node as lost"
     assert moved_body is not None, f"VIP {vip} did not answer from another node after killing {victim.name}"
     print(f"after killing {victim.name}: loss reported in {lost_seen:.0f} s, VIP answered from another node "

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -84,17 +84,22 @@ def no_quorum_windows(quorums: list[int], period: float) -> list[float]:
     return windows
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = new_lab(3, catalog="lab-storage", storage={"mon_replace_after": MON_REPLACE_AFTER})
+def settled_storage_lab(nodes: int, expect: int | None = None, storage: dict[str, Any] | None = None) -> Iterator[Lab]:
+    """A `lab-storage` lab whose Ceph settled (one OSD per node), torn down after."""
+    lab = new_lab(nodes, expect, catalog="lab-storage", storage=storage)
     try:
         lab.wait_formed(timeout=60)
         started = time.monotonic()
-        wait_until(lambda: settled(lab, 3), SETTLE, "Ceph HEALTH_OK with 3 OSDs up and in, PGs active+clean")
-        print(f"\nCeph settled {time.monotonic() - started:.1f}s after the cluster formed")
+        wait_until(lambda: settled(lab, nodes), SETTLE, f"Ceph HEALTH_OK with {nodes} OSDs up and in, PGs active+clean")
+        print(f"\nCeph on {nodes} nodes settled {time.monotonic() - started:.1f}s after the cluster formed")
         yield lab
     finally:
         teardown(lab)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from settled_storage_lab(3, storage={"mon_replace_after": MON_REPLACE_AFTER})
 
 
 def test_three_nodes_run_ceph_with_no_configuration(lab: Lab) -> None:

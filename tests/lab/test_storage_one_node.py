@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Iterator
 
 import pytest
 
@@ -20,8 +21,8 @@ from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 from nodeos.storage.ops import POOL_VOLUMES
 
-from .cluster_helpers import is_root, new_lab, status_json, teardown, wait_until
-from .test_storage_agent import ceph_json, settled
+from .cluster_helpers import is_root, status_json, wait_until
+from .test_storage_agent import ceph_json, settled_storage_lab
 
 pytestmark = [
     pytest.mark.lab,
@@ -30,20 +31,12 @@ pytestmark = [
                        reason="Ceph is not installed (scripts/apt-packages.txt)"),
 ]
 
-SETTLE = 150.0
+SETTLE = 150.0  # MariaDB's first start on its new volume
 
 
 @pytest.fixture(scope="module")
-def lab():
-    lab = new_lab(1, expect=1, catalog="lab-storage")
-    try:
-        lab.wait_formed(timeout=60)
-        started = time.monotonic()
-        wait_until(lambda: settled(lab, 1), SETTLE, "Ceph HEALTH_OK with its one OSD, PGs active+clean")
-        print(f"\none-node Ceph settled {time.monotonic() - started:.1f}s after formation")
-        yield lab
-    finally:
-        teardown(lab)
+def lab() -> Iterator[Lab]:
+    yield from settled_storage_lab(1, expect=1)
 
 
 def test_one_node_runs_ceph_with_a_size_one_pool(lab: Lab) -> None:

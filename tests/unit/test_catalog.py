@@ -76,7 +76,7 @@ def test_lab_nginx_conf_renders_under_run_dir() -> None:
     assert nginx.render_command(values)[:3] == ["nginx", "-p", "/srv/run/nginx"]
 
 
-@pytest.mark.parametrize("name", ["lab", "default"])
+@pytest.mark.parametrize("name", ["lab", "default", "lab-storage", "storage"])
 def test_packaged_catalogs_round_trip_exactly(name: str) -> None:
     catalog = load_catalog(packaged_catalog(name))
     data = catalog.to_dict()
@@ -98,6 +98,23 @@ def test_default_catalog_matches_lab_catalog() -> None:
             assert getattr(spec, attr) == getattr(twin, attr), f"{spec.name}.{attr} differs"
     assert default["nginx"].unit == "nginx.service"
     assert default["memcached"].unit == "memcached.service"
+
+
+def test_storage_catalog_is_default_plus_the_lab_storage_ceph_services() -> None:
+    storage = load_catalog(packaged_catalog("storage"))
+    default = load_catalog(packaged_catalog("default"))
+    lab_storage = load_catalog(packaged_catalog("lab-storage"))
+    ceph = [name for name in lab_storage.names() if name.startswith("ceph-")]
+    assert set(storage.names()) == {*default.names(), *ceph}
+    for spec in storage:
+        twin = default[spec.name] if spec.name in default.names() else lab_storage[spec.name]
+        for attr in ("placement", "vip", "port", "health", "restart", "depends_on", "resources"):
+            assert getattr(spec, attr) == getattr(twin, attr), f"{spec.name}.{attr} differs"
+        if spec.name.startswith("ceph-"):
+            # Debian's template unit; the image's drop-in runs the launcher in it.
+            assert spec.unit == f"{spec.name}@nodeos.service"
+        else:
+            assert spec.unit == default[spec.name].unit
 
 
 def test_defaults_fill_in() -> None:

@@ -26,6 +26,7 @@ def test_defaults_need_no_file(tmp_path):
     ({"watchdog_timeout": 0.5}, "watchdog_timeout must be between"),
     ({"watchdog": "/tmp/wd"}, "watchdog must be"),
     ({"timing": {"fence_after": 0.15}}, "fence_after must exceed"),
+    ({"storage": {"command_timeout": 1.0}}, "storage.command_timeout must be 5 to 3600 seconds"),
     ([1, 2], "expected a mapping"),
 ])
 def test_config_errors_name_the_field(data, message):

@@ -94,3 +94,11 @@ def test_garbage_main_pid() -> None:
     runtime = SystemdRuntime(runner=FakeSystemctl({"show": (0, "n/a\n", "")}))
     with pytest.raises(ServiceRuntimeError, match="MainPID"):
         runtime.main_pid("nginx")
+
+
+def test_fence_target_is_the_units_cgroup_also_for_template_instances() -> None:
+    runtime = SystemdRuntime(units={"memcached": "memcached.service", "ceph-mgr": "ceph-mgr@nodeos.service"})
+    assert runtime.fence_target("memcached") == {"cgroup": "/sys/fs/cgroup/system.slice/memcached.service"}
+    # What systemd does for getty@tty1.service (system-getty.slice), with '-' escaped in the slice name.
+    assert runtime.fence_target("ceph-mgr") == {
+        "cgroup": "/sys/fs/cgroup/system.slice/system-ceph\\x2dmgr.slice/ceph-mgr@nodeos.service"}

@@ -1,0 +1,132 @@
+"""The cloud image on three QEMU VMs, each with a blank second disk (marker
+`image_cloud`: too long for CI; `./run tests -m image_cloud`).
+
+With no configuration, the agents form the cluster, the Monitor initialises
+Ceph, and each node runs its Ceph daemons as Debian's packaged template units
+(ceph-mon@nodeos, ceph-mgr@nodeos, ceph-osd@nodeos, through the image's
+drop-ins): three mons, one mgr, one OSD per VM on its blank disk (never the
+boot disk), the volumes pool at size 3, HEALTH_OK. Then the VM running the
+mgr is killed: Ceph reports the loss and the mgr singleton starts on another
+VM.
+
+Figures (time to HEALTH_OK, to the mgr's move) are printed and written to
+bench-results/image-cloud.json, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodeos.bench.cluster import wait_for
+from nodeos.image.qemu import make_blank_disk
+from nodeos.storage.ops import POOL_VOLUMES
+
+from .conftest import REPO, BuiltImage, VM, dump_json, formed, mac_for, make_lan, make_overlay, probe_accel, status
+
+pytestmark = [pytest.mark.image_cloud, pytest.mark.timeout(3600)]  # with the image build
+
+VM_COUNT = 3
+DATA_DISK = "10G"
+TIMEOUT = 1800.0  # TCG on 2 cores: boot, formation, mon/mgr start and three bluestore mkfs
+
+
+def _storage(st: dict[str, Any] | None) -> dict[str, Any]:
+    return (st or {}).get("storage") or {}
+
+
+def _service(st: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    return next((s for s in (st or {}).get("services", []) if s.get("name") == name), {})
+
+
+def _settled(st: dict[str, Any] | None) -> bool:
+    """The volumes pool made, HEALTH_OK with every OSD up and in, and every PG active+clean (storage/status.py's line).
+
+    The mgr's own pool (device_health_metrics) has PGs before nodeos made its pool."""
+    if POOL_VOLUMES not in (_storage(st).get("pools") or {}):
+        return False
+    health = _storage(st).get("health") or {}
+    pgs = re.search(r"PGs (\d+)/(\d+) active\+clean", health.get("line", ""))
+    return (health.get("status") == "HEALTH_OK" and f"OSDs {VM_COUNT} up, {VM_COUNT} in of {VM_COUNT}" in health["line"]
+            and pgs is not None and pgs.group(1) == pgs.group(2) != "0")
+
+
+def test_cloud_image_runs_ceph_on_three_vms(cloud_image: BuiltImage, artifacts_dir: Path, vms: list[VM],
+                                            request: pytest.FixtureRequest) -> None:
+    lan = make_lan(artifacts_dir, VM_COUNT)
+    request.addfinalizer(lan.down)
+    accel = probe_accel()
+    start = time.monotonic()
+    for i in range(VM_COUNT):
+        overlay = make_overlay(cloud_image.qcow2, artifacts_dir / f"vm{i}.qcow2", "12G")
+        data = make_blank_disk(artifacts_dir / f"vm{i}-data.qcow2", DATA_DISK)
+        vm = VM(f"vm{i}", artifacts_dir, memory_mb=2048, cpus=1, disk=overlay, data_disks=[data], firmware="uefi",
+                netdev=f"tap,id=n0,ifname={lan.tap(i)},script=no,downscript=no", mac=mac_for(i), accel=accel)
+        vms.append(vm.start())
+    ips = [lan.vm_ip(i) for i in range(VM_COUNT)]
+    figures: dict[str, Any] = {"accel": accel, "vms": VM_COUNT, "memory_mb": 2048}
+
+    def all_formed() -> list[dict[str, Any] | None] | None:
+        sts = [status(ip) for ip in ips]
+        return sts if formed(sts, VM_COUNT) else None
+
+    statuses = wait_for(all_formed, TIMEOUT, 5.0)
+    assert statuses, f"no formed cluster: {[status(ip) for ip in ips]}"
+    figures["formed_s"] = round(time.monotonic() - start)
+
+    def healthy() -> list[dict[str, Any]] | None:
+        # HEALTH_OK alone is not enough: Ceph says so with mons only, before any OSD or pool exists.
+        sts = [status(ip) for ip in ips]
+        return sts if all(_settled(s) for s in sts) else None
+
+    statuses = wait_for(healthy, TIMEOUT, 5.0)
+    final = [status(ip) for ip in ips]
+    dump_json(artifacts_dir / "status-ceph.json", final)
+    assert statuses, f"Ceph never reported HEALTH_OK: {[_storage(s).get('health') for s in final]}"
+    figures["health_ok_s"] = round(time.monotonic() - start)
+    storage = _storage(statuses[0])
+    print(f"\n{accel}: formed after {figures['formed_s']} s, HEALTH_OK after {figures['health_ok_s']} s")
+
+    # Three mons, one OSD per VM on its blank disk, never the boot disk.
+    assert len(storage["mons"]) == VM_COUNT, storage
+    osds = storage["osds"]
+    assert len(osds) == VM_COUNT, osds
+    for node, report in osds.items():
+        assert len(report["ids"]) == 1, (node, report)
+        assert report["taken"] == ["/dev/vdb"], (node, report)
+        assert "/dev/vda" in report["skipped"], (node, report)
+    assert storage["pools"][POOL_VOLUMES]["size"] == VM_COUNT, storage["pools"]
+    for name in ("ceph-mon", "ceph-osd"):
+        assert _service(statuses[0], name).get("health") == f"healthy {VM_COUNT}/{VM_COUNT}", _service(statuses[0], name)
+    mgr = _service(statuses[0], "ceph-mgr")
+    assert mgr.get("health") == "healthy" and mgr.get("node"), mgr
+
+    # The VM running the mgr dies: the others see it lost, Ceph's health says
+    # so, and the mgr starts on another VM.
+    node_ids = [s["node_id"] for s in statuses]
+    victim = node_ids.index(mgr["node"])
+    killed = time.monotonic()
+    vms[victim].kill()
+    survivors = [ip for i, ip in enumerate(ips) if i != victim]
+
+    def mgr_moved() -> dict[str, Any] | None:
+        sts = [status(ip) for ip in survivors]
+        moved = _service(sts[0], "ceph-mgr")
+        warned = all(_storage(s).get("health", {}).get("status") in ("HEALTH_WARN", "HEALTH_ERR") for s in sts)
+        return moved if warned and moved.get("health") == "healthy" and moved.get("node") != mgr["node"] else None
+
+    moved = wait_for(mgr_moved, 1200, 5.0)  # a new mgr loads its modules for minutes under TCG
+    after = [status(ip) for ip in survivors]
+    dump_json(artifacts_dir / "status-after-kill.json", after)
+    assert moved, f"mgr not moved: {_service(after[0], 'ceph-mgr')}, health {_storage(after[0]).get('health')}"
+    figures["mgr_moved_s"] = round(time.monotonic() - killed)
+    figures["health_after_kill"] = _storage(after[0]).get("health", {}).get("line")
+    print(f"mgr moved {figures['mgr_moved_s']} s after its VM was killed; health: {figures['health_after_kill']}")
+    out = REPO / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "image-cloud.json").write_text(json.dumps(figures, indent=2) + "\n")
