@@ -31,14 +31,14 @@ from nodeos import log
 from . import sdnotify
 from .beacon import BeaconCodec, Message
 from .config import NodeConfig
-from .consensus import Consensus, ConsensusError, dropped_connections
+from .consensus import Consensus, ConsensusError, dropped_connections, raft_clock
 from .discovery import Discovery, detect_interface
 from .formation import FormationParams, FormationState, Group, Member, Offer, PeerView, step
 from nodeos.fencing.guard import SOCKET_NAME as GUARD_SOCKET
 from nodeos.fencing.guardian import Guardian, guard_timeout_for
 from .identity import (ClusterIdentity, clone_ambiguous, clone_refusal, clone_verdict, clone_warning, load_or_create_node_id,
                        write_private)
-from .lease import FenceClock, LeaseClock
+from .lease import FenceClock, LeaseClock, PredecessorSilence
 from nodeos.realtime import set_realtime
 
 TICK = 0.02
@@ -85,6 +85,7 @@ class Agent:
         self.consensus: Consensus | None = None
         self.lease = LeaseClock(t.lease)
         self.fence = FenceClock(t.fence_after)
+        self.predecessor = PredecessorSilence(t.raft_min_timeout)
         self._lease_lock = threading.Lock()
         self.guardian = Guardian(state_dir / GUARD_SOCKET, self.grant_until,
                                  guard_timeout=guard_timeout_for(config.timing.fence_margin))
@@ -213,6 +214,19 @@ class Agent:
 
     def _on_raft_state_changed(self, old: int, new: int) -> None:
         names = {0: "follower", 1: "candidate", 2: "leader"}
+        now = raft_clock()  # pysyncobj's thread, inside the change: stamps are never early
+        with self._lease_lock:
+            if old == 2:
+                self.predecessor.lost_leadership()
+            if new == 0:
+                # Every append from a leader while we stood makes us a follower here (the tick may
+                # never see that leader): a later candidacy must count from then, not from before.
+                consensus = getattr(self, "consensus", None)
+                self.predecessor.became_follower(consensus.leader_addr() if consensus is not None else None)
+            elif new == 1:
+                self.predecessor.became_candidate(now)
+            elif new == 2:
+                self.predecessor.became_leader(now)
         log.event("raft.state", old=names.get(old, old), new=names.get(new, new))
 
     # -- leadership, lease, fencing ----------------------------------------
@@ -228,6 +242,8 @@ class Agent:
                 self.lease.lost_leadership()
             self._was_leader = leader
             may_act = self.lease.may_act(now)
+            if not leader:
+                self.predecessor.following(self.consensus.leader_addr())
         if leader and now - self._last_heartbeat >= self.config.timing.heartbeat_interval:
             self._propose_heartbeat(now)
         if may_act != self._may_act:
@@ -356,7 +372,11 @@ class Agent:
         """Seconds since each member last answered the leader (leader only)."""
         assert self.consensus is not None
         ids = self._addr_to_node_id()
-        ages = {ids.get(addr, addr): age for addr, age in self.consensus.response_ages().items()}
+        now = raft_clock()
+        with self._lease_lock:
+            # A crashed Monitor's silence counts from before our election (lease.PredecessorSilence).
+            ages = {ids.get(addr, addr): self.predecessor.age(addr, age, now)
+                    for addr, age in self.consensus.response_ages().items()}
         ages[self.node_id] = 0.0
         return ages
 

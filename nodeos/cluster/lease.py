@@ -98,3 +98,68 @@ class FenceClock:
         if self.last_evidence is None:
             return True
         return now - self.last_evidence > self.fence_after
+
+
+@dataclass
+class PredecessorSilence:
+    """Since when has the leader we followed been silent? For a new leader's liveness.
+
+    pysyncobj counts every member's silence from the new leader's election,
+    so a crashed Monitor was declared lost only lost_after (1.3 s) after its
+    successor won. A bound known at the election is earlier:
+
+    The old leader L's quorum evidence (its lease, its grant) is the
+    submission time t_s of its last heartbeat a majority committed. The new
+    leader A holds every committed entry (Raft's election restriction), so A
+    received that entry, at t_m >= t_s. Each append from the leader resets A's
+    election deadline to now + a timeout of at least raft_min_timeout, and A
+    became a candidate only when that deadline passed, at t_c. So
+    t_s <= t_m <= t_c - raft_min_timeout, on A's clock: L's silence may be
+    counted from there. Holds only for candidacies by time-out; nodeos never
+    asks pysyncobj for a leadership transfer (timeout_now), which would start
+    one at once.
+
+    Times are pysyncobj's clock (the one its response ages use), arguments.
+    """
+
+    raft_min_timeout: float
+    followed: str | None = None  # the leader we last followed (Raft address)
+    candidate_since: float | None = None  # first candidacy since we last followed anyone
+    predecessor: str | None = None
+    silent_since: float | None = None  # L's evidence ended by then
+    elected_at: float | None = None
+
+    def following(self, leader: str | None) -> None:
+        if leader is not None:
+            self.followed = leader
+            self.candidate_since = None
+
+    def became_follower(self, leader: str | None) -> None:
+        """pysyncobj entered the follower state (an append from a leader, or a newer term's vote request)."""
+        self.candidate_since = None
+        if leader is not None:
+            self.followed = leader
+
+    def became_candidate(self, now: float) -> None:
+        if self.candidate_since is None:
+            self.candidate_since = now
+
+    def became_leader(self, now: float) -> None:
+        self.elected_at = now
+        if self.followed is not None and self.candidate_since is not None:
+            self.predecessor, self.silent_since = self.followed, self.candidate_since - self.raft_min_timeout
+        else:
+            self.predecessor = self.silent_since = None
+        self.followed = self.candidate_since = None
+
+    def lost_leadership(self) -> None:
+        self.predecessor = self.silent_since = self.elected_at = None
+
+    def age(self, addr: str, raft_age: float, now: float) -> float:
+        """Seconds `addr` has been silent: pysyncobj's `raft_age`, or, for the
+        predecessor while it has not answered since our election, since its bound."""
+        if addr != self.predecessor or self.silent_since is None or self.elected_at is None:
+            return raft_age
+        if raft_age < now - self.elected_at - 0.005:  # it answered us: it is alive, count normally
+            return raft_age
+        return max(raft_age, now - self.silent_since)

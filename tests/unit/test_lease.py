@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from nodeos.cluster.lease import FenceClock, LeaseClock
+from nodeos.cluster.lease import FenceClock, LeaseClock, PredecessorSilence
 
 LEASE = 1.0
 
@@ -73,3 +73,83 @@ def test_fence_clock():
     assert fence.fenced(6.01)
     fence.evidence(4.0)  # older evidence does not move the clock back
     assert fence.fenced(6.01)
+
+
+# -- a new leader counts its predecessor's silence from before its election --------
+
+def _elected_after_following(min_timeout: float = 0.4) -> PredecessorSilence:
+    silence = PredecessorSilence(min_timeout)
+    silence.following("10.0.0.1:7371")  # appends from the old leader until it died
+    silence.became_candidate(100.0)  # our election deadline passed
+    silence.became_leader(100.2)
+    return silence
+
+
+def test_the_predecessor_is_silent_since_candidacy_minus_the_minimum_timeout() -> None:
+    silence = _elected_after_following()
+    # pysyncobj restarted its count at the election: 0.5 s; the bound is 100.0 - 0.4.
+    assert silence.age("10.0.0.1:7371", 0.5, 100.7) == pytest.approx(1.1)
+    # Another follower is counted as pysyncobj counts it.
+    assert silence.age("10.0.0.2:7371", 0.5, 100.7) == 0.5
+
+
+def test_a_predecessor_that_answered_us_is_counted_normally() -> None:
+    silence = _elected_after_following()
+    assert silence.age("10.0.0.1:7371", 0.05, 100.7) == 0.05
+
+
+def test_the_first_candidacy_since_following_counts_and_following_again_resets_it() -> None:
+    silence = PredecessorSilence(0.4)
+    silence.following("10.0.0.1:7371")
+    silence.became_candidate(100.0)
+    silence.became_candidate(101.2)  # a split vote: a second candidacy
+    silence.became_leader(101.3)
+    assert silence.silent_since == pytest.approx(99.6)
+    silence.lost_leadership()
+    silence.following("10.0.0.3:7371")
+    silence.became_candidate(105.0)
+    silence.became_leader(105.1)
+    assert (silence.predecessor, silence.silent_since) == ("10.0.0.3:7371", pytest.approx(104.6))
+
+
+def test_no_bound_without_a_followed_leader_or_a_candidacy() -> None:
+    fresh = PredecessorSilence(0.4)
+    fresh.became_candidate(1.0)
+    fresh.became_leader(1.1)  # the first election of a new cluster: nobody to backdate
+    assert fresh.age("10.0.0.1:7371", 0.3, 1.4) == 0.3
+    after_loss = _elected_after_following()
+    after_loss.lost_leadership()
+    assert after_loss.age("10.0.0.1:7371", 0.3, 100.9) == 0.3
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_bound_never_precedes_the_old_leaders_last_evidence(seed: int) -> None:
+    """A random history: the old leader's appends reset our deadline to now + [min, max);
+    its evidence is the submission time of an entry we received (receipt >= submission)."""
+    rng = random.Random(seed)
+    min_timeout, max_timeout = 0.4, 1.0
+    silence = PredecessorSilence(min_timeout)
+    now, deadline, evidence = 0.0, min_timeout, None
+    silence.following("L")
+    while rng.random() < 0.9:  # appends, each delivered after its submission
+        submitted = now + rng.uniform(0, 0.1)
+        now = submitted + rng.uniform(0, 0.05)
+        evidence = submitted if rng.random() < 0.8 else evidence
+        deadline = now + rng.uniform(min_timeout, max_timeout)
+    candidate_at = max(now, deadline) + rng.uniform(0, 0.05)  # the tick that notices comes a little late
+    silence.became_candidate(candidate_at)
+    silence.became_leader(candidate_at + rng.uniform(0, 2))
+    if evidence is not None:
+        assert silence.silent_since is not None and silence.silent_since >= evidence
+
+
+def test_an_append_while_standing_restarts_the_count() -> None:
+    """Candidate at 100, an append from a new leader makes us follow it (unseen by the tick),
+    it dies, we stand again at 103: its heartbeats reached us after 100 - min."""
+    silence = PredecessorSilence(0.4)
+    silence.following("10.0.0.1:7371")
+    silence.became_candidate(100.0)
+    silence.became_follower("10.0.0.3:7371")
+    silence.became_candidate(103.0)
+    silence.became_leader(103.1)
+    assert (silence.predecessor, silence.silent_since) == ("10.0.0.3:7371", pytest.approx(102.6))
