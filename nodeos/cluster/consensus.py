@@ -15,7 +15,6 @@ covered by tests/lab/test_raft_port.py.
 from __future__ import annotations
 
 import os
-import random
 import socket
 import struct
 import threading
@@ -37,7 +36,6 @@ socket.inet_ntop = _REAL_INET_NTOP
 from nodeos import log  # noqa: E402
 
 from .config import Timing  # noqa: E402
-from .election import election_timeout  # noqa: E402
 from .state import ClusterState  # noqa: E402
 
 PRE_AUTH_LIMIT = 4096
@@ -232,17 +230,6 @@ class _WatchedSyncObj(SyncObj):
         self._nodeos_failures = 0
         self._nodeos_on_failed = on_failed
         super().__init__(*args, **kwargs)
-
-    def _SyncObj__generateRaftTimeout(self) -> float:  # noqa: N802 (replaces pysyncobj's private method)
-        """Ranked time-outs among the followers of the leader we last heard (election.py)."""
-        conf = self._SyncObj__conf  # type: ignore[attr-defined]
-        me = self._SyncObj__selfNode  # type: ignore[attr-defined]
-        if me is None:
-            return float(conf.raftMinTimeout + (conf.raftMaxTimeout - conf.raftMinTimeout) * random.random())
-        leader = self._SyncObj__raftLeader  # type: ignore[attr-defined]
-        members = [me.address, *(n.address for n in self._SyncObj__otherNodes)]  # type: ignore[attr-defined]
-        return election_timeout(me.address, members, None if leader is None else getattr(leader, "address", str(leader)),
-                                conf.raftMinTimeout, conf.raftMaxTimeout, random.random())
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
         try:
