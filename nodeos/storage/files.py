@@ -20,7 +20,7 @@ from nodeos.cluster.config import StorageConfig
 from nodeos.cluster.state import ClusterState
 
 from .conf import LAB_TUNING, CephPaths, Tuning, render_ceph_conf
-from .daemons import write_private
+from .daemons import CLI_TIMEOUT, write_private
 from .keys import ADMIN, BOOTSTRAP_OSD, CephKeys, admin_keyring, bootstrap_osd_keyring, mon_keyring, node_entity, node_keyring
 from .ops import ready
 
@@ -35,7 +35,7 @@ def tuning_for(settings: StorageConfig) -> Tuning:
 
 
 def render_files(state: ClusterState, node_id: str, paths: CephPaths, tuning: Tuning,
-                 osd_disks: str = "file", command_timeout: float = 30.0) -> dict[str, tuple[str, bool]]:
+                 osd_disks: str = "file", command_timeout: float = CLI_TIMEOUT) -> dict[str, tuple[str, bool]]:
     """path -> (content, private) of every file this node needs now (pure)."""
     storage = state.storage
     keys = CephKeys.from_wire(storage["keys"])
