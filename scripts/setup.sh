@@ -29,12 +29,19 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   own_policy=1
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # also when apt-get fails
 fi
+# OpenStack packages ask dbconfig/debconf questions: the agents configure
+# them from the replicated state, so the packages must not (no database, no endpoints).
+debconf-set-selections <<'PRESEED'
+keystone keystone/configure_db boolean false
+keystone keystone/create-admin-tenant boolean false
+keystone keystone/register-endpoint boolean false
+PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
 if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 
 # Daemons from the lab catalog are started by the agents, not by the host.
-for unit in memcached nginx ceph-crash mariadb; do
+for unit in memcached nginx ceph-crash mariadb keystone; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

@@ -41,12 +41,13 @@ def _routes(agent: Agent) -> tuple[dict[str, Any], dict[str, Any]]:
     return get, post
 
 
-def run_agent(config_path: Path | None, identity_path: Path, state_dir: Path) -> int:
+def run_agent(config_path: Path | None, identity_path: Path, state_dir: Path, *, node_root: Path = Path("/"),
+              mount_ns: Path | None = None) -> int:
     try:
         pidlock.hold(state_dir, "agent")
         config = load_config(config_path)
         identity = load_identity(identity_path)
-        agent = Agent(config, identity, state_dir)
+        agent = Agent(config, identity, state_dir, node_root=node_root, mount_ns=mount_ns)
     except (ConfigError, IdentityError, InterfaceError, RuntimeError) as exc:
         log.event("agent.refused", level="error", error=str(exc))
         return EXIT_CONFIG

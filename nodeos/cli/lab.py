@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from typing import Any
 
@@ -14,9 +16,24 @@ def _progress(message: str) -> None:
     print(f"  ... {message}", file=sys.stderr, flush=True)
 
 
+def lab_catalog(name: str) -> str:
+    """A node catalog's lab variant when there is one: `cloud` -> `lab-cloud`, `default` -> `lab`.
+
+    The node catalogs run systemd units; their lab twins run the same
+    packages as processes, which is what a lab node can do.
+    """
+    from nodeos.services.catalog import packaged_catalog
+
+    twin = "lab" if name == "default" else f"lab-{name}"
+    if "/" not in name and not name.startswith("lab") and packaged_catalog(twin).exists():
+        return twin
+    return name
+
+
 def _up(args: argparse.Namespace) -> int:
     try:
-        lab = Lab.create(args.name, args.nodes, args.expect, catalog=None if args.no_services else args.catalog)
+        catalog = None if args.no_services else lab_catalog(args.catalog)
+        lab = Lab.create(args.name, args.nodes, args.expect, catalog=catalog)
         print(f"lab {args.name}: bridge {lab.spec.bridge}, {args.nodes} namespaces; starting agents", file=sys.stderr)
         lab.start_all()
         if args.no_wait:
@@ -71,6 +88,30 @@ def _add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    """A command on the lab's LAN, from a namespace that is not a node, as the cloud's admin."""
+    from nodeos.cloud.credentials import admin_environment, keystone_auth_url
+    from nodeos.cloud.secrets import admin_password
+    from nodeos.cluster.identity import load_identity
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("nodeos lab client: give a command, e.g. 'nodeos lab client -- openstack token issue'", file=sys.stderr)
+        return 2
+    try:
+        lab = Lab.load(args.name)
+        namespace = lab.add_client()
+        env = dict(os.environ)
+        status = next((s for s in (lab.node_status(n) for n in lab.spec.nodes) if s), None)
+        auth_url = keystone_auth_url(status or {})
+        if auth_url:  # the lab runs keystone: the OpenStack clients need nothing more
+            env.update(admin_environment(auth_url, admin_password(load_identity(lab.identity_path))))
+    except LabError as exc:
+        print(f"nodeos lab: {exc}", file=sys.stderr)
+        return 1
+    return subprocess.run(["ip", "netns", "exec", namespace, *command], env=env).returncode
+
+
 def _fault(args: argparse.Namespace) -> int:
     try:
         lab = Lab.load(args.name)
@@ -120,7 +161,6 @@ def _apply_fault(lab: Lab, args: argparse.Namespace) -> str:
 
 
 def _load(lab: Lab, args: argparse.Namespace) -> str:
-    import os
     import signal
     import time
 
@@ -157,7 +197,9 @@ def register(sub: Any) -> None:
     up = named(lab_sub.add_parser("up", help="create bridge + namespaces, start an agent in each, wait for the cluster"))
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default: %(default)s)")
     up.add_argument("--expect", type=int, help="bootstrap_expect (default: the number of nodes)")
-    up.add_argument("--catalog", default="lab", help="service catalog: a packaged one by name ('lab', 'lab-storage': with Ceph) or a YAML path (default: %(default)s)")
+    up.add_argument("--catalog", default="lab", help="service catalog: a packaged one by name ('lab'; 'storage': with Ceph; "
+                    "'cloud': Ceph, MariaDB, memcached, keystone; a node catalog means its lab twin) or a YAML path "
+                    "(default: %(default)s)")
     up.add_argument("--no-services", action="store_true", help="run no catalog services, consensus only")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the cluster to form")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for formation (default: %(default)s)")
@@ -172,6 +214,12 @@ def register(sub: Any) -> None:
 
     add = named(lab_sub.add_parser("add", help="start one more node; it joins the running cluster"))
     add.set_defaults(func=_add)
+
+    client = named(lab_sub.add_parser(
+        "client", help="run a command on the lab's LAN from its client namespace (as the cloud's admin when "
+                       "keystone runs): nodeos lab client -- openstack token issue"))
+    client.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments (after --)")
+    client.set_defaults(func=_client)
 
     fault = named(lab_sub.add_parser("fault", help="inject a fault"))
     fault_sub = fault.add_subparsers(dest="fault", metavar="FAULT")

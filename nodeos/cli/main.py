@@ -34,7 +34,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from .agent import run_agent
 
     config = Path(args.config) if args.config else None
-    return run_agent(config, Path(args.identity), Path(args.state_dir))
+    return run_agent(config, Path(args.identity), Path(args.state_dir), node_root=Path(args.node_root),
+                     mount_ns=Path(args.mount_ns) if args.mount_ns else None)
 
 
 def _cmd_guard(args: argparse.Namespace) -> int:
@@ -107,6 +108,46 @@ def _cmd_events(args: argparse.Namespace) -> int:
         return 0
 
 
+def _agent_status(args: argparse.Namespace) -> tuple[int, Any]:
+    """(HTTP code, status) from the agent; code 0 when none answered. Says why on stderr."""
+    from nodeos.cluster.control import ControlError
+
+    try:
+        code, status = _call(args, "GET", "/status")
+    except (ControlError, LookupError) as exc:
+        print(f"nodeos: {exc}", file=sys.stderr)
+        return 0, None
+    if code != 200:
+        print(f"nodeos: the agent answered {code}: {status}", file=sys.stderr)
+    return code, status
+
+
+def _cmd_credentials(args: argparse.Namespace) -> int:
+    from nodeos.cloud.credentials import clouds_yaml, keystone_auth_url, openrc
+    from nodeos.cloud.secrets import admin_password
+    from nodeos.cluster.identity import IdentityError, load_identity
+
+    code, status = _agent_status(args)
+    if code != 200:
+        return EXIT_NO_AGENT if code == 0 else EXIT_FAILED
+    auth_url = keystone_auth_url(status)
+    if auth_url is None:
+        print("nodeos: keystone has no VIP yet: the cloud catalog is not applied or keystone not placed", file=sys.stderr)
+        return EXIT_FAILED
+    identity_path = Path(args.identity) if args.identity else DEFAULT_IDENTITY_PATH
+    if args.lab_node and not args.socket and not args.identity:  # the lab's agents run with the lab's own identity
+        from nodeos.lab.lab import Lab
+
+        identity_path = Lab.load(args.lab).identity_path  # agent_socket just loaded this lab
+    try:
+        password = admin_password(load_identity(identity_path))
+    except IdentityError as exc:
+        print(f"nodeos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(clouds_yaml(auth_url, password) if args.format == "clouds-yaml" else openrc(auth_url, password), end="")
+    return 0
+
+
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="agent state directory (default: %(default)s)")
     parser.add_argument("--socket", help="agent control socket (overrides --state-dir)")
@@ -132,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", help=f"node config YAML (default: {DEFAULT_CONFIG_PATH} if present, else built-in defaults)")
     agent.add_argument("--identity", default=str(DEFAULT_IDENTITY_PATH), help="cluster identity (default: %(default)s)")
     agent.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="node state: node id, Raft journal (default: %(default)s)")
+    agent.add_argument("--node-root", default="/", help="lab: the node's private root for packaged services' /etc, /var/lib, "
+                                                        "/var/log and /run (default: %(default)s, a real node's own)")
+    agent.add_argument("--mount-ns", help="lab: the mount namespace file the node's services run in (default: none)")
     agent.set_defaults(func=_cmd_agent)
 
     guard = sub.add_parser("guard", help="run the node's fencing guard: drops VIPs and singletons when the agent's grant "
@@ -153,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(func=_cmd_events)
+
+    credentials = sub.add_parser(
+        "credentials", help="print the OpenStack admin credentials (openrc or clouds.yaml)",
+        description="Print the OpenStack admin credentials: keystone's URL (its VIP, from the agent's status) and the "
+                    "admin password. The password is not stored anywhere: it is derived from the cluster secret, so "
+                    "this reads the cluster identity file (root-only, mode 0600).")
+    _add_target_options(credentials)
+    credentials.add_argument("--format", choices=("openrc", "clouds-yaml"), default="openrc",
+                             help="shell exports to source, or a clouds.yaml for --os-cloud nodeos (default: %(default)s)")
+    credentials.add_argument("--identity", help=f"cluster identity (default: {DEFAULT_IDENTITY_PATH}, "
+                                                "or the lab's with --lab-node)")
+    credentials.set_defaults(func=_cmd_credentials)
 
     from . import lab as lab_cli
 

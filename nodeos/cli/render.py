@@ -40,6 +40,12 @@ def render_status(status: dict[str, Any]) -> str:
             skipped = "; ".join(f"skipped {d}: {why}" for d, why in sorted((osds.get("skipped") or {}).items()))
             lines.append(f"          {node}: OSD {', '.join(map(str, osds.get('ids') or []))} on "
                          f"{', '.join(osds.get('taken') or [])}" + (f"; {skipped}" if skipped else ""))
+    cloud = status.get("cloud")
+    if cloud:
+        lines += ["", f"cloud     keystone keys {cloud.get('keys')}"]
+        for name, job in sorted((cloud.get("jobs") or {}).items()):
+            detail = f": {job['detail']}" if job.get("detail") and job["state"] != "done" else ""
+            lines.append(f"          job {name}: {job['state']} (attempt {job['attempt']} on {job['node']}){detail}")
     return "\n".join(lines)
 
 

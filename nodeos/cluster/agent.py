@@ -63,10 +63,15 @@ def save_membership(state_dir: Path, group: Group) -> None:
 
 
 class Agent:
-    def __init__(self, config: NodeConfig, identity: ClusterIdentity, state_dir: Path) -> None:
+    def __init__(self, config: NodeConfig, identity: ClusterIdentity, state_dir: Path, *, node_root: Path = Path("/"),
+                 mount_ns: Path | None = None) -> None:
         self.config = config
         self.identity = identity
         self.state_dir = state_dir
+        # The lab gives each node a private root for packaged services' /etc, /var/lib...
+        # and a mount namespace its services run in; a real node has neither.
+        self.node_root = node_root
+        self.mount_ns = mount_ns
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
         self.node_id = load_or_create_node_id(state_dir)
@@ -520,6 +525,7 @@ class Agent:
             out["services"] = self.services.status_view(state)
             out["holding"] = self.services.holding_view(state)
             out["storage"] = self.services.storage.status_view(state)
+            out["cloud"] = self.services.cloud.status_view(state)
         return out
 
     @staticmethod

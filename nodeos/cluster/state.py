@@ -46,6 +46,7 @@ class Instance:
     generation: int = 0  # bumped to ask the hosting agent for a restart in place
     restarts: int = 0  # restarts in place since the instance was last healthy long enough
     backoff_until: float = 0.0  # cluster time before which no new restart is ordered
+    waiting_for: tuple[str, ...] = ()  # failing while these dependencies are down: held, not restarted
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ClusterState:
         # Owned by nodeos.storage (its ops are registered there); holds secrets
         # under "keys", which to_dict() leaves out.
         self.storage: dict[str, Any] = {}
+        # Owned by nodeos.cloud (ops registered there): one-time jobs, and keystone's
+        # keys under "keys", which to_dict() leaves out too.
+        self.cloud: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.event_seq: int = 0
         self.applied: int = 0
@@ -133,6 +137,11 @@ class ClusterState:
         if len(self.events) > MAX_EVENTS:
             del self.events[: len(self.events) - MAX_EVENTS]
 
+    def healthy_services(self) -> set[str]:
+        """Services healthy on at least one node (what `depends_on` and jobs wait for)."""
+        return {name for name, record in self.services.items()
+                if any(report.get("state") == "healthy" for report in record.health.values())}
+
     def up_nodes(self) -> list[str]:
         return sorted(n for n, rec in self.nodes.items() if rec.status == "up")
 
@@ -159,6 +168,7 @@ class ClusterState:
             "catalog_version": self.catalog_version,
             "services": {s: _service_dict(r) for s, r in sorted(self.services.items())},
             "storage": {k: copy.deepcopy(v) for k, v in sorted(self.storage.items()) if k != "keys"},
+            "cloud": {k: copy.deepcopy(v) for k, v in sorted(self.cloud.items()) if k != "keys"},
         }
 
 

@@ -7,7 +7,9 @@ Layout of a lab named NAME (default "lab"):
     /run/nodeos-lab/NAME/identity.json  the lab cluster's identity
     /run/nodeos-lab/NAME/config.yaml    node config (process runtime, lab catalog)
     /run/nodeos-lab/NAME/nodes/nK/      each node's state dir (node id, Raft journal,
-                                        agent.log, agent.sock, services/)
+                                        agent.log, agent.sock, services/, root/)
+    /run/nodeos-mntns/NAME/nK           node nK's mount namespace: its services see
+                                        root/etc/keystone at /etc/keystone, ... (mountns.py)
 
 Network: bridge `nlb-NAME`, node nK in namespace `nodeos-NAME-nK` with eth0 =
 10.77.0.(10+K)/24, host side `nlv-NAME-K`. The bridge has no host address:
@@ -31,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from . import netns
+from . import mountns, netns
 from nodeos import log
 from nodeos.cluster.control import ControlError, request
 from nodeos.storage.volumes import drop_mounts_under, share_mounts, unshare_mounts
@@ -39,6 +41,8 @@ from nodeos.cluster.identity import init_identity
 
 LAB_ROOT = Path(os.environ.get("NODEOS_LAB_ROOT", "/run/nodeos-lab"))
 LOAD_ROOT = Path("/var/tmp/nodeos-lab-load")  # real disk, for the `load` fault
+# Outside the lab dir: namespace files need a private mount, the lab dir is shared.
+MNTNS_ROOT = Path("/run/nodeos-mntns")
 SUBNET_PREFIX = "10.77.0"
 PREFIXLEN = 24
 CLIENT_IP = f"{SUBNET_PREFIX}.5"
@@ -60,6 +64,7 @@ class LabNode:
     disconnected: bool = False  # cable pulled by `disconnect` (survives reboots)
     guard_pid: int | None = None  # the node's fencing guard (inside the namespace)
     watchdog_pid: int | None = None  # its emulated watchdog device (host namespace)
+    mount_ns: str | None = None  # its services' mount namespace file (None: a lab from before them)
 
 
 @dataclass
@@ -135,6 +140,14 @@ class Lab:
     def node_socket(self, name: str) -> Path:
         return Path(self.node(name).state_dir) / "agent.sock"
 
+    def mount_ns(self, name: str) -> Path:
+        node = self.node(name)
+        return Path(node.mount_ns or MNTNS_ROOT / self.spec.name / name)
+
+    def node_exec_argv(self, name: str) -> list[str]:
+        """Prefix that runs a command inside the node: its network and mount namespaces."""
+        return [*_enter(self.node(name).ns), f"--mount={self.mount_ns(name)}"]
+
     # -- creation ------------------------------------------------------------
     @classmethod
     def create(cls, name: str, nodes: int, expect: int | None = None, catalog: str | None = "lab",
@@ -163,7 +176,8 @@ class Lab:
     def _plan_node(self, index: int) -> LabNode:
         name = f"n{index}"
         node = LabNode(name=name, index=index, ns=f"nodeos-{self.spec.name}-{name}", veth=f"nlv-{self.spec.name}-{index}",
-                       ip=f"{SUBNET_PREFIX}.{10 + index}", state_dir=str(self.dir / "nodes" / name))
+                       ip=f"{SUBNET_PREFIX}.{10 + index}", state_dir=str(self.dir / "nodes" / name),
+                       mount_ns=str(MNTNS_ROOT / self.spec.name / name))
         self.spec.nodes[name] = node
         return node
 
@@ -208,13 +222,26 @@ class Lab:
         state_dir = Path(node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self._boot_network(node)
+        self._boot_mounts(node)
         self._ensure_watchdog(node)
         self._ensure_guard(node)
         argv = [*_enter(node.ns), sys.executable, "-m", "nodeos.cli", "agent",
-                "--config", str(self.config_path), "--identity", str(identity or self.identity_path), "--state-dir", str(state_dir)]
+                "--config", str(self.config_path), "--identity", str(identity or self.identity_path), "--state-dir", str(state_dir),
+                "--node-root", str(mountns.node_root(state_dir)), "--mount-ns", str(self.mount_ns(name))]
         node.pid = _spawn(argv, state_dir / "agent.log")
         self.save()
         return node.pid
+
+    def _boot_mounts(self, node: LabNode) -> None:
+        """The node's mount namespace (made once, kept across reboots); a node that is
+        off (nothing runs in it) boots with an empty /run, as a machine does."""
+        root = mountns.node_root(Path(node.state_dir))
+        try:
+            mountns.create(self.mount_ns(node.name), root)
+        except mountns.MountNsError as exc:
+            raise LabError(f"{node.name}: {exc}") from None
+        if not netns.namespace_pids(node.ns):  # not after kill-agent: its services still run
+            mountns.clear_run(root)
 
     def _ensure_guard(self, node: LabNode) -> None:
         if node.guard_pid is not None and _alive(node.guard_pid):
@@ -508,6 +535,12 @@ def destroy(name: str) -> list[str]:
         _kill_namespace(ns, signal.SIGKILL)
         netns.delete_namespace(ns)
         removed.append(ns)
+    # Before the lab dir's mounts: nothing runs in the nodes' mount namespaces any more,
+    # and once gone they hold no copies of the volumes about to be unmounted.
+    try:
+        removed += mountns.destroy_dir(MNTNS_ROOT / name)
+    except mountns.MountNsError as exc:
+        raise LabError(str(exc)) from None
     root = LAB_ROOT / name
     if root.is_dir():
         removed += drop_mounts_under(str(root))

@@ -26,9 +26,11 @@ import yaml
 CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
-CHECK_TYPES = ("process", "tcp", "http", "command", "ceph")
+# mariadb, memcached, keystone: the service's own signal (nodeos/cloud/probes.py), not a port check.
+CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", "mariadb", "memcached", "keystone")
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
-TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir")
+# root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
+TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")
 # The process runtime keeps its own bookkeeping in the run dir.
 RESERVED_FILES = frozenset({"pid.json", "service.log"})
 
@@ -107,15 +109,18 @@ class ServiceSpec:
     depends_on: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
     volume: VolumeSpec | None = None
+    config: str | None = None  # its configuration files, rendered from the state (nodeos/cloud/config.py)
+    jobs: tuple[str, ...] = ()  # one-time jobs done before its first start (nodeos/cloud/registry.py)
 
     @property
     def singleton(self) -> bool:
         return self.placement == "singleton"
 
     def template_values(
-        self, *, node_id: str, run_dir: Path | str, vip: str | None, bind: str, ceph_dir: Path | str = ""
+        self, *, node_id: str, run_dir: Path | str, vip: str | None, bind: str, ceph_dir: Path | str = "",
+        root: Path | str = "/",
     ) -> dict[str, str]:
-        """The values `{run_dir}`, `{node_id}`, `{vip}`, `{port}`, `{bind}`, `{ceph_dir}` expand to."""
+        """The values `{run_dir}`, `{node_id}`, `{vip}`, `{port}`, `{bind}`, `{ceph_dir}`, `{root}` expand to."""
         return {
             "run_dir": str(run_dir),
             "node_id": node_id,
@@ -123,6 +128,7 @@ class ServiceSpec:
             "port": "" if self.port is None else str(self.port),
             "bind": bind,
             "ceph_dir": str(ceph_dir),
+            "root": str(root).rstrip("/"),  # "{root}/etc/x": /etc/x on a node
         }
 
     def render_command(self, values: Mapping[str, str]) -> list[str]:
@@ -379,6 +385,7 @@ def _check_placeholders(where: _Where, text: str, path: PathKey, has_vip: bool, 
 _TOP_KEYS = ("version", "services")
 _SERVICE_KEYS = (
     "placement", "vip", "start", "files", "port", "health", "restart", "depends_on", "resources", "volume",
+    "config", "jobs",
 )
 _VOLUME_KEYS = ("size", "fs", "mount")
 VOLUME_FILESYSTEMS = ("ext4", "xfs")
@@ -391,8 +398,8 @@ _CHECK_KEYS = (
     "daemon", "start_period",
 )
 _CHECK_ONLY_FOR = {
-    "port": ("tcp", "http"),
-    "path": ("http",),
+    "port": ("tcp", "http", "mariadb", "memcached", "keystone"),
+    "path": ("http", "keystone"),
     "expect_status": ("http",),
     "expect_body": ("http",),
     "command": ("command",),
@@ -451,7 +458,34 @@ def _build_service(where: _Where, name: str, raw: Any, path: PathKey) -> Service
         depends_on=_build_depends(where, data.get("depends_on", []), path + ("depends_on",), name),
         resources=_build_resources(where, data.get("resources", {}), path + ("resources",)),
         volume=_build_volume(where, data.get("volume"), path + ("volume",), placement, vip, port is not None),
+        config=_build_config(where, data.get("config"), path + ("config",)),
+        jobs=_build_jobs(where, data.get("jobs", []), path + ("jobs",)),
     )
+
+
+def _build_config(where: _Where, raw: Any, path: PathKey) -> str | None:
+    from nodeos.cloud.registry import CONFIGS
+
+    if raw is None:
+        return None
+    if raw not in CONFIGS:
+        raise where.error(path, f"must be one of: {', '.join(CONFIGS)}, got {_describe(raw)}")
+    return str(raw)
+
+
+def _build_jobs(where: _Where, raw: Any, path: PathKey) -> tuple[str, ...]:
+    from nodeos.cloud.registry import JOBS
+
+    if not isinstance(raw, list):
+        raise where.error(path, f"must be a list of job names, got {_describe(raw)}")
+    names: list[str] = []
+    for index, item in enumerate(raw):
+        if item not in JOBS:
+            raise where.error(path + (index,), f"unknown job {_describe(item)} (known: {', '.join(JOBS)})")
+        if item in names:
+            raise where.error(path + (index,), f"duplicate job {item!r}")
+        names.append(item)
+    return tuple(names)
 
 
 def _build_volume(where: _Where, raw: Any, path: PathKey, placement: str, has_vip: bool,
@@ -541,6 +575,14 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
         start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
     )
+    if kind in ("mariadb", "memcached", "keystone"):
+        if data.get("port") is None and service_port is None:
+            raise where.error(path, f"a {kind} check needs 'port' (the service has none)")
+        port = service_port if data.get("port") is None else _int(where, data["port"], path + ("port",), 1, 65535)
+        read = _string(where, data.get("path", "/v3/projects"), path + ("path",)) if kind == "keystone" else None
+        if read is not None and not read.startswith("/"):
+            raise where.error(path + ("path",), f"must start with '/', got {_describe(read)}")
+        return HealthCheckSpec(port=port, path=read, **common)
     if kind in ("tcp", "http"):
         if data.get("port") is None and service_port is None:
             raise where.error(path, f"a {kind} check needs 'port' (the service has none)")
@@ -621,9 +663,22 @@ def _check_dependencies(where: _Where, services: Mapping[str, ServiceSpec]) -> N
                     ("services", name, "depends_on", index),
                     f"unknown service {dep!r} (known: {', '.join(sorted(services))})",
                 )
+    _check_job_prerequisites(where, services)
     cycle = _find_cycle({n: s.depends_on for n, s in services.items()})
     if cycle:
         raise where.error(("services", cycle[0], "depends_on"), f"dependency cycle: {' -> '.join(cycle)}")
+
+
+def _check_job_prerequisites(where: _Where, services: Mapping[str, ServiceSpec]) -> None:
+    """A job waits for services to be healthy: they must be in the catalog, or it would wait forever."""
+    from nodeos.cloud.registry import JOBS, jobs_closure
+
+    for name, spec in services.items():
+        for job in jobs_closure(spec.jobs):
+            for needed in JOBS[job].after_services:
+                if needed not in services:
+                    raise where.error(("services", name, "jobs"),
+                                      f"job {job!r} needs service {needed!r}, which is not in the catalog")
 
 
 def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str] | None:
@@ -712,4 +767,8 @@ def _service_to_dict(spec: ServiceSpec) -> dict[str, Any]:
     out["resources"] = {"cpu": spec.resources.cpu, "memory_mb": spec.resources.memory_mb}
     if spec.volume is not None:
         out["volume"] = {"size": spec.volume.size, "fs": spec.volume.fs, "mount": spec.volume.mount}
+    if spec.config is not None:
+        out["config"] = spec.config
+    if spec.jobs:
+        out["jobs"] = list(spec.jobs)
     return out

@@ -38,8 +38,10 @@ class CheckTarget:
 
     host: str = "127.0.0.1"
     pid: int | None = None
-    # Template values for command checks ({run_dir}, {port}, ...).
+    # Template values for command checks ({run_dir}, {port}, ...), and the
+    # cloud checks' passwords (admin_password, health_password).
     values: Mapping[str, str] = field(default_factory=dict)
+    vip: str | None = None  # the service's VIP when this node holds it (API checks go through it)
 
 
 def check_host(bind: str) -> str:
@@ -130,6 +132,28 @@ def _check_ceph(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     return daemon_check(spec.daemon or "", os.path.join(ceph_dir, "run"), target.values.get("node_id", ""))
 
 
+def _check_mariadb(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A write and a read on the heartbeat table (a ping passes on "Access denied")."""
+    from nodeos.cloud.probes import HEALTH_USER, mariadb_heartbeat
+
+    return mariadb_heartbeat(target.host, _port(spec), HEALTH_USER, target.values.get("health_password", ""), spec.timeout)
+
+
+def _check_memcached(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    from nodeos.cloud.probes import memcached_set_get
+
+    return memcached_set_get(target.host, _port(spec), spec.timeout)
+
+
+def _check_keystone(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A token for the admin (reused for a minute), then an authenticated read, through the VIP clients use."""
+    from nodeos.cloud.probes import keystone_tokens
+
+    host = target.vip or target.host
+    return keystone_tokens.check(f"http://{host}:{_port(spec)}/v3", "admin", target.values.get("admin_password", ""),
+                                 "admin", spec.timeout, read_path=spec.path or "/v3/projects")
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -149,6 +173,9 @@ _CHECKS = {
     "http": _check_http,
     "command": _check_command,
     "ceph": _check_ceph,
+    "mariadb": _check_mariadb,
+    "memcached": _check_memcached,
+    "keystone": _check_keystone,
 }
 
 

@@ -27,7 +27,8 @@ from .catalog import Catalog, CatalogError, HealthCheckSpec, ServiceSpec, load_c
 from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node import NodeServices
-from .runtime import ProcessRuntime, Runtime, SystemdRuntime
+from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_argv
+from nodeos.cloud.layer import CloudLayer, uses_cloud
 from nodeos.storage.layer import StorageLayer
 from nodeos.storage.node_volumes import NodeVolumes
 from nodeos.cluster.state import ClusterState, ServiceRecord
@@ -72,13 +73,19 @@ class ServicesLayer:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
         self.me = agent.node_id
-        runtime: Runtime = ProcessRuntime(agent.state_dir / "services") if agent.config.runtime == "process" else SystemdRuntime()
+        runtime: Runtime = (ProcessRuntime(agent.state_dir / "services",
+                                           enter=mount_namespace_argv(agent.mount_ns) if agent.mount_ns else ())
+                            if agent.config.runtime == "process" else SystemdRuntime())
         self.vips = VipManager(agent.iface.name)
         self.storage = StorageLayer(self.me, agent.iface.ip, str(agent.iface.network), agent.state_dir,
                                     agent.config.storage, self._submit)
         volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync)
+        node_root = getattr(agent, "node_root", Path("/"))
+        self.cloud = CloudLayer(self.me, agent.identity, node_root, getattr(runtime, "enter", ()), self._submit,
+                                lab=agent.config.runtime == "process")
         self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian, ceph_dir=self.storage.root,
-                                 volumes=volumes)
+                                 volumes=volumes, root=node_root, prepare=self.cloud.prepare)
+        self.node.add_check_values(self.cloud.check_values())
         self.consensus: "Consensus | None" = None
         self._stop = threading.Event()
         # Two threads: a node stuck stopping one of its services must not stall
@@ -113,6 +120,7 @@ class ServicesLayer:
             self.node.stop_everything()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.storage.shutdown()
+        self.cloud.shutdown()
 
     def healthy(self, now: float, limit: float = 30.0) -> bool:
         """False when convergence or the Monitor is stuck (a hung check, runtime or netlink call)."""
@@ -148,6 +156,8 @@ class ServicesLayer:
             if catalog is not None:
                 if uses_ceph(catalog):
                     self.storage.node_pass(snapshot)  # the files the Ceph services start from
+                if uses_cloud(catalog):
+                    self.cloud.node_pass(snapshot, catalog)
                 self.node.converge(snapshot, catalog, fenced, now)
             elif fenced:
                 self.node.release_singletons(None)
@@ -184,6 +194,8 @@ class ServicesLayer:
         if uses_ceph(catalog):
             volumes = {s.name: (s.volume.size, s.volume.fs) for s in catalog if s.volume is not None}
             self.storage.monitor_pass(state, term, now, volumes)
+        if uses_cloud(catalog):
+            self.cloud.monitor_pass(state, catalog, term, now)
         self._probe_vips(state, catalog, now)
 
     def _apply_configured_catalog(self, now: float) -> None:
@@ -285,6 +297,7 @@ class ServicesLayer:
                 note = f"moving from {record.migration['from']} ({record.migration['phase']})" if record.migration else ""
                 if record.probe and not record.probe.get("ok"):
                     note = (note + "; " if note else "") + "VIP probe failing"
+                note = _join(note, _health_note(record, record.node, instance))
                 rows.append({"name": name, "placement": "singleton", "node": record.node, "vip": record.vip, "health": health,
                              "restarts": instance.restarts if instance else 0, "generation": instance.generation if instance else 0,
                              "migration": record.migration, "probe": record.probe, "note": note})
@@ -294,9 +307,11 @@ class ServicesLayer:
                     up = [n for n in up if n in (state.storage.get("mons") or {})]
                 healthy = sum(1 for n in up if record.health.get(n, {}).get("state") == "healthy")
                 restarts = sum(i.restarts for i in record.instances.values())
+                notes = [f"{n}: {_health_note(record, n, record.instances.get(n))}" for n in up
+                         if _health_note(record, n, record.instances.get(n))]
                 rows.append({"name": name, "placement": record.placement, "node": record.placement, "vip": None,
                              "health": f"healthy {healthy}/{len(up)}", "restarts": restarts,
-                             "instances": {n: record.health.get(n, {}).get("state") for n in up}, "note": ""})
+                             "instances": {n: record.health.get(n, {}).get("state") for n in up}, "note": "; ".join(notes)})
         return rows
 
     def get_routes(self) -> dict[str, Any]:
@@ -375,6 +390,21 @@ class ServicesLayer:
             return 409, {"error": f"no other up node to move {record.name} to"}
         return self._sync({"op": "migrate", "now": time.time(), "service": record.name, "to": target,
                            "reason": "operator request", "by": f"operator via {self.me}"})
+
+
+def _health_note(record: ServiceRecord, node: str | None, instance: Any) -> str:
+    """Why an instance is not healthy: the failing check (its layer) and a dependency hold."""
+    report = record.health.get(node or "", {})
+    note = ""
+    if report.get("state") in ("unhealthy", "failed") and report.get("detail"):
+        note = str(report["detail"])[:160]
+    if instance is not None and instance.waiting_for:
+        note = _join(note, f"held: waiting for {', '.join(instance.waiting_for)}")
+    return note
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first and second else first or second
 
 
 def uses_ceph(catalog: Catalog) -> bool:

@@ -21,6 +21,12 @@ Rules for a singleton, in order:
   after `max_restarts` restarts, migrate to another healthy node;
 * healthy for `reset_after`: forget past restarts.
 Every-node services get the same restart rule per node, without migration.
+
+A failing instance whose dependency (`depends_on`) is healthy nowhere is not
+restarted (that would loop, and count towards a pointless migration): it is
+held, once, with a `service.waiting` event naming the dependency, which is
+repaired by its own rules. When the dependency is back the instance gets
+DEPENDENCY_GRACE to recover by itself before the usual rule applies.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .placement import release_pending
 from nodeos.cluster.state import ClusterState, ServiceRecord
 
 FAILING = ("unhealthy", "failed")
+DEPENDENCY_GRACE = 10.0  # seconds a held instance gets to reconnect once its dependency is back
 
 
 def choose_node(state: ClusterState, exclude: set[str], planned: dict[str, int] | None = None) -> str | None:
@@ -53,26 +60,28 @@ def decide(state: ClusterState, catalog: Catalog, now: float, by: str, term: int
     ops: list[dict[str, Any]] = []
     up = set(state.up_nodes())
     planned: dict[str, int] = {}
+    healthy = state.healthy_services()
     for name in catalog.start_order():
         record = state.services.get(name)
         if record is None:
             continue
         spec = catalog[name]
         base = {"now": now, "service": name, "by": by, "term": term}
+        missing = [d for d in spec.depends_on if d not in healthy]
         if spec.singleton:
-            op = _decide_singleton(state, record, spec, up, now, base, planned)
+            op = _decide_singleton(state, record, spec, up, now, base, planned, missing)
             if op is not None:
                 ops.append(op)
                 target = op.get("to") if op["op"] == "migrate" else op.get("node") if op["op"] == "place" else None
                 if target:
                     planned[target] = planned.get(target, 0) + 1
         else:
-            ops.extend(_decide_every_node(record, spec, up, now, base))
+            ops.extend(_decide_every_node(record, spec, up, now, base, missing))
     return ops
 
 
 def _decide_singleton(state: ClusterState, record: ServiceRecord, spec: ServiceSpec, up: set[str], now: float,
-                      base: dict[str, Any], planned: dict[str, int]) -> dict[str, Any] | None:
+                      base: dict[str, Any], planned: dict[str, int], missing: list[str]) -> dict[str, Any] | None:
     migration = record.migration
     if migration is not None:
         op = _advance_migration(state, record, migration, up, base)
@@ -87,7 +96,7 @@ def _decide_singleton(state: ClusterState, record: ServiceRecord, spec: ServiceS
         if target is None:
             return None
         return {**base, "op": "migrate", "to": target, "reason": f"node {node} lost"}
-    return _restart_or_escalate(state, record, spec, node, now, base, can_migrate=True, planned=planned)
+    return _restart_or_escalate(state, record, spec, node, now, base, can_migrate=True, planned=planned, missing=missing)
 
 
 def _advance_migration(state: ClusterState, record: ServiceRecord, migration: dict[str, Any], up: set[str],
@@ -104,13 +113,17 @@ def _advance_migration(state: ClusterState, record: ServiceRecord, migration: di
 
 
 def _restart_or_escalate(state: ClusterState, record: ServiceRecord, spec: ServiceSpec, node: str, now: float,
-                         base: dict[str, Any], can_migrate: bool, planned: dict[str, int] | None = None) -> dict[str, Any] | None:
+                         base: dict[str, Any], can_migrate: bool, planned: dict[str, int] | None = None,
+                         missing: list[str] | None = None) -> dict[str, Any] | None:
     report = record.health.get(node)
     instance = record.instances.get(node)
     generation = instance.generation if instance else 0
     if report is None or report.get("generation", 0) != generation:
         return None  # no news about the current generation yet
     restarts = instance.restarts if instance else 0
+    held = _dependency_hold(report, instance.waiting_for if instance else (), missing or [], node, now, base)
+    if held is not None:
+        return held or None
     if report["state"] in FAILING:
         policy = spec.restart
         if restarts >= policy.max_restarts and can_migrate:
@@ -128,14 +141,36 @@ def _restart_or_escalate(state: ClusterState, record: ServiceRecord, spec: Servi
     return None
 
 
+def _dependency_hold(report: dict[str, Any], waiting: tuple[str, ...], missing: list[str], node: str, now: float,
+                     base: dict[str, Any]) -> dict[str, Any] | None:
+    """The hold rule: an op, {} (held, nothing new to say), or None (the usual rules apply)."""
+    failing = report["state"] in FAILING
+    if failing and missing:
+        if list(waiting) == missing:
+            return {}
+        detail = report.get("detail") or "check failed"
+        return {**base, "op": "wait_dependency", "node": node, "waiting_for": missing,
+                "reason": f"{report['state']} ({detail}) while {', '.join(missing)} is down: not restarted; "
+                          f"{', '.join(missing)} is repaired first"[:300]}
+    if waiting:
+        reason = f"{', '.join(waiting)} healthy again"
+        if failing:
+            return {**base, "op": "wait_dependency", "node": node, "waiting_for": [],
+                    "backoff_until": now + DEPENDENCY_GRACE,
+                    "reason": f"{reason}: {DEPENDENCY_GRACE:.0f}s to recover before a restart"}
+        return {**base, "op": "wait_dependency", "node": node, "waiting_for": [], "reason": f"{reason}: recovered"}
+    return None
+
+
 def _failing_nodes(record: ServiceRecord) -> set[str]:
     return {n for n, report in record.health.items() if report.get("state") in FAILING}
 
 
-def _decide_every_node(record: ServiceRecord, spec: ServiceSpec, up: set[str], now: float, base: dict[str, Any]) -> list[dict[str, Any]]:
+def _decide_every_node(record: ServiceRecord, spec: ServiceSpec, up: set[str], now: float, base: dict[str, Any],
+                       missing: list[str]) -> list[dict[str, Any]]:
     ops = []
     for node in sorted(up):
-        op = _restart_or_escalate(ClusterState(), record, spec, node, now, base, can_migrate=False)
+        op = _restart_or_escalate(ClusterState(), record, spec, node, now, base, can_migrate=False, missing=missing)
         if op is not None:
             ops.append(op)
     return ops

@@ -34,6 +34,14 @@ REPORT_MIN_INTERVAL = 0.2
 REANNOUNCE_INTERVAL = 1.0
 
 
+class NotReady(Exception):
+    """A service's start must wait (its configuration cannot be written yet); not a failure."""
+
+
+# Writes a service's configuration files before it starts (nodeos/cloud/layer.py); raises NotReady to wait.
+Prepare = Callable[[ServiceSpec, ClusterState, Catalog], None]
+
+
 class FenceGate(Protocol):
     """What the node side needs from fencing (guardian.Guardian): claim before taking."""
 
@@ -75,7 +83,7 @@ def volume_may_attach(state: ClusterState, service: str, me: str) -> bool:
 def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, running: set[str]) -> dict[str, Desired]:
     """What this node should run, from the replicated state (pure)."""
     out: dict[str, Desired] = {}
-    healthy_somewhere = {name for name, r in state.services.items() if any(h.get("state") == "healthy" for h in r.health.values())}
+    healthy_somewhere = state.healthy_services()
     for name in catalog.start_order():
         record = state.services.get(name)
         if record is None:
@@ -102,6 +110,9 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
         missing = [d for d in spec.depends_on if d not in healthy_somewhere]
         if want.run and missing and name not in running:
             want.run, want.waiting_for = False, missing
+        jobs = [f"job {j}" for j in spec.jobs if (state.cloud.get("jobs") or {}).get(j, {}).get("state") != "done"]
+        if want.run and jobs and name not in running:
+            want.run, want.waiting_for = False, jobs  # one-time steps (schema, bootstrap) come first
         if want.run and spec.volume is not None and not volume_may_attach(state, name, me):
             want.run, want.waiting_for = False, ["volume"]  # its image, or the previous holder's fence
         out[name] = want
@@ -110,8 +121,13 @@ def desired_here(state: ClusterState, catalog: Catalog, me: str, fenced: bool, r
 
 class NodeServices:
     def __init__(self, node_id: str, runtime: Runtime, vips: VipManager, submit: Callable[[dict[str, Any]], None],
-                 gate: FenceGate, ceph_dir: Path | None = None, volumes: NodeVolumes | None = None) -> None:
+                 gate: FenceGate, ceph_dir: Path | None = None, volumes: NodeVolumes | None = None,
+                 root: Path = Path("/"), prepare: Prepare | None = None) -> None:
         self.node_id = node_id
+        self.root = root
+        self.prepare = prepare
+        self._pass: tuple[ClusterState, Catalog] | None = None  # what prepare() renders from
+        self._not_ready: dict[str, str] = {}
         self.ceph_dir = ceph_dir
         self.volumes = volumes
         self.runtime = runtime
@@ -127,9 +143,14 @@ class NodeServices:
         self._fenced_logged = False
         self._check_values = {"node_id": node_id, "ceph_dir": str(ceph_dir or "")}
 
+    def add_check_values(self, values: dict[str, str]) -> None:
+        """Secrets the service-specific checks log in with (nodeos/cloud/layer.py)."""
+        self._check_values = {**self._check_values, **values}
+
     # -- one pass ------------------------------------------------------------
     def converge(self, state: ClusterState, catalog: Catalog, fenced: bool, now: float) -> None:
         self._seen = state.applied
+        self._pass = (state, catalog)
         if fenced != self._fenced_logged:
             log.event("fence.engaged" if fenced else "fence.released", level="warning" if fenced else "info")
             self._fenced_logged = fenced
@@ -167,13 +188,15 @@ class NodeServices:
         if local is not None:
             log.event("service.restarting", service=spec.name, generation=want.generation)
             self._stop_process(spec.name)
+        if not self._configured(spec):
+            return
         if want.vip and not self._add_vip(want.vip):  # before the service: it may bind the VIP
             return
         if spec.singleton and not self.gate.claim_service(spec.name, self.runtime.fence_target(spec.name)):
             if not self.runtime.is_running(spec.name):
                 self.gate.release_service(spec.name)  # nothing taken: nothing for the guard to answer for
             return  # no valid grant: a singleton never starts unguarded
-        ctx = ServiceContext(node_id=self.node_id, vip=want.vip, ceph_dir=self.ceph_dir)
+        ctx = ServiceContext(node_id=self.node_id, vip=want.vip, ceph_dir=self.ceph_dir, root=self.root)
         try:
             self._prepare_volume(spec, ctx)
             self.runtime.start(spec, ctx)
@@ -189,6 +212,21 @@ class NodeServices:
         else:
             self._report(spec.name, "starting", want.generation, detail, now, force=True)
 
+    def _configured(self, spec: ServiceSpec) -> bool:
+        """Its configuration written from the state; False (logged once per reason) while that must wait."""
+        if self.prepare is None or self._pass is None:
+            return True
+        try:
+            self.prepare(spec, *self._pass)
+        except Exception as exc:  # NotReady: waits; anything else (a full disk): waits too, said louder
+            if self._not_ready.get(spec.name) != str(exc):
+                self._not_ready[spec.name] = str(exc)
+                log.event("service.not_ready", level="info" if isinstance(exc, NotReady) else "error",
+                          service=spec.name, reason=str(exc))
+            return False
+        self._not_ready.pop(spec.name, None)
+        return True
+
     def _prepare_volume(self, spec: ServiceSpec, ctx: ServiceContext) -> None:
         """Attach, record and mount the service's volume before it starts (node_volumes.py)."""
         if spec.volume is None:
@@ -197,7 +235,7 @@ class NodeServices:
             raise VolumeError(f"{spec.name} has a volume but this node runs no storage")
         run_dir = getattr(self.runtime, "run_dir", lambda _name: "")(spec.name)
         values = spec.template_values(node_id=self.node_id, run_dir=run_dir, vip=ctx.vip, bind=ctx.bind,
-                                      ceph_dir=ctx.ceph_dir or "")
+                                      ceph_dir=ctx.ceph_dir or "", root=ctx.root)
         self.volumes.prepare(spec.name, spec.volume.fs, render_template(spec.volume.mount, values))
 
     def _stop(self, name: str, reason: str, report: bool) -> None:
@@ -290,7 +328,7 @@ class NodeServices:
                 self._report(name, "failed", local.generation, local.detail, now)
                 continue
             self._collect(local, now)
-            target = CheckTarget(host="127.0.0.1", pid=pid, values=self._check_values)
+            target = CheckTarget(host="127.0.0.1", pid=pid, values=self._check_values, vip=local.vip)
             for index in local.health.due(now):
                 if index not in local.pending:
                     local.pending[index] = self._checks.submit(run_check, local.health.check_spec(index), target)

@@ -184,6 +184,24 @@ def _op_restart(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     return {"generation": instance.generation}
 
 
+@register("wait_dependency")
+def _op_wait_dependency(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    """Hold (or stop holding) restarts of an instance that fails because a dependency is down."""
+    record = _service(state, op)
+    node = _up_node(state, op)
+    waiting = op.get("waiting_for")
+    if not isinstance(waiting, list) or not all(isinstance(d, str) for d in waiting):
+        raise OpError("field 'waiting_for' must be a list of service names")
+    instance = record.instance(node)
+    instance.waiting_for = tuple(waiting)
+    if "backoff_until" in op:
+        instance.backoff_until = float(_require(op, "backoff_until", (int, float)))
+    kind = "service.waiting" if waiting else "service.dependency_back"
+    state.add_event(op["now"], kind, service=record.name, node=node, reason=op.get("reason"),
+                    outcome="held" if waiting else None, detail=f"by {op.get('by')}")
+    return {}
+
+
 @register("migrate")
 def _op_migrate(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     """Move a singleton. Every up node that may still run it must release it first.

@@ -48,6 +48,7 @@ class ServiceContext:
     # None: the runtime's own choice (ProcessRuntime: run_root/<name>).
     run_dir: Path | None = None
     ceph_dir: Path | None = None  # this node's Ceph files (nodeos/storage/files.py)
+    root: Path = Path("/")  # packaged services' /etc, /var/lib...: the node's private root in the lab
 
 
 @runtime_checkable
@@ -91,8 +92,11 @@ class PidRecord:
 class ProcessRuntime:
     """Services as process groups under `run_root`; safe to re-create after a crash."""
 
-    def __init__(self, run_root: Path) -> None:
+    def __init__(self, run_root: Path, enter: Sequence[str] = ()) -> None:
         self.run_root = Path(run_root)
+        # A prefix that runs a service elsewhere and execs it (the lab node's
+        # mount namespace: nsenter), so the recorded pid stays the service's.
+        self.enter = list(enter)
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # started by THIS instance
         self._lock = threading.RLock()
 
@@ -116,7 +120,7 @@ class ProcessRuntime:
                     f"{spec.name}: ProcessRuntime keeps services in {run_dir}, not {ctx.run_dir}"
                 )
             argv = self._prepare_run_dir(spec, ctx, run_dir)
-            proc = self._spawn(spec.name, argv, run_dir)
+            proc = self._spawn(spec.name, self._entered(argv, run_dir), run_dir)
             record = self._record_for(proc)
             self._write_record(run_dir, record, argv)
             self._children[spec.name] = proc
@@ -167,10 +171,18 @@ class ProcessRuntime:
             raise ServiceRuntimeError(f"{spec.name}: no start.command for the process runtime")
         run_dir.mkdir(parents=True, exist_ok=True)
         values = spec.template_values(node_id=ctx.node_id, run_dir=run_dir, vip=ctx.vip, bind=ctx.bind,
-                                      ceph_dir=ctx.ceph_dir or "")
+                                      ceph_dir=ctx.ceph_dir or "", root=ctx.root)
         for file_name, content in spec.render_files(values).items():
             _write_atomic(run_dir / file_name, content)
         return spec.render_command(values)
+
+    def _entered(self, argv: list[str], run_dir: Path) -> list[str]:
+        """`argv` behind the `enter` prefix. Entering a mount namespace moves the working
+        directory to its /: `env --chdir` goes back to the run dir by its path, resolved
+        inside (nsenter's --wd opens the directory before entering, on the host's mounts)."""
+        if not self.enter:
+            return argv
+        return [*self.enter, "env", f"--chdir={run_dir}", *argv]
 
     def _spawn(self, name: str, argv: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
         with open(run_dir / LOG_FILE, "ab") as log_file:
@@ -336,6 +348,14 @@ def _run_subprocess(argv: Sequence[str], timeout: float) -> "subprocess.Complete
 
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def mount_namespace_argv(ns_file: Path) -> list[str]:
+    """Prefix that runs a command in a mount namespace (nsenter execs it: same pid).
+
+    Entering a mount namespace moves the working directory to its /.
+    """
+    return ["nsenter", f"--mount={ns_file}"]
 
 
 def unit_cgroup(unit: str) -> str:

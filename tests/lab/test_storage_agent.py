@@ -84,9 +84,10 @@ def no_quorum_windows(quorums: list[int], period: float) -> list[float]:
     return windows
 
 
-def settled_storage_lab(nodes: int, expect: int | None = None, storage: dict[str, Any] | None = None) -> Iterator[Lab]:
-    """A `lab-storage` lab whose Ceph settled (one OSD per node), torn down after."""
-    lab = new_lab(nodes, expect, catalog="lab-storage", storage=storage)
+def settled_storage_lab(nodes: int, expect: int | None = None, storage: dict[str, Any] | None = None,
+                        catalog: str = "lab-storage") -> Iterator[Lab]:
+    """A lab (with Ceph in its catalog) whose Ceph settled (one OSD per node), torn down after."""
+    lab = new_lab(nodes, expect, catalog=catalog, storage=storage)
     try:
         lab.wait_formed(timeout=60)
         started = time.monotonic()

@@ -76,7 +76,7 @@ def test_lab_nginx_conf_renders_under_run_dir() -> None:
     assert nginx.render_command(values)[:3] == ["nginx", "-p", "/srv/run/nginx"]
 
 
-@pytest.mark.parametrize("name", ["lab", "default", "lab-storage", "storage"])
+@pytest.mark.parametrize("name", ["lab", "default", "lab-storage", "storage", "lab-cloud"])
 def test_packaged_catalogs_round_trip_exactly(name: str) -> None:
     catalog = load_catalog(packaged_catalog(name))
     data = catalog.to_dict()
@@ -361,3 +361,38 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
     with pytest.raises(CatalogError, match="daemon"):
         parse_catalog("version: 1\nservices:\n  m:\n    placement: ceph-mons\n    start: {command: [x]}\n"
                       "    health: [{type: ceph, daemon: mds}]\n", "c.yaml")
+
+
+def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
+    assert "config: must be one of: mariadb, keystone, got 'nova'" in error_of("""
+        services:
+          api: {placement: singleton, vip: false, start: {command: [x]}, config: nova}
+        """)
+    assert "jobs[0]: unknown job 'db-sync'" in error_of("""
+        services:
+          api: {placement: singleton, vip: false, start: {command: [x]}, jobs: [db-sync]}
+        """)
+    # keystone's schema job waits for MariaDB to be healthy: without MariaDB it would wait forever.
+    assert "job 'keystone-db-sync' needs service 'mariadb', which is not in the catalog" in error_of("""
+        services:
+          keystone: {placement: singleton, vip: false, start: {command: [x]}, jobs: [keystone-db-sync]}
+        """)
+
+
+def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
+    catalog = parse("""
+        services:
+          keystone:
+            placement: singleton
+            port: 5000
+            start: {command: [x]}
+            health:
+              - {type: keystone, path: /v3/services}
+              - {type: memcached, port: 11211}
+        """)
+    checks = catalog["keystone"].health
+    assert (checks[0].port, checks[0].path) == (5000, "/v3/services") and checks[1].port == 11211
+    assert "only allowed for http and keystone checks" in error_of("""
+        services:
+          db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
+        """)

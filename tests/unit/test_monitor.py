@@ -175,3 +175,46 @@ def test_decisions_of_a_deposed_monitor_are_refused(state):
     assert state.to_dict() == before and state.monitor == "b"
     current = decide(state, CATALOG, 2.2, "b", 4)
     assert current and all(state.apply(op)["ok"] for op in current)
+
+
+def test_a_service_failing_while_its_dependency_is_down_is_held_not_restarted(state):
+    """nginx depends on memcached: nginx failing while memcached is down waits, once, with an event."""
+    run_monitor(state, 2.0)
+    web, cache = state.services["nginx"].node, state.services["memcached"].node
+    report(state, "memcached", cache, "healthy", 2.5)
+    report(state, "nginx", web, "healthy", 2.5)
+    report(state, "memcached", cache, "failed", 3.0)
+    report(state, "nginx", web, "unhealthy", 3.0)
+    ops = run_monitor(state, 3.0)
+    by_service = {o["service"]: o for o in ops}
+    assert by_service["memcached"]["op"] == "restart"  # the dependency is repaired by its own rules
+    assert by_service["nginx"]["op"] == "wait_dependency" and by_service["nginx"]["waiting_for"] == ["memcached"]
+    assert "memcached is down" in by_service["nginx"]["reason"]
+    waiting = [e for e in state.events if e["kind"] == "service.waiting"]
+    assert waiting and waiting[-1]["service"] == "nginx" and waiting[-1]["outcome"] == "held"
+    for step in range(20):  # a long outage: nginx is never restarted, nor moved, nor re-announced
+        report(state, "nginx", web, "unhealthy", 4.0 + step)
+        assert [o for o in run_monitor(state, 4.0 + step) if o["service"] == "nginx"] == []
+    assert state.services["nginx"].instances[web].restarts == 0
+    report(state, "memcached", cache, "healthy", 30.0)
+    ops = [o for o in run_monitor(state, 30.0) if o["service"] == "nginx"]
+    assert [o["op"] for o in ops] == ["wait_dependency"] and ops[0]["waiting_for"] == []
+    assert ops[0]["backoff_until"] == 30.0 + 10.0  # time to reconnect before a restart
+    assert [o for o in run_monitor(state, 35.0) if o["service"] == "nginx"] == []
+    ops = [o for o in run_monitor(state, 40.5) if o["service"] == "nginx"]
+    assert [o["op"] for o in ops] == ["restart"]  # still failing after the grace: the usual rule
+
+
+def test_a_held_service_that_recovers_by_itself_is_not_restarted(state):
+    run_monitor(state, 2.0)
+    web, cache = state.services["nginx"].node, state.services["memcached"].node
+    report(state, "memcached", cache, "failed", 3.0)
+    report(state, "nginx", web, "unhealthy", 3.0)
+    run_monitor(state, 3.0)
+    assert state.services["nginx"].instances[web].waiting_for == ("memcached",)
+    report(state, "memcached", cache, "healthy", 5.0)
+    report(state, "nginx", web, "healthy", 5.5)
+    ops = [o for o in run_monitor(state, 6.0) if o["service"] == "nginx"]
+    assert [o["op"] for o in ops] == ["wait_dependency"] and "recovered" in ops[0]["reason"]
+    assert state.services["nginx"].instances[web].waiting_for == ()
+    assert [e["kind"] for e in state.events if e.get("service") == "nginx"][-1] == "service.dependency_back"

@@ -1,0 +1,162 @@
+"""OpenStack services' configuration files, rendered from the replicated state.
+
+The same code serves a node (files under /) and the lab (files under the
+node's private root, which the node's mount namespace shows at /etc, /var/lib
+...; nodeos/lab/mountns.py): `write_files(files, root)`. Passwords come from
+the cluster secret (secrets.py), addresses from the state (each service's
+VIP), keystone's keys from the state (ops.py). Nothing is asked of anyone.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jinja2
+
+from nodeos.cluster.identity import ClusterIdentity
+
+from .probes import mariadb_health_sql
+from .secrets import db_password, health_password
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("nodeos.cloud", "templates"),
+    undefined=jinja2.StrictUndefined,  # a missing value is an error, never an empty setting
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT = 3306, 11211, 5000
+MARIADB_DATADIR = "/var/lib/mysql/data"
+# The OpenStack services that keep a database, by the configuration that uses it.
+DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",)}
+
+
+class ConfigError(RuntimeError):
+    """A configuration that cannot be rendered yet (a VIP or key not in the state)."""
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: str  # absolute, as the service sees it
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+
+
+@dataclass(frozen=True)
+class CloudContext:
+    """What every rendering reads: the cluster's secret, the VIPs, keystone's keys, the configs in use."""
+
+    identity: ClusterIdentity
+    vips: Mapping[str, str]  # service -> VIP
+    keys: Mapping[str, Any]  # state.cloud["keys"]
+    configs: tuple[str, ...] = ()  # every `config:` of the catalog (which databases MariaDB keeps)
+    lab: bool = False  # small buffers and worker counts
+
+    def vip(self, service: str) -> str:
+        vip = self.vips.get(service)
+        if not vip:
+            raise ConfigError(f"{service} has no VIP yet")
+        return vip
+
+
+def context_from_state(state: Any, catalog: Any, identity: ClusterIdentity, lab: bool) -> CloudContext:
+    vips = {name: record.vip for name, record in state.services.items() if record.vip}
+    configs = tuple(sorted({spec.config for spec in catalog if spec.config}))
+    return CloudContext(identity=identity, vips=vips, keys=dict(state.cloud.get("keys") or {}), configs=configs, lab=lab)
+
+
+def render(config: str, ctx: CloudContext) -> list[ConfigFile]:
+    try:
+        renderer = _RENDERERS[config]
+    except KeyError:
+        raise ConfigError(f"no configuration named {config!r}") from None
+    return renderer(ctx)
+
+
+def _mariadb(ctx: CloudContext) -> list[ConfigFile]:
+    databases = [{"name": db, "user": db, "password": db_password(ctx.identity, db)}
+                 for config in ctx.configs for db in DATABASES.get(config, ())]
+    server = _TEMPLATES.get_template("mariadb-server.cnf.j2").render(
+        port=MARIADB_PORT, datadir=MARIADB_DATADIR, max_connections=200 if ctx.lab else 1000,
+        buffer_pool="64M" if ctx.lab else "1G")
+    init = _TEMPLATES.get_template("mariadb-init.sql.j2").render(
+        databases=databases, health_sql=mariadb_health_sql(health_password(ctx.identity)))
+    return [ConfigFile("/etc/mysql/mariadb.conf.d/99-nodeos.cnf", server),
+            ConfigFile("/etc/mysql/nodeos-init.sql", init, mode=0o640, group="mysql")]
+
+
+def _keystone(ctx: CloudContext) -> list[ConfigFile]:
+    keys = ctx.keys
+    if not keys.get("fernet") or not keys.get("credential"):
+        raise ConfigError("keystone's keys are not in the state yet")
+    conf = _TEMPLATES.get_template("keystone.conf.j2").render(
+        memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}",
+        mariadb=ctx.vip("mariadb"), db_password=db_password(ctx.identity, "keystone"))
+    uwsgi = _TEMPLATES.get_template("keystone-uwsgi.ini.j2").render(
+        port=KEYSTONE_PORT, processes=1 if ctx.lab else 4, threads=4)
+    files = [ConfigFile("/etc/keystone/keystone.conf", conf, mode=0o640, group="keystone"),
+             ConfigFile("/etc/keystone/nodeos-uwsgi.ini", uwsgi)]
+    # Key repositories: 0 is the staged key, the highest number the primary (keystone's layout).
+    for repository in ("fernet", "credential"):
+        for index, key in enumerate(keys[repository]):
+            files.append(ConfigFile(f"/etc/keystone/{repository}-keys/{index}", key, mode=0o600,
+                                    owner="keystone", group="keystone"))
+    return files
+
+
+_RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {"mariadb": _mariadb, "keystone": _keystone}
+
+
+def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:
+    """Write what changed (atomically, owner and mode first); returns the paths written."""
+    written = []
+    for item in files:
+        path = Path(root) / item.path.lstrip("/")
+        uid, gid = _ids(item.owner, item.group)
+        if _unchanged(path, item, uid, gid):
+            continue
+        _make_parent(path, uid, gid, item)
+        tmp = path.with_name(f".{path.name}.nodeos-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, item.mode)  # before the secret goes in
+            os.write(fd, item.content.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        written.append(item.path)
+    return written
+
+
+def _ids(owner: str, group: str) -> tuple[int, int]:
+    try:
+        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError as exc:
+        raise ConfigError(f"user or group missing on this node: {exc} (is the package installed?)") from exc
+
+
+def _unchanged(path: Path, item: ConfigFile, uid: int, gid: int) -> bool:
+    try:
+        st = path.stat()
+        return (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (item.mode, uid, gid) and path.read_text() == item.content
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _make_parent(path: Path, uid: int, gid: int, item: ConfigFile) -> None:
+    """Key repositories must be private to their owner (keystone refuses others)."""
+    parent = path.parent
+    if not parent.is_dir():
+        parent.mkdir(parents=True, exist_ok=True)
+        if item.mode & 0o077 == 0 and item.owner != "root":
+            os.chown(parent, uid, gid)
+            os.chmod(parent, 0o700)

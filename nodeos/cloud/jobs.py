@@ -1,0 +1,70 @@
+"""What each one-time job runs on its node (the state's side is ops.py, the decisions decide.py).
+
+Every job is idempotent (a retry after a crash mid-way is safe), runs with the
+configuration its service uses (written just before), inside the node's mount
+namespace in the lab, and as the service's own user. Secrets go in through
+the environment, never on a command line (`ps` shows those to everyone).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from .config import KEYSTONE_PORT, CloudContext
+from .credentials import ADMIN_PROJECT, ADMIN_USER, DEFAULT_REGION
+from .secrets import admin_password
+
+OUTPUT_TAIL = 400
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class JobError(RuntimeError):
+    pass
+
+
+def _as(user: str, *argv: str) -> tuple[str, ...]:
+    return ("runuser", "-u", user, "--", *argv)
+
+
+def keystone_url(ctx: CloudContext) -> str:
+    return f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}/v3/"
+
+
+def commands(job: str, ctx: CloudContext) -> list[Command]:
+    if job == "keystone-db-sync":
+        return [Command(_as("keystone", "keystone-manage", "db_sync"))]
+    if job == "keystone-bootstrap":
+        url = keystone_url(ctx)
+        return [Command(_as("keystone", "keystone-manage", "bootstrap",
+                            "--bootstrap-username", ADMIN_USER, "--bootstrap-project-name", ADMIN_PROJECT,
+                            "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
+                            "--bootstrap-region-id", DEFAULT_REGION, "--bootstrap-admin-url", url,
+                            "--bootstrap-internal-url", url, "--bootstrap-public-url", url),
+                        env={"OS_BOOTSTRAP_PASSWORD": admin_password(ctx.identity)})]
+    raise JobError(f"no commands for job {job!r}")
+
+
+def run_commands(job: str, steps: Sequence[Command], enter: Sequence[str], timeout: float) -> str:
+    """Run the steps in order; JobError with the output's tail on the first failure."""
+    for step in steps:
+        argv = [*enter, *step.argv]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, **step.env})
+        except subprocess.TimeoutExpired:
+            raise JobError(f"{job}: {step.argv[3] if step.argv[0] == 'runuser' else step.argv[0]} "
+                           f"did not finish in {timeout:.0f}s") from None
+        except OSError as exc:
+            raise JobError(f"{job}: cannot run {argv[0]}: {exc.strerror or exc}") from exc
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip()[-OUTPUT_TAIL:]
+            raise JobError(f"{job}: exit {done.returncode}: {tail}")
+    return f"{len(steps)} step(s) done"

@@ -1,0 +1,262 @@
+"""Service-specific health signals: each one does the work a client does, not a ping.
+
+Every probe returns `(ok, detail)` and never raises; the detail names the layer
+that failed (connect, login, write, read, token, ...) so an operator reading
+`nodeos status` knows where to look. A MariaDB ping passes on "Access denied"
+and a TCP connect passes on a wedged memcached, hence a real write and read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pymysql
+
+Probe = tuple[bool, str]
+
+HEALTH_DATABASE = "nodeos_health"
+HEALTH_USER = "nodeos-health"
+
+# Run once as root (by the MariaDB setup job); idempotent, and ALTER USER makes
+# a changed password converge on an existing user.
+MARIADB_HEALTH_SQL = """\
+CREATE DATABASE IF NOT EXISTS `{database}`;
+CREATE TABLE IF NOT EXISTS `{database}`.heartbeat (id INT PRIMARY KEY, beat VARCHAR(64) NOT NULL);
+CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}';
+ALTER USER '{user}'@'%' IDENTIFIED BY '{password}';
+GRANT SELECT, INSERT, UPDATE ON `{database}`.* TO '{user}'@'%';
+"""
+
+
+def mariadb_health_sql(password: str, database: str = HEALTH_DATABASE) -> str:
+    """The setup SQL for the heartbeat check user and table."""
+    if "'" in password or "\\" in password:
+        raise ValueError("the health password must not contain quotes or backslashes")  # derived ones are hex
+    return MARIADB_HEALTH_SQL.format(database=database, user=HEALTH_USER, password=password)
+
+
+def _token() -> str:
+    return secrets.token_hex(16)
+
+
+def _os_error(exc: BaseException) -> str:
+    """A short reason for a socket-level failure ("connection refused", "timed out")."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+# -- MariaDB -------------------------------------------------------------------
+
+def mariadb_heartbeat(host: str, port: int, user: str, password: str, timeout: float,
+                      database: str = HEALTH_DATABASE) -> Probe:
+    """Write a fresh token to the heartbeat row, commit, read it back."""
+    beat = _token()
+    try:
+        conn = pymysql.connect(host=host, port=port, user=user, password=password, database=database,
+                               connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+    except pymysql.err.MySQLError as exc:
+        return False, f"connect {host}:{port}: {_mysql_reason(exc)}"
+    except Exception as exc:  # noqa: BLE001 (a probe reports, never raises)
+        return False, f"connect {host}:{port}: {_os_error(exc)}"
+    step = "write"
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO heartbeat (id, beat) VALUES (1, %s) ON DUPLICATE KEY UPDATE beat = VALUES(beat)", (beat,))
+            step = "commit"
+            conn.commit()
+            step = "read"
+            cur.execute("SELECT beat FROM heartbeat WHERE id = 1")
+            row = cur.fetchone()
+    except pymysql.err.MySQLError as exc:
+        return False, f"{step} heartbeat: {_mysql_reason(exc)}"
+    except Exception as exc:  # noqa: BLE001
+        return False, f"{step} heartbeat: {_os_error(exc)}"
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 (already broken; the result stands)
+            pass
+    if row is None or row[0] != beat:
+        return False, f"read heartbeat: wrote {beat}, read back {row[0] if row else 'no row'}"
+    return True, f"heartbeat written and read back on {host}:{port}"
+
+
+def _mysql_reason(exc: BaseException) -> str:
+    """"(1045, "Access denied for user ...")" -> "Access denied for user ... (1045)"."""
+    args = getattr(exc, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        message = str(args[1])
+        if args[0] in (2003, 2013):  # can't connect / lost it: say why in the words of the socket error
+            lowered = message.lower()
+            for reason in ("connection refused", "timed out", "no route to host", "name or service not known"):
+                if reason in lowered:
+                    return f"{reason} ({args[0]})"
+        return f"{message} ({args[0]})"
+    return str(exc) or type(exc).__name__
+
+
+# -- memcached -----------------------------------------------------------------
+
+def memcached_set_get(host: str, port: int, timeout: float) -> Probe:
+    """Set a fresh key (30 s expiry) over the text protocol and get it back."""
+    key, value = f"nodeos-health:{_token()}", _token()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"set {key} 0 30 {len(value)}\r\n{value}\r\n".encode())
+            stored = _read_until(sock, b"\r\n")
+            if stored != b"STORED\r\n":
+                return False, f"set: answered {stored.strip().decode(errors='replace')[:80] or 'nothing'}"
+            sock.sendall(f"get {key}\r\n".encode())
+            answer = _read_until(sock, b"END\r\n")
+    except Exception as exc:  # noqa: BLE001
+        return False, f"memcached {host}:{port}: {_os_error(exc)}"
+    expected = f"VALUE {key} 0 {len(value)}\r\n{value}\r\nEND\r\n".encode()
+    if answer != expected:
+        return False, f"get: value not read back (answered {answer[:80].decode(errors='replace')!r})"
+    return True, f"set and get on {host}:{port}"
+
+
+def _read_until(sock: socket.socket, end: bytes, limit: int = 4096) -> bytes:
+    data = b""
+    while not data.endswith(end) and len(data) < limit:
+        chunk = sock.recv(limit)
+        if not chunk:
+            break  # closed: the caller compares what came
+        data += chunk
+        if data.startswith((b"ERROR", b"SERVER_ERROR", b"CLIENT_ERROR")) and data.endswith(b"\r\n"):
+            break
+    return data
+
+
+# -- keystone and the APIs behind it ---------------------------------------------
+
+# Straight to the VIP: an http_proxy in the environment would probe the proxy instead.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def keystone_token(auth_url: str, username: str, password: str, project: str, timeout: float) -> tuple[str | None, str]:
+    """A project-scoped token (password method, domain Default), or None and why not."""
+    body = {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": username, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }}
+    url = f"{_v3_base(auth_url)}/v3/auth/tokens"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            status, token = response.status, response.headers.get("X-Subject-Token")
+            response.read()
+    except urllib.error.HTTPError as exc:
+        return None, f"token: HTTP {exc.code} {_error_text(exc)}".rstrip()
+    except Exception as exc:  # noqa: BLE001
+        return None, f"token: {_url_reason(exc)}"
+    if status != 201:
+        return None, f"token: HTTP {status}, expected 201"
+    if not token:
+        return None, "token: HTTP 201 without an X-Subject-Token header"
+    return token, "token issued"
+
+
+def authenticated_get(url: str, token: str, timeout: float) -> Probe:
+    """GET with the token; ok on 200 and a JSON body."""
+    request = urllib.request.Request(url, headers={"X-Auth-Token": token, "Accept": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code} {_error_text(exc)}".rstrip()
+    except Exception as exc:  # noqa: BLE001
+        return False, _url_reason(exc)
+    if status != 200:
+        return False, f"HTTP {status}, expected 200"
+    try:
+        json.loads(body)
+    except ValueError:
+        return False, "HTTP 200 but the body is not JSON"
+    return True, "HTTP 200"
+
+
+def keystone_token_and_read(auth_url: str, username: str, password: str, project: str, timeout: float,
+                            read_path: str = "/v3/projects") -> Probe:
+    """Get a token, then read with it: proves keystone, its database and its fernet keys."""
+    token, detail = keystone_token(auth_url, username, password, project, timeout)
+    if token is None:
+        return False, detail
+    ok, read_detail = authenticated_get(f"{_v3_base(auth_url)}{read_path}", token, timeout)
+    return ok, f"token issued, read {read_path}: {read_detail}" if ok else f"read {read_path}: {read_detail}"
+
+
+class TokenCache:
+    """Tokens reused for `reuse` seconds: a password check costs keystone a bcrypt hash
+    (about 0.3 s of CPU each, measured), far too much every couple of seconds."""
+
+    def __init__(self, reuse: float = 60.0) -> None:
+        self.reuse = reuse
+        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, auth_url: str, username: str, password: str, project: str, timeout: float,
+              read_path: str = "/v3/projects", now: float | None = None) -> Probe:
+        """An authenticated read with a recent token; a new token first when there is none or it was refused."""
+        now = time.monotonic() if now is None else now
+        key = (_v3_base(auth_url), username, project)
+        with self._lock:
+            cached = self._tokens.get(key)
+        if cached is not None and now - cached[1] < self.reuse:
+            ok, detail = authenticated_get(f"{key[0]}{read_path}", cached[0], timeout)
+            if ok:
+                return True, f"read {read_path} with a token issued {now - cached[1]:.0f}s ago: {detail}"
+        token, detail = keystone_token(auth_url, username, password, project, timeout)
+        if token is None:
+            with self._lock:
+                self._tokens.pop(key, None)
+            return False, detail
+        with self._lock:
+            self._tokens[key] = (token, now)
+        ok, read_detail = authenticated_get(f"{key[0]}{read_path}", token, timeout)
+        return ok, f"token issued, read {read_path}: {read_detail}" if ok else f"read {read_path}: {read_detail}"
+
+
+def _v3_base(auth_url: str) -> str:
+    """http://vip:5000/v3 and http://vip:5000 both name the same keystone."""
+    base = auth_url.rstrip("/")
+    return base[: -len("/v3")] if base.endswith("/v3") else base
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """Keystone's own error message ({"error": {"message": ...}}), else the reason phrase."""
+    try:
+        data: Any = json.loads(exc.read(4096) or b"null")
+        message = data["error"]["message"]
+    except Exception:  # noqa: BLE001 (not keystone's shape)
+        message = exc.reason
+    return str(message or "")[:160]
+
+
+def _url_reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        return _os_error(exc.reason)
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, http.client.HTTPException):
+        return f"bad HTTP answer ({type(exc).__name__})"
+    return _os_error(exc)
+
+
+keystone_tokens = TokenCache()  # the agent's keystone checks share it

@@ -1,0 +1,192 @@
+"""The OpenStack control plane, first tier (issue 9): MariaDB on its volume, memcached and
+keystone, configured and bootstrapped by the agents, used with the real `openstack` client.
+
+One 3-node lab per module with the `lab-cloud` catalog and no configuration:
+Ceph settles, MariaDB starts on its RBD volume, the Monitor hands out
+keystone's schema and bootstrap jobs (recorded in the replicated log), and
+keystone answers at its VIP. Operators get credentials from `nodeos
+credentials`; the client runs from the lab's client namespace, so every call
+crosses the lab LAN to a VIP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from nodeos.lab.lab import Lab
+from nodeos.lab.services import kill_service
+
+from .cluster_helpers import cli, is_root, status_json, wait_until
+from .test_storage_agent import settled_storage_lab
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
+    pytest.mark.skipif(subprocess.run(["which", "keystone-manage"], capture_output=True).returncode != 0,
+                       reason="keystone is not installed (scripts/apt-packages.txt)"),
+]
+
+CLOUD_SETTLE = 300.0  # MariaDB's first start on its volume, keystone's schema (a minute on 2 cores), bootstrap
+
+
+def live_node(lab: Lab) -> str:
+    return next(name for name, node in sorted(lab.spec.nodes.items())
+                if node.pid is not None and os.path.exists(f"/proc/{node.pid}"))
+
+
+def rows(lab: Lab, node: str | None = None) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in status_json(lab, node or live_node(lab))["services"]}
+
+
+def keystone_healthy(lab: Lab) -> dict[str, Any] | None:
+    row = rows(lab).get("keystone")
+    return row if row and row["health"] == "healthy" and row["vip"] else None
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    for lab in settled_storage_lab(3, catalog="lab-cloud"):
+        started = time.monotonic()
+        wait_until(lambda: keystone_healthy(lab), CLOUD_SETTLE, "keystone healthy at its VIP", interval=1.0)
+        print(f"\nkeystone healthy {time.monotonic() - started:.1f}s after Ceph settled")
+        yield lab
+
+
+def events(lab: Lab) -> list[dict[str, Any]]:
+    result = cli("events", "--json", "--lab", lab.spec.name, "--lab-node", live_node(lab))
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def openrc_env(lab: Lab) -> dict[str, str]:
+    result = cli("credentials", "--format", "openrc", "--lab", lab.spec.name, "--lab-node", live_node(lab))
+    assert result.returncode == 0, result.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    for line in result.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def openstack(lab: Lab, *args: str, timeout: float = 60.0) -> Any:
+    """The real client, from the lab's client namespace; JSON output."""
+    argv = ["ip", "netns", "exec", lab.add_client(), "openstack", *args, "-f", "json"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=openrc_env(lab))
+    assert result.returncode == 0, f"openstack {' '.join(args)}: {result.stderr[-800:]}"
+    return json.loads(result.stdout)
+
+
+def answers(lab: Lab, *args: str) -> Any:
+    try:
+        return openstack(lab, *args, timeout=30.0)
+    except (AssertionError, subprocess.TimeoutExpired):
+        return None
+
+
+def test_the_openstack_client_gets_a_token_and_a_catalog_at_the_vips(lab: Lab) -> None:
+    token = openstack(lab, "token", "issue")
+    assert token["id"] and token["project_id"]
+    vip = rows(lab)["keystone"]["vip"]
+    catalog = openstack(lab, "catalog", "list")
+    identity = next(entry for entry in catalog if entry["Type"] == "identity")
+    urls = [e["url"] for e in identity["Endpoints"]] if isinstance(identity["Endpoints"], list) else \
+        [line.split("url: ")[-1] for line in str(identity["Endpoints"]).splitlines() if "url" in line]
+    assert urls and all(f"http://{vip}:5000/v3" in url for url in urls), identity
+    # What the README tells operators to type: nothing but the command.
+    bare = cli("lab", "client", "--name", lab.spec.name, "--", "openstack", "token", "issue", "-f", "json")
+    assert bare.returncode == 0 and json.loads(bare.stdout)["id"], bare.stderr
+
+
+def test_one_time_jobs_ran_exactly_once_and_are_in_the_event_log(lab: Lab) -> None:
+    view = status_json(lab, "n3")
+    jobs = view["cloud"]["jobs"]
+    assert {name: (job["state"], job["attempt"]) for name, job in jobs.items()} == {
+        "keystone-db-sync": ("done", 1), "keystone-bootstrap": ("done", 1)}
+    done = [e for e in events(lab) if e["kind"] == "job.done"]
+    assert sorted(e["detail"].split(",")[0] for e in done) == ["keystone-bootstrap", "keystone-db-sync"]
+    assert view["cloud"]["keys"] == "made"  # said, never shown: no Fernet key anywhere in the status
+    assert not re.search(r"[A-Za-z0-9_-]{43}=", json.dumps(view))
+
+
+def test_keystone_killed_is_restarted_in_place_and_data_stays(lab: Lab) -> None:
+    project = f"p-{int(time.time())}"
+    openstack(lab, "project", "create", project)
+    before = rows(lab)["keystone"]
+    print(kill_service(lab, "keystone"))
+    killed = time.monotonic()
+    wait_until(lambda: answers(lab, "token", "issue"), 120, "a token again after keystone was killed", interval=0.5)
+    print(f"token issued again {time.monotonic() - killed:.1f}s after the kill")
+    after = wait_until(lambda: keystone_healthy(lab), 60, "keystone healthy again")
+    assert after["node"] == before["node"] and after["restarts"] >= before["restarts"] + 1
+    assert project in {p["Name"] for p in openstack(lab, "project", "list")}
+
+
+def test_keystone_is_held_not_restarted_while_mariadb_is_down(lab: Lab) -> None:
+    """MariaDB killed over and over: the Monitor repairs MariaDB; keystone waits, with an event saying why."""
+    before = rows(lab)["keystone"]
+    deadline = time.monotonic() + 60
+    held = None
+    while time.monotonic() < deadline and held is None:
+        try:
+            kill_service(lab, "mariadb")
+        except Exception:  # between its death and its restart there is nothing to kill
+            pass
+        time.sleep(1.0)
+        held = next((e for e in events(lab) if e["kind"] == "service.waiting" and e.get("service") == "keystone"), None)
+    assert held is not None, "keystone was never held while MariaDB was down"
+    assert "mariadb" in held["reason"]
+    wait_until(lambda: answers(lab, "token", "issue"), 300, "a token again once MariaDB is back", interval=1.0)
+    after = rows(lab)["keystone"]
+    assert after["node"] == before["node"], "keystone was moved because its database was down"
+    assert after["restarts"] <= before["restarts"] + 1  # at most the restart after the grace, never a loop
+
+
+def monitor_node(lab: Lab) -> str:
+    view = status_json(lab, live_node(lab))
+    name = lab.node_name_of(view["monitor"])
+    assert name, view["monitor"]
+    return name
+
+
+def restored(lab: Lab) -> None:
+    """Every node up again, Ceph's daemons and the cloud's singletons healthy (the next test's start)."""
+    for name, node in lab.spec.nodes.items():
+        if node.pid is None or not os.path.exists(f"/proc/{node.pid}"):
+            lab.start_agent(name)
+    lab.wait_formed(timeout=90)
+
+    def all_healthy() -> bool:
+        view = rows(lab)
+        return all(view[s]["health"] == "healthy 3/3" for s in ("ceph-mon", "ceph-osd")) and \
+            all(view[s]["health"] == "healthy" for s in ("mariadb", "memcached", "keystone"))
+
+    wait_until(all_healthy, 300, "Ceph and the cloud healthy on all nodes again", interval=1.0)
+
+
+@pytest.mark.parametrize("victim", ["mariadb", "monitor"])
+def test_a_crashed_node_and_the_cloud_answers_again_with_its_data(lab: Lab, victim: str) -> None:
+    """The node holding MariaDB, or the Monitor's node, crashes: tokens again, nothing lost, nothing typed."""
+    project = f"before-{victim}-{int(time.time())}"
+    openstack(lab, "project", "create", project)
+    node = lab.node_name_of(rows(lab)["mariadb"]["node"]) if victim == "mariadb" else monitor_node(lab)
+    assert node
+    lab.crash(node)
+    crashed = time.monotonic()
+    try:
+        wait_until(lambda: answers(lab, "token", "issue"), 300, f"a token again after {node} crashed", interval=1.0)
+        print(f"\n{node} ({victim}) crashed: token issued again after {time.monotonic() - crashed:.1f}s")
+        assert project in {p["Name"] for p in openstack(lab, "project", "list")}
+        after = rows(lab)
+        for service in ("mariadb", "keystone"):
+            assert lab.node_name_of(after[service]["node"]) != node, after[service]  # moved off the dead node
+    finally:
+        restored(lab)

@@ -1,0 +1,66 @@
+"""OpenStack configuration rendered from the state (nodeos/cloud/config.py)."""
+
+from __future__ import annotations
+
+import configparser
+import stat
+
+import pytest
+
+from nodeos.cloud.config import CloudContext, ConfigError, render, write_files
+from nodeos.cloud.registry import CONFIGS
+from nodeos.cloud.secrets import db_password, make_fernet_key
+from nodeos.cluster.identity import ClusterIdentity
+
+IDENTITY = ClusterIdentity("cluster-1", b"s" * 32, "", "")
+KEYS = {"fernet": [make_fernet_key(lambda n: b"a" * n), make_fernet_key(lambda n: b"b" * n)],
+        "credential": [make_fernet_key(lambda n: b"c" * n), make_fernet_key(lambda n: b"d" * n)]}
+VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202"}
+
+
+def context(**changes) -> CloudContext:
+    values = dict(identity=IDENTITY, vips=VIPS, keys=KEYS, configs=("keystone", "mariadb"), lab=True)
+    values.update(changes)
+    return CloudContext(**values)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_the_catalog_may_name_renders(config):
+    assert render(config, context())
+
+
+def test_keystone_points_at_the_vips_with_the_derived_password():
+    files = {f.path: f for f in render("keystone", context())}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(files["/etc/keystone/keystone.conf"].content)
+    assert conf["database"]["connection"] == \
+        f"mysql+pymysql://keystone:{db_password(IDENTITY, 'keystone')}@10.0.0.200/keystone"
+    assert conf["cache"]["memcache_servers"] == "10.0.0.201:11211"
+    assert files["/etc/keystone/fernet-keys/1"].content == KEYS["fernet"][1]  # the highest number is the primary key
+    assert files["/etc/keystone/fernet-keys/0"].mode == 0o600 and files["/etc/keystone/fernet-keys/0"].owner == "keystone"
+
+
+def test_mariadb_creates_a_database_per_service_in_use():
+    init = {f.path: f for f in render("mariadb", context())}["/etc/mysql/nodeos-init.sql"]
+    assert "CREATE DATABASE IF NOT EXISTS `keystone`" in init.content and "nodeos_health" in init.content
+    assert init.mode == 0o640  # passwords: not world-readable
+    bare = {f.path: f for f in render("mariadb", context(configs=("mariadb",)))}["/etc/mysql/nodeos-init.sql"]
+    assert "`keystone`" not in bare.content
+
+
+def test_what_is_not_in_the_state_yet_is_an_error_not_an_empty_setting():
+    with pytest.raises(ConfigError, match="keys are not in the state"):
+        render("keystone", context(keys={}))
+    with pytest.raises(ConfigError, match="memcached has no VIP"):
+        render("keystone", context(vips={"mariadb": "10.0.0.200"}))
+
+
+def test_files_are_written_private_first_and_only_when_changed(tmp_path):
+    files = render("keystone", context())
+    written = write_files(files, tmp_path)
+    assert "/etc/keystone/fernet-keys/0" in written
+    key = tmp_path / "etc/keystone/fernet-keys/0"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700  # keystone refuses a key repository others can read
+    assert write_files(files, tmp_path) == []
+    assert not list(tmp_path.rglob(".*nodeos-tmp"))

@@ -1,0 +1,107 @@
+"""One-time cloud jobs and keystone's keys in the replicated state, and the Monitor's decisions (pure)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import nodeos.cloud.ops  # noqa: F401  (registers the cloud ops)
+import nodeos.services.placement  # noqa: F401  (registers the service ops)
+from nodeos.cloud.decide import decide_cloud, retry_delay
+from nodeos.cluster.state import ClusterState
+from nodeos.services.catalog import load_catalog, packaged_catalog
+from nodeos.services.node import desired_here
+
+from .test_monitor import apply
+
+CATALOG = load_catalog(packaged_catalog("lab-cloud"))
+
+
+def counter_bytes():
+    counter = itertools.count()
+    return lambda n: bytes([next(counter) % 256]) * n
+
+
+@pytest.fixture
+def state() -> ClusterState:
+    s = ClusterState()
+    for i, node in enumerate(["a", "b", "c"]):
+        apply(s, {"op": "node_join", "now": 1.0, "node": node, "raft_addr": f"10.0.0.{i + 1}:7371", "ip": f"10.0.0.{i + 1}"})
+    apply(s, {"op": "catalog_set", "now": 1.0, "catalog": CATALOG.to_dict()})
+    apply(s, {"op": "place", "now": 1.0, "service": "keystone", "node": "b", "by": "a", "term": 1, "reason": "t"})
+    return s
+
+
+def healthy(state: ClusterState, service: str, node: str, now: float) -> None:
+    apply(state, {"op": "report_health", "now": now, "service": service, "node": node, "state": "healthy", "generation": 0})
+
+
+def decide(state: ClusterState, now: float) -> list[dict]:
+    return decide_cloud(state, CATALOG, now, "a", 1, counter_bytes())
+
+
+def test_keys_are_made_once_and_never_shown(state):
+    ops = decide(state, 2.0)
+    keys_op = next(o for o in ops if o["op"] == "cloud_keys")
+    apply(state, keys_op)
+    again = dict(keys_op, fernet=[keys_op["credential"][0]] * 2)
+    assert state.apply(again) == {"ok": True, "already": True}
+    assert state.cloud["keys"]["fernet"] == keys_op["fernet"]  # a second Monitor's keys never replace them
+    assert "keys" not in state.to_dict()["cloud"]
+    assert not any(o["op"] == "cloud_keys" for o in decide(state, 3.0))
+    assert state.apply(dict(keys_op, fernet=["not a key", "x"]))["ok"]  # already made: nothing checked, nothing changed
+
+
+def test_jobs_wait_for_their_services_then_run_in_order_on_the_services_node(state):
+    assert [o for o in decide(state, 2.0) if o["op"] == "job_assign"] == []  # MariaDB not healthy anywhere
+    healthy(state, "mariadb", "c", 3.0)
+    ops = [o for o in decide(state, 3.0) if o["op"] == "job_assign"]
+    assert [(o["job"], o["node"], o["attempt"]) for o in ops] == [("keystone-db-sync", "b", 1)]  # keystone's node
+    apply(state, ops[0])
+    assert [o for o in decide(state, 4.0) if o["op"] == "job_assign"] == []  # running on an up node: wait
+    apply(state, {"op": "job_report", "now": 5.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": True})
+    ops = [o for o in decide(state, 6.0) if o["op"] == "job_assign"]
+    assert [(o["job"], o["attempt"]) for o in ops] == [("keystone-bootstrap", 1)]
+    assert [e["kind"] for e in state.events if e["kind"].startswith("job.")] == ["job.started", "job.done"]
+
+
+def test_a_done_job_never_runs_again_and_stale_reports_change_nothing(state):
+    healthy(state, "mariadb", "c", 3.0)
+    apply(state, next(o for o in decide(state, 3.0) if o["op"] == "job_assign"))
+    assert state.apply({"op": "job_report", "now": 4.0, "job": "keystone-db-sync", "node": "c", "attempt": 1,
+                        "ok": True}) == {"ok": True, "stale": True}  # not the node it was handed to
+    apply(state, {"op": "job_report", "now": 4.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": True})
+    refused = state.apply({"op": "job_assign", "now": 5.0, "job": "keystone-db-sync", "node": "a", "attempt": 2,
+                           "by": "a", "term": 1})
+    assert not refused["ok"] and "never runs again" in refused["error"]
+    late = state.apply({"op": "job_report", "now": 6.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": False})
+    assert late == {"ok": True, "stale": True} and state.cloud["jobs"]["keystone-db-sync"]["state"] == "done"
+
+
+def test_a_failed_attempt_is_retried_after_a_backoff_and_a_lost_nodes_attempt_at_once(state):
+    healthy(state, "mariadb", "c", 3.0)
+    apply(state, next(o for o in decide(state, 3.0) if o["op"] == "job_assign"))
+    apply(state, {"op": "job_report", "now": 4.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": False,
+                  "detail": "exit 1: Can't connect to MySQL"})
+    assert [o for o in decide(state, 4.0 + retry_delay(1) - 0.1) if o["op"] == "job_assign"] == []
+    retry = next(o for o in decide(state, 4.0 + retry_delay(1)) if o["op"] == "job_assign")
+    assert retry["attempt"] == 2 and "Can't connect" in retry["reason"]
+    apply(state, retry)
+    # A second assignment of the same attempt (a re-proposal) is refused: only one node runs it.
+    assert not state.apply(dict(retry, node="c"))["ok"]
+    apply(state, {"op": "node_status", "now": 20.0, "node": "b", "status": "lost"})
+    moved = next(o for o in decide(state, 20.0) if o["op"] == "job_assign")
+    assert moved["attempt"] == 3 and moved["node"] != "b" and "lost" in moved["reason"]
+
+
+def test_a_service_with_jobs_waits_on_its_node_until_they_are_done(state):
+    healthy(state, "mariadb", "c", 3.0)
+    healthy(state, "memcached", "a", 3.0)
+    want = desired_here(state, CATALOG, "b", False, set())["keystone"]
+    assert not want.run and want.waiting_for == ["job keystone-db-sync", "job keystone-bootstrap"]
+    for job in ("keystone-db-sync", "keystone-bootstrap"):
+        op = next(o for o in decide(state, 4.0) if o["op"] == "job_assign")
+        apply(state, op)
+        apply(state, {"op": "job_report", "now": 4.0, "job": job, "node": op["node"], "attempt": 1, "ok": True})
+    assert desired_here(state, CATALOG, "b", False, set())["keystone"].run

@@ -1,0 +1,254 @@
+"""Service-specific probes against real memcached and MariaDB daemons on loopback, and a stand-in keystone."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from nodeos.cloud.probes import keystone_token, keystone_token_and_read, mariadb_health_sql, mariadb_heartbeat, memcached_set_get
+
+MEMCACHED = "/usr/bin/memcached"
+MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
+HEALTH_PASSWORD = "0123456789abcdef0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.args[0]} not listening on {port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """By PID only: never by name (other daemons of the same kind may be running)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# -- memcached -------------------------------------------------------------------
+
+@pytest.mark.skipif(not os.access(MEMCACHED, os.X_OK), reason=f"{MEMCACHED} not installed")
+def test_memcached_set_get_and_stopped() -> None:
+    port = free_port()
+    proc = subprocess.Popen([MEMCACHED, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "16"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc, 10)
+        ok, detail = memcached_set_get("127.0.0.1", port, timeout=2)
+        assert ok, detail
+    finally:
+        stop(proc)
+    ok, detail = memcached_set_get("127.0.0.1", port, timeout=2)
+    assert not ok and "connection refused" in detail
+
+
+def test_memcached_wrong_answer() -> None:
+    """A listener that is not memcached (or a wedged one answering errors) fails the set."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"SERVER_ERROR out of memory storing object\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        ok, detail = memcached_set_get("127.0.0.1", server.getsockname()[1], timeout=2)
+    finally:
+        server.close()
+    assert not ok and detail.startswith("set: answered SERVER_ERROR out of memory")
+
+
+# -- MariaDB ---------------------------------------------------------------------
+
+class MariaDB:
+    def __init__(self, datadir: Path, port: int, proc: subprocess.Popen) -> None:
+        self.datadir, self.port, self.proc = datadir, port, proc
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    if not (os.access(MARIADBD, os.X_OK) and os.access(INSTALL_DB, os.X_OK)):
+        pytest.skip(f"MariaDB not installed ({MARIADBD}, {INSTALL_DB})")
+    base = tmp_path_factory.mktemp("mariadb")
+    data = base / "data"
+    install = subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={data}", "--user=root",
+                              "--auth-root-authentication-method=normal", "--skip-test-db"],
+                             capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stdout + install.stderr
+    port = free_port()
+    log = open(base / "mysqld.err", "w")
+    proc = subprocess.Popen([MARIADBD, "--no-defaults", f"--datadir={data}", "--user=root", "--bind-address=127.0.0.1",
+                             f"--port={port}", f"--socket={base}/sock", f"--pid-file={base}/pid", "--skip-log-bin",
+                             "--innodb-buffer-pool-size=16M", "--skip-name-resolve"], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, proc, 60)
+        # As the setup job will: root over the socket. Plus a database the user may use that has no heartbeat table.
+        setup = mariadb_health_sql(HEALTH_PASSWORD) + "CREATE DATABASE nodeos_empty; GRANT ALL ON nodeos_empty.* TO 'nodeos-health'@'%';"
+        with pymysql.connect(unix_socket=str(base / "sock"), user="root", password="") as conn, conn.cursor() as cur:
+            for statement in filter(str.strip, setup.split(";")):
+                cur.execute(statement)
+            conn.commit()
+        yield MariaDB(data, port, proc)
+    finally:
+        stop(proc)
+        log.close()
+
+
+def test_mariadb_heartbeat(mariadb: MariaDB) -> None:
+    for _ in range(2):  # the second beat updates the row the first one inserted
+        ok, detail = mariadb_heartbeat("127.0.0.1", mariadb.port, "nodeos-health", HEALTH_PASSWORD, timeout=5)
+        assert ok, detail
+
+
+def test_mariadb_wrong_password(mariadb: MariaDB) -> None:
+    ok, detail = mariadb_heartbeat("127.0.0.1", mariadb.port, "nodeos-health", "wrong", timeout=5)
+    assert not ok and "Access denied" in detail and detail.startswith("connect ")
+
+
+def test_mariadb_no_table(mariadb: MariaDB) -> None:
+    """The user logs in but the table is missing: the write is what fails, and the detail says so."""
+    ok, detail = mariadb_heartbeat("127.0.0.1", mariadb.port, "nodeos-health", HEALTH_PASSWORD, timeout=5,
+                                   database="nodeos_empty")
+    assert not ok and detail.startswith("write heartbeat:") and "doesn't exist" in detail
+
+
+def test_mariadb_database_denied(mariadb: MariaDB) -> None:
+    ok, detail = mariadb_heartbeat("127.0.0.1", mariadb.port, "nodeos-health", HEALTH_PASSWORD, timeout=5, database="mysql")
+    assert not ok and detail.startswith("connect ") and "Access denied" in detail
+
+
+def test_mariadb_stopped() -> None:
+    ok, detail = mariadb_heartbeat("127.0.0.1", free_port(), "nodeos-health", HEALTH_PASSWORD, timeout=2)
+    assert not ok and "connection refused" in detail.lower()
+
+
+def test_health_sql_is_idempotent_and_converges() -> None:
+    sql = mariadb_health_sql("abc")
+    assert "IF NOT EXISTS `nodeos_health`" in sql and "ALTER USER 'nodeos-health'@'%' IDENTIFIED BY 'abc'" in sql
+    assert "ON `nodeos_health`.*" in sql
+    with pytest.raises(ValueError):
+        mariadb_health_sql("a'b")
+
+
+# -- keystone (a stand-in for status and header handling only) -----------------------
+
+def _keystone(token_status: int, read_status: int, with_header: bool = True) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert body["auth"]["scope"]["project"] == {"name": "admin", "domain": {"name": "Default"}}
+            self._answer(token_status, {"error": {"message": "The request you have made requires authentication."}}
+                         if token_status >= 400 else {"token": {}}, with_header and token_status == 201)
+
+        def do_GET(self) -> None:  # noqa: N802
+            authorized = self.headers.get("X-Auth-Token") == "tok-1" and self.path == "/v3/projects"
+            self._answer(read_status if authorized else 401, {"projects": []}, False)
+
+        def _answer(self, status: int, body: dict, token: bool) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            if token:
+                self.send_header("X-Subject-Token", "tok-1")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def keystone() -> Iterator[Callable[..., str]]:
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(token_status: int = 201, read_status: int = 200, with_header: bool = True) -> str:
+        servers.append(_keystone(token_status, read_status, with_header))
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}/v3"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_keystone_ok(keystone: Callable[..., str]) -> None:
+    ok, detail = keystone_token_and_read(keystone(), "admin", "pw", "admin", timeout=2)
+    assert ok, detail
+    assert keystone_token(keystone(), "admin", "pw", "admin", timeout=2) == ("tok-1", "token issued")
+
+
+def test_keystone_token_refused(keystone: Callable[..., str]) -> None:
+    ok, detail = keystone_token_and_read(keystone(token_status=401), "admin", "pw", "admin", timeout=2)
+    assert not ok and detail.startswith("token: HTTP 401") and "requires authentication" in detail
+
+
+def test_keystone_no_token_header(keystone: Callable[..., str]) -> None:
+    ok, detail = keystone_token_and_read(keystone(with_header=False), "admin", "pw", "admin", timeout=2)
+    assert not ok and detail == "token: HTTP 201 without an X-Subject-Token header"
+
+
+def test_keystone_read_fails(keystone: Callable[..., str]) -> None:
+    ok, detail = keystone_token_and_read(keystone(read_status=503), "admin", "pw", "admin", timeout=2)
+    assert not ok and detail.startswith("read /v3/projects: HTTP 503")
+
+
+def test_keystone_down() -> None:
+    ok, detail = keystone_token_and_read(f"http://127.0.0.1:{free_port()}/v3", "admin", "pw", "admin", timeout=2)
+    assert not ok and detail == "token: connection refused"
+
+
+def test_token_cache_reuses_a_token_until_it_ages_or_is_refused(keystone: Callable[..., str]) -> None:
+    from nodeos.cloud.probes import TokenCache
+
+    url = keystone()
+    cache = TokenCache(reuse=60.0)
+    ok, detail = cache.check(url, "admin", "pw", "admin", timeout=2, now=100.0)
+    assert ok and detail.startswith("token issued")
+    ok, detail = cache.check(url, "admin", "pw", "admin", timeout=2, now=130.0)
+    assert ok and "with a token issued 30s ago" in detail  # no password check: keystone spends no bcrypt
+    ok, detail = cache.check(url, "admin", "pw", "admin", timeout=2, now=161.0)
+    assert ok and detail.startswith("token issued")  # aged out: a new token proves the token path again
+    refused = keystone(token_status=401)
+    cache._tokens[("http://127.0.0.1:" + refused.split(":")[2].split("/")[0], "admin", "admin")] = ("stale", 160.0)
+    ok, detail = cache.check(refused, "admin", "pw", "admin", timeout=2, now=161.0)
+    assert not ok and detail.startswith("token: HTTP 401")  # the reused token was refused: asked anew, and that fails
