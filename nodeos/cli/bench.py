@@ -5,6 +5,7 @@
     nodeos bench failover  --rounds 10     per fault: detection and VIP serving again
     nodeos bench failover  --stateful      MariaDB on a Ceph volume: its node failed -> writes again
     nodeos bench load      --seconds 600   false failovers and loop lag, idle vs. `load all`
+    nodeos bench cloud     --rounds 5      the OpenStack APIs' unavailability per fault, the control plane's RSS
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _cmd(args: argparse.Namespace) -> int:
             path = write_results("load", {"bench": "load", "at": time.time(), "results": results}, args.out)
             print(f"\nwrote {path}")
             return 0
+        elif args.bench == "cloud":
+            from nodeos.bench.cloud import FAULTS as CLOUD_FAULTS, bench_cloud
+
+            results = bench_cloud(args.rounds, args.faults or list(CLOUD_FAULTS))
+            title = "Cloud: token issue + an authenticated read through the VIPs every 0.5 s, unavailable per fault"
         elif args.stateful:
             from nodeos.bench.stateful import FAULTS, bench_stateful
 
@@ -76,7 +82,10 @@ def register(sub: Any) -> None:
     load.add_argument("--idle-seconds", type=float, default=60.0, help="idle baseline first (default: %(default)s)")
     load.add_argument("--out", help="JSON output path (default: bench-results/load.json)")
     load.set_defaults(func=_cmd)
-    for parser in (formation, election, failover):
+    cloud = bench_sub.add_parser("cloud", help="the OpenStack APIs (catalog lab-cloud): unavailability per fault "
+                                              "(keystone-kill mariadb-kill mariadb-node-crash monitor-crash), RSS")
+    cloud.add_argument("--faults", nargs="+", default=None, help="faults to measure (default: all)")
+    for parser in (formation, election, failover, cloud):
         parser.add_argument("--rounds", type=int, default=10, help="rounds per case (default: %(default)s)")
         parser.add_argument("--out", help="JSON output path (default: bench-results/<bench>.json; "
                                           "failover --stateful: failover-stateful.json)")
