@@ -182,7 +182,10 @@ def test_a_crashed_node_and_the_cloud_answers_again_with_its_data(lab: Lab, vict
     lab.crash(node)
     crashed = time.monotonic()
     try:
-        wait_until(lambda: answers(lab, "token", "issue"), 300, f"a token again after {node} crashed", interval=1.0)
+        # Recovery, not its speed, is asserted here (bench cloud measures it): a Monitor crash can
+        # take minutes while a known defect lasts (README, Benchmarks: every node fences itself
+        # during the election, and a rejoining member once held up the new leader's commits).
+        wait_until(lambda: answers(lab, "token", "issue"), 600, f"a token again after {node} crashed", interval=1.0)
         print(f"\n{node} ({victim}) crashed: token issued again after {time.monotonic() - crashed:.1f}s")
         assert project in {p["Name"] for p in openstack(lab, "project", "list")}
         after = rows(lab)
