@@ -307,8 +307,7 @@ class ServicesLayer:
                     up = [n for n in up if n in (state.storage.get("mons") or {})]
                 healthy = sum(1 for n in up if record.health.get(n, {}).get("state") == "healthy")
                 restarts = sum(i.restarts for i in record.instances.values())
-                notes = [f"{n}: {_health_note(record, n, record.instances.get(n))}" for n in up
-                         if _health_note(record, n, record.instances.get(n))]
+                notes = [f"{n}: {note}" for n in up if (note := _health_note(record, n, record.instances.get(n)))]
                 rows.append({"name": name, "placement": record.placement, "node": record.placement, "vip": None,
                              "health": f"healthy {healthy}/{len(up)}", "restarts": restarts,
                              "instances": {n: record.health.get(n, {}).get("state") for n in up}, "note": "; ".join(notes)})
