@@ -35,13 +35,16 @@ debconf-set-selections <<'PRESEED'
 keystone keystone/configure_db boolean false
 keystone keystone/create-admin-tenant boolean false
 keystone keystone/register-endpoint boolean false
+glance-common glance/configure_db boolean false
+glance-common glance/configure_ksat boolean false
+glance-api glance/configure_api-endpoint boolean false
 PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
 if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 
 # Daemons from the lab catalog are started by the agents, not by the host.
-for unit in memcached nginx ceph-crash mariadb keystone; do
+for unit in memcached nginx ceph-crash mariadb keystone glance-api; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

@@ -9,6 +9,7 @@ VIP), keystone's keys from the state (ops.py). Nothing is asked of anyone.
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import pwd
@@ -20,8 +21,13 @@ import jinja2
 
 from nodeos.cluster.identity import ClusterIdentity
 
+from nodeos.storage.clients import service_entity, service_keyring
+from nodeos.storage.conf import render_client_conf
+from nodeos.storage.ops import service_key
+
 from .probes import mariadb_health_sql
-from .secrets import db_password, health_password
+from .registry import CEPH_CLIENTS
+from .secrets import db_password, health_password, service_password
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("nodeos.cloud", "templates"),
@@ -30,10 +36,11 @@ _TEMPLATES = jinja2.Environment(
     autoescape=False,
 )
 
-MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT = 3306, 11211, 5000
+MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292
 MARIADB_DATADIR = "/var/lib/mysql/data"
 # The OpenStack services that keep a database, by the configuration that uses it.
-DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",)}
+DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",)}
+SERVICE_PROJECT = "service"  # where the services' keystone users have the admin role
 
 
 class ConfigError(RuntimeError):
@@ -58,6 +65,9 @@ class CloudContext:
     keys: Mapping[str, Any]  # state.cloud["keys"]
     configs: tuple[str, ...] = ()  # every `config:` of the catalog (which databases MariaDB keeps)
     lab: bool = False  # small buffers and worker counts
+    # Ceph as a service's librados sees it: {"fsid", "mons": node -> IP, "keys": client -> key
+    # (registered ones only), "pools": [...]}; empty without Ceph.
+    ceph: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def vip(self, service: str) -> str:
         vip = self.vips.get(service)
@@ -69,7 +79,17 @@ class CloudContext:
 def context_from_state(state: Any, catalog: Any, identity: ClusterIdentity, lab: bool) -> CloudContext:
     vips = {name: record.vip for name, record in state.services.items() if record.vip}
     configs = tuple(sorted({spec.config for spec in catalog if spec.config}))
-    return CloudContext(identity=identity, vips=vips, keys=dict(state.cloud.get("keys") or {}), configs=configs, lab=lab)
+    return CloudContext(identity=identity, vips=vips, keys=dict(state.cloud.get("keys") or {}), configs=configs, lab=lab,
+                        ceph=_ceph_view(state))
+
+
+def _ceph_view(state: Any) -> dict[str, Any]:
+    storage = state.storage
+    if not storage.get("fsid"):
+        return {}
+    keys = {name: key for name in CEPH_CLIENTS if (key := service_key(state, name))}
+    return {"fsid": storage["fsid"], "mons": dict(storage.get("mons") or {}), "keys": keys,
+            "pools": sorted(storage.get("pools") or {})}
 
 
 def render(config: str, ctx: CloudContext) -> list[ConfigFile]:
@@ -111,7 +131,33 @@ def _keystone(ctx: CloudContext) -> list[ConfigFile]:
     return files
 
 
-_RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {"mariadb": _mariadb, "keystone": _keystone}
+def _glance(ctx: CloudContext) -> list[ConfigFile]:
+    """glance-api under uWSGI, images in Ceph (glance_store's rbd driver as client.glance)."""
+    caps, pools = CEPH_CLIENTS["glance"]
+    ceph = ctx.ceph
+    if not ceph:
+        raise ConfigError("Ceph is not initialized yet")
+    if "glance" not in ceph["keys"]:
+        raise ConfigError(f"{service_entity('glance')} is not registered with Ceph yet")
+    if any(pool not in ceph["pools"] for pool in pools):
+        raise ConfigError(f"Ceph pool {pools[0]} is not created yet")
+    keyring = f"/etc/ceph/ceph.{service_entity('glance')}.keyring"
+    keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
+    conf = _TEMPLATES.get_template("glance-api.conf.j2").render(
+        port=GLANCE_PORT, mariadb=ctx.vip("mariadb"), db_password=db_password(ctx.identity, "glance"),
+        keystone=keystone, memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
+        password=service_password(ctx.identity, "glance"), pool=pools[0], user="glance",
+        ceph_conf="/etc/ceph/ceph.conf")
+    uwsgi = _TEMPLATES.get_template("glance-uwsgi.ini.j2").render(
+        port=GLANCE_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8)
+    return [ConfigFile("/etc/glance/glance-api.conf", conf, mode=0o640, group="glance"),
+            ConfigFile("/etc/glance/nodeos-uwsgi.ini", uwsgi),
+            ConfigFile("/etc/ceph/ceph.conf", render_client_conf(ceph["fsid"], ceph["mons"])),
+            ConfigFile(keyring, service_keyring("glance", ceph["keys"]["glance"]), mode=0o640, group="glance")]
+
+
+_RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {"mariadb": _mariadb, "keystone": _keystone,
+                                                                      "glance": _glance}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

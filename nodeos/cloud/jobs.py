@@ -13,11 +13,18 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .config import KEYSTONE_PORT, CloudContext
-from .credentials import ADMIN_PROJECT, ADMIN_USER, DEFAULT_REGION
-from .secrets import admin_password
+from pathlib import Path
+
+from .config import DATABASES, KEYSTONE_PORT, SERVICE_PROJECT, CloudContext
+from .credentials import ADMIN_PROJECT, ADMIN_USER, DEFAULT_REGION, admin_environment
+from .registry import KEYSTONE_SERVICES
+from .secrets import admin_password, service_password
 
 OUTPUT_TAIL = 400
+# Debian's interpreter: the node's OpenStack client libraries (python3-keystoneclient) are there.
+SYSTEM_PYTHON = "/usr/bin/python3"
+REGISTER_SCRIPT = str(Path(__file__).with_name("keystone_register.py"))
+REGISTER_PREFIX = "keystone-register-"
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,29 @@ def commands(job: str, ctx: CloudContext) -> list[Command]:
                             "--bootstrap-region-id", DEFAULT_REGION, "--bootstrap-admin-url", url,
                             "--bootstrap-internal-url", url, "--bootstrap-public-url", url),
                         env={"OS_BOOTSTRAP_PASSWORD": admin_password(ctx.identity)})]
+    if job.endswith("-db") and job[:-3] in DATABASES:
+        # On MariaDB's node, as root over its socket: the init file MariaDB runs at every start.
+        return [Command(("sh", "-c", "exec mariadb --protocol=socket -u root < /etc/mysql/nodeos-init.sql"))]
+    if job == "glance-db-sync":
+        return [Command(_as("glance", "glance-manage", "db_sync"))]
+    if job.startswith(REGISTER_PREFIX):
+        return [register_command(job[len(REGISTER_PREFIX):], ctx)]
     raise JobError(f"no commands for job {job!r}")
+
+
+def register_command(user: str, ctx: CloudContext) -> Command:
+    """keystone_register.py for one service: its user, catalog entry and endpoints at its VIP."""
+    try:
+        svc = KEYSTONE_SERVICES[user]
+    except KeyError:
+        raise JobError(f"no keystone registration for {user!r}") from None
+    url = f"http://{ctx.vip(svc.vip_of)}:{svc.port}{svc.path}"
+    env = {**admin_environment(keystone_url(ctx).rstrip("/"), admin_password(ctx.identity)),
+           "NODEOS_SERVICE_USER": svc.user, "NODEOS_SERVICE_PASSWORD": service_password(ctx.identity, svc.user),
+           "NODEOS_SERVICE_NAME": svc.name, "NODEOS_SERVICE_TYPE": svc.type, "NODEOS_SERVICE_URL": url,
+           "NODEOS_SERVICE_PROJECT": SERVICE_PROJECT, "NODEOS_SERVICE_DESCRIPTION": svc.description,
+           "no_proxy": "*", "NO_PROXY": "*"}  # straight to the VIPs, as the health checks
+    return Command((SYSTEM_PYTHON, REGISTER_SCRIPT), env=env)
 
 
 def run_commands(job: str, steps: Sequence[Command], enter: Sequence[str], timeout: float) -> str:

@@ -22,12 +22,13 @@ from nodeos.cluster.identity import ClusterIdentity
 from nodeos.cluster.state import ClusterState
 from nodeos.services.catalog import Catalog, ServiceSpec
 from nodeos.services.node import NotReady
+from nodeos.storage.clients import ServiceClient
 
 from . import ops as _ops  # noqa: F401  (registers the cloud ops)
 from .config import ConfigError, context_from_state, render, write_files
 from .decide import decide_cloud
 from .jobs import JobError, commands, run_commands
-from .registry import JOBS
+from .registry import CEPH_CLIENTS, JOBS
 from .secrets import admin_password, health_password
 
 RETRY = 3.0  # re-propose an op whose outcome we never saw
@@ -37,6 +38,13 @@ Submit = Callable[[dict[str, Any], Any], None]
 
 def uses_cloud(catalog: Catalog) -> bool:
     return any(spec.config or spec.jobs for spec in catalog)
+
+
+def ceph_clients(catalog: Catalog) -> dict[str, ServiceClient]:
+    """The cephx users (and pools) the catalog's services need: glance's when glance runs."""
+    configs = {spec.config for spec in catalog if spec.config}
+    return {name: ServiceClient(name, caps, pools) for name, (caps, pools) in sorted(CEPH_CLIENTS.items())
+            if name in configs}
 
 
 class CloudLayer:

@@ -213,15 +213,27 @@ class TokenCache:
 
     def check(self, auth_url: str, username: str, password: str, project: str, timeout: float,
               read_path: str = "/v3/projects", now: float | None = None) -> Probe:
-        """An authenticated read with a recent token; a new token first when there is none or it was refused."""
+        """An authenticated read from keystone itself with a recent token (a new one when there is none or it was refused)."""
+        return self.check_api(auth_url, username, password, project, f"{_v3_base(auth_url)}{read_path}", timeout,
+                              now=now, label=read_path)
+
+    def check_api(self, auth_url: str, username: str, password: str, project: str, read_url: str, timeout: float,
+                  now: float | None = None, label: str | None = None) -> Probe:
+        """A token from keystone, then GET `read_url` (another API: glance's /v2/images) with it.
+
+        The detail names the layer: "token: ..." when keystone failed, "read ...: ..." when the API did.
+        """
         now = time.monotonic() if now is None else now
+        label = label or read_url
         key = (_v3_base(auth_url), username, project)
         with self._lock:
             cached = self._tokens.get(key)
         if cached is not None and now - cached[1] < self.reuse:
-            ok, detail = authenticated_get(f"{key[0]}{read_path}", cached[0], timeout)
+            ok, detail = authenticated_get(read_url, cached[0], timeout)
             if ok:
-                return True, f"read {read_path} with a token issued {now - cached[1]:.0f}s ago: {detail}"
+                return True, f"read {label} with a token issued {now - cached[1]:.0f}s ago: {detail}"
+            if not detail.startswith("HTTP 401"):
+                return False, f"read {label}: {detail}"  # the API failed, not the token: no new one (a bcrypt each)
         token, detail = keystone_token(auth_url, username, password, project, timeout)
         if token is None:
             with self._lock:
@@ -229,8 +241,8 @@ class TokenCache:
             return False, detail
         with self._lock:
             self._tokens[key] = (token, now)
-        ok, read_detail = authenticated_get(f"{key[0]}{read_path}", token, timeout)
-        return ok, f"token issued, read {read_path}: {read_detail}" if ok else f"read {read_path}: {read_detail}"
+        ok, read_detail = authenticated_get(read_url, token, timeout)
+        return ok, f"token issued, read {label}: {read_detail}" if ok else f"read {label}: {read_detail}"
 
 
 def _v3_base(auth_url: str) -> str:

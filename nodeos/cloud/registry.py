@@ -9,7 +9,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone")
+CONFIGS = ("mariadb", "keystone", "glance")
+
+
+@dataclass(frozen=True)
+class KeystoneService:
+    """A service's user (admin role in the service project), its catalog entry and endpoints at its VIP."""
+
+    user: str  # also the password's purpose (secrets.service_password)
+    name: str  # the catalog's service name ("glance")
+    type: str  # the catalog's service type ("image")
+    vip_of: str  # the catalog service whose VIP the endpoints name
+    port: int
+    path: str = ""  # after the port: "/v2.1" for nova, "" for glance
+    description: str = ""
+
+
+# Registered in keystone by the job keystone-register-<user> (jobs.py, keystone_register.py).
+KEYSTONE_SERVICES: dict[str, KeystoneService] = {
+    svc.user: svc
+    for svc in (
+        KeystoneService("glance", "glance", "image", vip_of="glance-api", port=9292, description="OpenStack Image"),
+    )
+}
+
+# Cephx users of the services that keep data in Ceph: name -> (caps, pools). Plain data
+# here; nodeos/cloud/layer.py turns them into nodeos.storage.clients.ServiceClient.
+CEPH_CLIENTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "glance": ({"mon": "profile rbd", "osd": "profile rbd pool=images"}, ("images",)),
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,11 @@ JOBS: dict[str, JobDef] = {
         JobDef("keystone-db-sync", config="keystone", after_services=("mariadb",)),
         # The admin user, project, role, region and the identity endpoints at keystone's VIP.
         JobDef("keystone-bootstrap", config="keystone", after_jobs=("keystone-db-sync",)),
+        # The database and user, run on MariaDB's node (its init file does the same at every start).
+        JobDef("glance-db", config="mariadb", after_services=("mariadb",)),
+        JobDef("glance-db-sync", config="glance", after_jobs=("glance-db",)),
+        *(JobDef(f"keystone-register-{user}", config=user, after_services=("keystone",),
+                 after_jobs=("keystone-bootstrap",)) for user in KEYSTONE_SERVICES),
     )
 }
 

@@ -41,6 +41,7 @@ NODE_PATHS: tuple[str, ...] = (
     "/etc/neutron", "/var/lib/neutron", "/var/log/neutron", "/run/neutron",
     "/etc/cinder", "/var/lib/cinder", "/var/log/cinder", "/run/cinder",
     "/etc/openstack-dashboard", "/var/lib/openstack-dashboard",
+    "/etc/ceph",  # the Ceph clients' (glance's) conf and keyrings; the daemons' files are under the node's state dir
 )
 _TIMEOUT = 30.0
 

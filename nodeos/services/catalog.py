@@ -26,8 +26,10 @@ import yaml
 CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
-# mariadb, memcached, keystone: the service's own signal (nodeos/cloud/probes.py), not a port check.
-CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", "mariadb", "memcached", "keystone")
+# mariadb, memcached, keystone, glance: the service's own signal (nodeos/cloud/probes.py), not a port check.
+CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", "mariadb", "memcached", "keystone", "glance")
+# An API checked with a keystone token: the read its check does by default.
+API_READS = {"keystone": "/v3/projects", "glance": "/v2/images"}
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
 # root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
 TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")
@@ -398,8 +400,8 @@ _CHECK_KEYS = (
     "daemon", "start_period",
 )
 _CHECK_ONLY_FOR = {
-    "port": ("tcp", "http", "mariadb", "memcached", "keystone"),
-    "path": ("http", "keystone"),
+    "port": ("tcp", "http", "mariadb", "memcached", "keystone", "glance"),
+    "path": ("http", "keystone", "glance"),
     "expect_status": ("http",),
     "expect_body": ("http",),
     "command": ("command",),
@@ -575,11 +577,11 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
         start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
     )
-    if kind in ("mariadb", "memcached", "keystone"):
+    if kind in ("mariadb", "memcached", *API_READS):
         if data.get("port") is None and service_port is None:
             raise where.error(path, f"a {kind} check needs 'port' (the service has none)")
         port = service_port if data.get("port") is None else _int(where, data["port"], path + ("port",), 1, 65535)
-        read = _string(where, data.get("path", "/v3/projects"), path + ("path",)) if kind == "keystone" else None
+        read = _string(where, data.get("path", API_READS[kind]), path + ("path",)) if kind in API_READS else None
         if read is not None and not read.startswith("/"):
             raise where.error(path + ("path",), f"must start with '/', got {_describe(read)}")
         return HealthCheckSpec(port=port, path=read, **common)

@@ -42,6 +42,7 @@ class CheckTarget:
     # cloud checks' passwords (admin_password, health_password).
     values: Mapping[str, str] = field(default_factory=dict)
     vip: str | None = None  # the service's VIP when this node holds it (API checks go through it)
+    vips: Mapping[str, str] = field(default_factory=dict)  # every service's VIP (where keystone answers)
 
 
 def check_host(bind: str) -> str:
@@ -154,6 +155,18 @@ def _check_keystone(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, s
                                  "admin", spec.timeout, read_path=spec.path or "/v3/projects")
 
 
+def _check_glance(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (at keystone's VIP, reused for a minute), then GET /v2/images through glance's VIP."""
+    from nodeos.cloud.probes import keystone_tokens
+
+    keystone = target.vips.get("keystone")
+    if not keystone:
+        return False, "token: keystone has no VIP"
+    host = target.vip or target.host
+    return keystone_tokens.check_api(f"http://{keystone}:5000/v3", "admin", target.values.get("admin_password", ""),
+                                     "admin", f"http://{host}:{_port(spec)}{spec.path or '/v2/images'}", spec.timeout)
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -176,6 +189,7 @@ _CHECKS = {
     "mariadb": _check_mariadb,
     "memcached": _check_memcached,
     "keystone": _check_keystone,
+    "glance": _check_glance,
 }
 
 

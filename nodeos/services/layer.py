@@ -28,7 +28,7 @@ from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_argv
-from nodeos.cloud.layer import CloudLayer, uses_cloud
+from nodeos.cloud.layer import CloudLayer, ceph_clients, uses_cloud
 from nodeos.storage.layer import StorageLayer
 from nodeos.storage.node_volumes import NodeVolumes
 from nodeos.cluster.state import ClusterState, ServiceRecord
@@ -193,7 +193,7 @@ class ServicesLayer:
             self._propose_decision(op, now)
         if uses_ceph(catalog):
             volumes = {s.name: (s.volume.size, s.volume.fs) for s in catalog if s.volume is not None}
-            self.storage.monitor_pass(state, term, now, volumes)
+            self.storage.monitor_pass(state, term, now, volumes, ceph_clients(catalog))
         if uses_cloud(catalog):
             self.cloud.monitor_pass(state, catalog, term, now)
         self._probe_vips(state, catalog, now)

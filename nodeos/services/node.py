@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from nodeos import log
 from . import arp
@@ -173,7 +173,7 @@ class NodeServices:
                 self._report(name, "stopped", 0, "not running here", now, force=True)
             if not want.run and want.vip and want.vip in held:
                 self._remove_vip(want.vip)  # e.g. left by a previous agent process
-        self._run_checks(catalog, now)
+        self._run_checks(catalog, now, {n: r.vip for n, r in state.services.items() if r.vip})
         self._reannounce(held, now)
 
     # -- starting and stopping -------------------------------------------------
@@ -315,7 +315,7 @@ class NodeServices:
         self._checks.shutdown(wait=False, cancel_futures=True)
 
     # -- health -------------------------------------------------------------------
-    def _run_checks(self, catalog: Catalog, now: float) -> None:
+    def _run_checks(self, catalog: Catalog, now: float, vips: Mapping[str, str]) -> None:
         for name, local in self.local.items():
             if name not in catalog:
                 continue
@@ -328,7 +328,7 @@ class NodeServices:
                 self._report(name, "failed", local.generation, local.detail, now)
                 continue
             self._collect(local, now)
-            target = CheckTarget(host="127.0.0.1", pid=pid, values=self._check_values, vip=local.vip)
+            target = CheckTarget(host="127.0.0.1", pid=pid, values=self._check_values, vip=local.vip, vips=vips)
             for index in local.health.due(now):
                 if index not in local.pending:
                     local.pending[index] = self._checks.submit(run_check, local.health.check_spec(index), target)

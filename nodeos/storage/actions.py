@@ -17,6 +17,7 @@ from nodeos import log
 from . import volumes
 from .daemons import CephError, CephNode, ceph, ceph_status, create_pool, health
 from .decide import Action
+from .clients import service_keyring
 from .keys import ADMIN, CephKeys, node_keyring
 from .ops import volume_image
 from .status import summarize
@@ -36,6 +37,11 @@ def run_action(node: CephNode, storage: dict[str, Any], action: Action, by: str,
     if action.kind == "pool":
         create_pool(node, action.pool, action.size, action.min_size, application="rbd")
         return {**base, "op": "pool_set", "pool": action.pool, "size": action.size, "min_size": action.min_size}
+    if action.kind == "service_client":
+        record = storage["service_clients"][action.service]
+        _import_keyring(node, service_keyring(action.service, storage["keys"]["services"][action.service],
+                                              record["caps"]))
+        return {**base, "op": "storage_service_registered", "name": action.service, "caps": record["caps"]}
     if action.kind == "osd_down":
         ceph(node, "osd", "down", *[str(i) for i in action.osds])
         return {}
@@ -71,11 +77,16 @@ def _remove_mon(node: CephNode, mon_id: str) -> str:
 
 
 def _import_key(node: CephNode, keys: CephKeys, node_id: str) -> None:
+    _import_keyring(node, node_keyring(keys, node_id))
+
+
+def _import_keyring(node: CephNode, keyring: str) -> None:
+    """`ceph auth import`: adds the entity, or sets its key and caps to these (idempotent)."""
     # A file, not argv or stdin of a logged command: keys never show in /proc or logs.
     fd, path = tempfile.mkstemp(prefix=".import-", suffix=".keyring", dir=node.paths.keys_dir)
     try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(node_keyring(keys, node_id))
+            handle.write(keyring)
         ceph(node, "auth", "import", "-i", path)
     finally:
         os.unlink(path)

@@ -195,3 +195,21 @@ def render_ceph_conf(fsid: str, mons: Mapping[str, str], public_network: str, *,
     if "client" in sections:
         parts.append(_section("client", sections["client"]))
     return "# rendered by nodeos from the replicated state; edits are overwritten\n" + "\n\n".join(parts) + "\n"
+
+
+def render_client_conf(fsid: str, mons: Mapping[str, str], keyring: str = "/etc/ceph/$cluster.$name.keyring") -> str:
+    """/etc/ceph/ceph.conf of a node running a Ceph client service (glance, cinder): the mons, and each
+    client's keyring by its name (ceph.client.glance.keyring), nothing else."""
+    if not mons:
+        raise ValueError("ceph.conf needs at least one mon")
+    uuid.UUID(fsid)
+    glob = {
+        "fsid": fsid,
+        "mon_host": ",".join(mon_addrs(mons[m]) for m in sorted(mons, key=check_node_id)),
+        "auth_cluster_required": "cephx",
+        "auth_service_required": "cephx",
+        "auth_client_required": "cephx",
+        "mon_client_hunt_interval": 1.0,  # a mon that died with its node: try another after 1 s
+    }
+    return ("# rendered by nodeos from the replicated state; edits are overwritten\n"
+            + _section("global", glob) + "\n\n" + _section("client", {"keyring": keyring}) + "\n")

@@ -12,7 +12,9 @@ Order of things:
 3. mon changes, one at a time (mons.py): only while every mon of the
    desired monmap that is on an up node reports healthy (in quorum) and no
    removal is still due, so each change has landed before the next;
-4. the volumes pool, sized for the hosts, once an OSD is up;
+4. the volumes pool and the service clients' pools (`service_clients`: name ->
+   ServiceClient, clients.py), sized for the hosts, once OSDs are up; each
+   client's key made once, then imported with its caps;
 5. volumes (`volumes`: service -> (size, fs) from the catalog): the image is
    made before the service's first placement can start; a holder that is
    not where the service should run is fenced (its client address
@@ -27,6 +29,7 @@ from typing import Any, Mapping
 
 from nodeos.cluster.state import ClusterState
 
+from .clients import ServiceClient
 from .conf import fsid_for
 from .keys import RandomBytes, make_key, make_keys
 from .mons import MON_REPLACE_AFTER, choose_mons, initial_mons
@@ -39,7 +42,8 @@ OSD_SERVICE = "ceph-osd"
 
 @dataclass(frozen=True)
 class Action:
-    """Ceph I/O the Monitor runs, then reports with an op: remove_mon | register | pool | image | fence."""
+    """Ceph I/O the Monitor runs, then reports with an op: remove_mon | register | pool | image | fence |
+    service_client (`service` names the client)."""
 
     kind: str
     node: str = ""
@@ -68,7 +72,9 @@ def lost_since(state: ClusterState) -> dict[str, float]:
 
 def decide_storage(state: ClusterState, now: float, by: str, term: int, random_bytes: RandomBytes,
                    public_network: str, mon_replace_after: float = MON_REPLACE_AFTER,
-                   volumes: Mapping[str, tuple[int, str]] | None = None) -> tuple[list[dict[str, Any]], list[Action]]:
+                   volumes: Mapping[str, tuple[int, str]] | None = None,
+                   service_clients: Mapping[str, ServiceClient] | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[Action]]:
     base = {"now": now, "by": by, "term": term}
     up = state.up_nodes()
     if not ready(state):
@@ -97,10 +103,28 @@ def decide_storage(state: ClusterState, now: float, by: str, term: int, random_b
     op = _mon_change(state, base, now, mon_replace_after)
     if op is not None:
         ops.append(op)
-    pool = _pool_action(state)
-    if pool is not None:
-        actions.append(pool)
+    wanted = service_clients or {}
+    actions += _pool_actions(state, [POOL_VOLUMES, *sorted({p for c in wanted.values() for p in c.pools})])
+    client_ops, client_actions = client_decisions(state, wanted, base, random_bytes)
+    ops += client_ops
+    actions += client_actions
     actions += volume_actions(state, volumes or {})
+    return ops, actions
+
+
+def client_decisions(state: ClusterState, clients: Mapping[str, ServiceClient], base: dict[str, Any],
+                     random_bytes: RandomBytes) -> tuple[list[dict[str, Any]], list[Action]]:
+    """A key for each service client (once; again with the same key when its caps change), then its import."""
+    ops: list[dict[str, Any]] = []
+    actions: list[Action] = []
+    records = state.storage.get("service_clients") or {}
+    for name, client in sorted(clients.items()):
+        record = records.get(name)
+        if record is None or record["caps"] != client.caps_wire() or record["pools"] != list(client.pools):
+            ops.append({**base, "op": "storage_service_key", "name": name, "key": make_key(random_bytes, base["now"]),
+                        "caps": client.caps_wire(), "pools": list(client.pools)})
+        elif not record["registered"]:
+            actions.append(Action("service_client", service=name))
     return ops, actions
 
 
@@ -163,14 +187,13 @@ def osd_hosts(state: ClusterState) -> int:
     return sum(1 for report in state.storage["osds"].values() if report.get("ids"))
 
 
-def _pool_action(state: ClusterState) -> Action | None:
+def _pool_actions(state: ClusterState, pools: list[str]) -> list[Action]:
     hosts = osd_hosts(state)
     # Made once OSDs are on as many hosts as its size will be (no growing
     # right after creation); a host's reported OSDs stay counted while it is
     # lost, so a reboot never shrinks the pool and grows it back.
     if hosts < max(1, min(len(state.nodes), 3)):
-        return None
+        return []
     size, min_size = pool_size(hosts)
-    if state.storage["pools"].get(POOL_VOLUMES) == {"size": size, "min_size": min_size}:
-        return None
-    return Action("pool", pool=POOL_VOLUMES, size=size, min_size=min_size)
+    return [Action("pool", pool=pool, size=size, min_size=min_size) for pool in pools
+            if state.storage["pools"].get(pool) != {"size": size, "min_size": min_size}]

@@ -16,13 +16,14 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from nodeos import log
 from nodeos.cluster.config import StorageConfig
 from nodeos.cluster.state import ClusterState
 
 from .actions import read_health, run_action
+from .clients import ServiceClient
 from .conf import CephPaths
 from .daemons import CephError, CephNode
 from .decide import Action, decide_storage
@@ -71,9 +72,10 @@ class StorageLayer:
 
     # -- the Monitor -------------------------------------------------------------------
     def monitor_pass(self, state: ClusterState, term: int, now: float,
-                     volumes: dict[str, tuple[int, str]] | None = None) -> None:
+                     volumes: dict[str, tuple[int, str]] | None = None,
+                     clients: Mapping[str, ServiceClient] | None = None) -> None:
         ops, actions = decide_storage(state, time.time(), self.node_id, term, os.urandom, self.network,
-                                      self.settings.mon_replace_after, volumes)
+                                      self.settings.mon_replace_after, volumes, clients)
         for op in ops:
             self._propose(op, now)
         if not ready(state) or not Path(self.ceph.admin_keyring).exists():
@@ -87,7 +89,7 @@ class StorageLayer:
                         retry=0.0)
 
     def _propose(self, op: dict[str, Any], now: float) -> None:
-        key = f"{op['op']}:{op.get('node', '')}"
+        key = f"{op['op']}:{op.get('node', '')}{op.get('name', '')}"
         with self._lock:
             if now - self._tried.get(key, float("-inf")) < RETRY:
                 return
@@ -148,7 +150,7 @@ class StorageLayer:
         storage = state.storage
         return {"fsid": storage["fsid"], "mons": sorted(storage["mons"]), "mon_removing": storage["mon_removing"],
                 "pools": storage["pools"], "osds": storage["osds"], "health": storage.get("health") or {},
-                "volumes": storage.get("volumes") or {}}
+                "volumes": storage.get("volumes") or {}, "service_clients": storage.get("service_clients") or {}}
 
 
 def _normalized(report: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,9 @@
 * `pools`: name -> {"size", "min_size"} as last applied to Ceph;
 * `osds`: node -> {"ids", "taken", "skipped"} as the node's OSD launcher reported;
 * `health`: {"status", "line", "since", "checks"} as the Monitor last read it;
+* `service_clients`: name -> {"entity", "caps", "pools", "registered"}: the cephx
+  users of the cloud's services (clients.py); their keys are in `keys["services"]`,
+  hidden with the other keys; `registered` once the mons have the key with these caps;
 * `volumes`: service -> {"image", "size", "fs", "created", "holder", "client",
   "attached_at", "fenced"}: the RBD image of a singleton with a volume, the
   node that attached it and its client instance address (what a fence
@@ -32,6 +35,7 @@ from typing import Any
 
 from nodeos.cluster.state import ClusterState, OpError, _require, register
 
+from .clients import ServiceClient
 from .keys import CephKeys, is_valid_key
 from .mons import initial_mons
 
@@ -71,7 +75,8 @@ def _op_storage_init(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     placed = {m: _node_ip(state, m) for m in mons}
     state.storage = {"fsid": fsid, "public_network": network, "created_at": op["now"], "keys": keys.to_wire(),
                      "initial_mons": dict(placed), "mons": dict(placed), "mon_removing": [],
-                     "registered": sorted(keys.clients), "pools": {}, "osds": {}, "health": {}, "volumes": {}}
+                     "registered": sorted(keys.clients), "pools": {}, "osds": {}, "health": {}, "volumes": {},
+                     "service_clients": {}}
     state.add_event(op["now"], "storage.initialized", mons=sorted(placed), by=op.get("by"),
                     detail=f"Ceph fsid {fsid}; mons on {', '.join(sorted(placed))}")
     return {"mons": sorted(placed)}
@@ -99,6 +104,60 @@ def _op_storage_node_registered(state: ClusterState, op: dict[str, Any]) -> dict
         raise OpError(f"node {node} has no client key")
     if node not in storage["registered"]:
         storage["registered"] = sorted([*storage["registered"], node])
+    return {}
+
+
+def service_key(state: ClusterState, name: str) -> str | None:
+    """The cephx key of a service's client once the mons know it with its current caps, else None."""
+    record = (state.storage.get("service_clients") or {}).get(name)
+    if not record or not record.get("registered"):
+        return None
+    return ((state.storage.get("keys") or {}).get("services") or {}).get(name)
+
+
+@register("storage_service_key")
+def _op_storage_service_key(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    """A service's client: its key (made once, never replaced) and its caps (a change re-registers it)."""
+    storage = _storage(state)
+    key = _require(op, "key", str)
+    caps = _require(op, "caps", dict)
+    pools = _require(op, "pools", list)
+    try:
+        client = ServiceClient(_require(op, "name", str), {str(k): str(v) for k, v in caps.items()},
+                               tuple(str(p) for p in pools))
+    except ValueError as exc:
+        raise OpError(str(exc)) from None
+    if not is_valid_key(key):
+        raise OpError("field 'key' is not a cephx key")  # never echo it
+    keys = storage["keys"].setdefault("services", {})
+    records = storage.setdefault("service_clients", {})
+    before = records.get(client.name)
+    wanted = {"entity": client.entity, "caps": client.caps_wire(), "pools": list(client.pools)}
+    if before is not None and {k: before[k] for k in wanted} == wanted:
+        return {"already": True}
+    keys.setdefault(client.name, key)
+    records[client.name] = {**wanted, "registered": False}
+    state.add_event(op["now"], "storage.client_key", client=client.entity, by=op.get("by"),
+                    detail=f"{client.entity}: caps " + "; ".join(f"{k} '{v}'" for k, v in wanted["caps"].items())
+                    + (" (changed)" if before is not None else ""))
+    return {}
+
+
+@register("storage_service_registered")
+def _op_storage_service_registered(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    storage = _storage(state)
+    name = _require(op, "name", str)
+    caps = _require(op, "caps", dict)
+    record = (storage.get("service_clients") or {}).get(name)
+    if record is None:
+        raise OpError(f"no service client {name!r}")
+    if record["caps"] != caps:
+        return {"stale": True}  # imported with caps since changed: the next import follows
+    if record["registered"]:
+        return {"already": True}
+    record["registered"] = True
+    state.add_event(op["now"], "storage.client_registered", client=record["entity"], by=op.get("by"),
+                    detail=f"{record['entity']} known to the mons")
     return {}
 
 

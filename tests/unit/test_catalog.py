@@ -364,7 +364,7 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, got 'nova'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, got 'nova'" in error_of("""
         services:
           api: {placement: singleton, vip: false, start: {command: [x]}, config: nova}
         """)
@@ -392,7 +392,12 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
         """)
     checks = catalog["keystone"].health
     assert (checks[0].port, checks[0].path) == (5000, "/v3/services") and checks[1].port == 11211
-    assert "only allowed for http and keystone checks" in error_of("""
+    glance = parse("""
+        services:
+          glance-api: {placement: singleton, port: 9292, start: {command: [x]}, health: [{type: glance}]}
+        """)["glance-api"].health[0]
+    assert (glance.port, glance.path) == (9292, "/v2/images")
+    assert "only allowed for http and keystone and glance checks" in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
         """)

@@ -9,17 +9,22 @@ import pytest
 
 from nodeos.cloud.config import CloudContext, ConfigError, render, write_files
 from nodeos.cloud.registry import CONFIGS
-from nodeos.cloud.secrets import db_password, make_fernet_key
+from nodeos.cloud.secrets import db_password, make_fernet_key, service_password
+from nodeos.storage.keys import make_key
 from nodeos.cluster.identity import ClusterIdentity
 
 IDENTITY = ClusterIdentity("cluster-1", b"s" * 32, "", "")
 KEYS = {"fernet": [make_fernet_key(lambda n: b"a" * n), make_fernet_key(lambda n: b"b" * n)],
         "credential": [make_fernet_key(lambda n: b"c" * n), make_fernet_key(lambda n: b"d" * n)]}
-VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202"}
+VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202", "glance-api": "10.0.0.203"}
+GLANCE_KEY = make_key(lambda n: b"g" * n)
+CEPH = {"fsid": "0b3f3a4e-4f0e-5d5e-9c8e-111111111111", "mons": {"n1": "10.0.0.1", "n2": "10.0.0.2"},
+        "keys": {"glance": GLANCE_KEY}, "pools": ["images", "nodeos-volumes"]}
 
 
 def context(**changes) -> CloudContext:
-    values = dict(identity=IDENTITY, vips=VIPS, keys=KEYS, configs=("keystone", "mariadb"), lab=True)
+    values = dict(identity=IDENTITY, vips=VIPS, keys=KEYS, configs=("glance", "keystone", "mariadb"), lab=True,
+                  ceph=CEPH)
     values.update(changes)
     return CloudContext(**values)
 
@@ -40,12 +45,44 @@ def test_keystone_points_at_the_vips_with_the_derived_password():
     assert files["/etc/keystone/fernet-keys/0"].mode == 0o600 and files["/etc/keystone/fernet-keys/0"].owner == "keystone"
 
 
+def test_glance_points_at_the_vips_and_keeps_its_images_in_ceph():
+    files = {f.path: f for f in render("glance", context())}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(files["/etc/glance/glance-api.conf"].content)
+    assert conf["database"]["connection"] == f"mysql+pymysql://glance:{db_password(IDENTITY, 'glance')}@10.0.0.200/glance"
+    auth = conf["keystone_authtoken"]
+    assert (auth["auth_url"], auth["memcached_servers"]) == ("http://10.0.0.202:5000", "10.0.0.201:11211")
+    assert (auth["username"], auth["project_name"], auth["password"]) == \
+        ("glance", "service", service_password(IDENTITY, "glance"))
+    store = conf["glance_store"]
+    assert (store["default_store"], store["rbd_store_pool"], store["rbd_store_user"]) == ("rbd", "images", "glance")
+    assert files["/etc/glance/glance-api.conf"].mode == 0o640 and files["/etc/glance/glance-api.conf"].group == "glance"
+    keyring = files["/etc/ceph/ceph.client.glance.keyring"]
+    assert (keyring.mode, keyring.owner, keyring.group) == (0o640, "root", "glance")
+    assert "[client.glance]" in keyring.content and GLANCE_KEY in keyring.content and "caps" not in keyring.content
+    ceph = configparser.ConfigParser(interpolation=None)
+    ceph.read_string(files["/etc/ceph/ceph.conf"].content)
+    assert ceph["global"]["mon_host"] == "[v2:10.0.0.1:3300,v1:10.0.0.1:6789],[v2:10.0.0.2:3300,v1:10.0.0.2:6789]"
+    assert ceph["client"]["keyring"] == "/etc/ceph/$cluster.$name.keyring"
+    assert "http-socket = 0.0.0.0:9292" in files["/etc/glance/nodeos-uwsgi.ini"].content
+
+
+def test_glance_waits_for_its_ceph_client_and_pool():
+    with pytest.raises(ConfigError, match="Ceph is not initialized"):
+        render("glance", context(ceph={}))
+    with pytest.raises(ConfigError, match="client.glance is not registered"):
+        render("glance", context(ceph={**CEPH, "keys": {}}))
+    with pytest.raises(ConfigError, match="pool images"):
+        render("glance", context(ceph={**CEPH, "pools": ["nodeos-volumes"]}))
+
+
 def test_mariadb_creates_a_database_per_service_in_use():
     init = {f.path: f for f in render("mariadb", context())}["/etc/mysql/nodeos-init.sql"]
     assert "CREATE DATABASE IF NOT EXISTS `keystone`" in init.content and "nodeos_health" in init.content
+    assert "CREATE DATABASE IF NOT EXISTS `glance`" in init.content
     assert init.mode == 0o640  # passwords: not world-readable
     bare = {f.path: f for f in render("mariadb", context(configs=("mariadb",)))}["/etc/mysql/nodeos-init.sql"]
-    assert "`keystone`" not in bare.content
+    assert "`keystone`" not in bare.content and "`glance`" not in bare.content
 
 
 def test_what_is_not_in_the_state_yet_is_an_error_not_an_empty_setting():

@@ -54,21 +54,21 @@ def test_keys_are_made_once_and_never_shown(state):
 
 
 def test_jobs_wait_for_their_services_then_run_in_order_on_the_services_node(state):
-    assert [o for o in decide(state, 2.0) if o["op"] == "job_assign"] == []  # MariaDB not healthy anywhere
+    assert [o for o in decide(state, 2.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-")] == []  # MariaDB not healthy anywhere
     healthy(state, "mariadb", "c", 3.0)
-    ops = [o for o in decide(state, 3.0) if o["op"] == "job_assign"]
+    ops = [o for o in decide(state, 3.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-")]
     assert [(o["job"], o["node"], o["attempt"]) for o in ops] == [("keystone-db-sync", "b", 1)]  # keystone's node
     apply(state, ops[0])
-    assert [o for o in decide(state, 4.0) if o["op"] == "job_assign"] == []  # running on an up node: wait
+    assert [o for o in decide(state, 4.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-")] == []  # running on an up node: wait
     apply(state, {"op": "job_report", "now": 5.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": True})
-    ops = [o for o in decide(state, 6.0) if o["op"] == "job_assign"]
+    ops = [o for o in decide(state, 6.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-")]
     assert [(o["job"], o["attempt"]) for o in ops] == [("keystone-bootstrap", 1)]
     assert [e["kind"] for e in state.events if e["kind"].startswith("job.")] == ["job.started", "job.done"]
 
 
 def test_a_done_job_never_runs_again_and_stale_reports_change_nothing(state):
     healthy(state, "mariadb", "c", 3.0)
-    apply(state, next(o for o in decide(state, 3.0) if o["op"] == "job_assign"))
+    apply(state, next(o for o in decide(state, 3.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-")))
     assert state.apply({"op": "job_report", "now": 4.0, "job": "keystone-db-sync", "node": "c", "attempt": 1,
                         "ok": True}) == {"ok": True, "stale": True}  # not the node it was handed to
     apply(state, {"op": "job_report", "now": 4.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": True})
@@ -81,17 +81,17 @@ def test_a_done_job_never_runs_again_and_stale_reports_change_nothing(state):
 
 def test_a_failed_attempt_is_retried_after_a_backoff_and_a_lost_nodes_attempt_at_once(state):
     healthy(state, "mariadb", "c", 3.0)
-    apply(state, next(o for o in decide(state, 3.0) if o["op"] == "job_assign"))
+    apply(state, next(o for o in decide(state, 3.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-")))
     apply(state, {"op": "job_report", "now": 4.0, "job": "keystone-db-sync", "node": "b", "attempt": 1, "ok": False,
                   "detail": "exit 1: Can't connect to MySQL"})
-    assert [o for o in decide(state, 4.0 + retry_delay(1) - 0.1) if o["op"] == "job_assign"] == []
-    retry = next(o for o in decide(state, 4.0 + retry_delay(1)) if o["op"] == "job_assign")
+    assert [o for o in decide(state, 4.0 + retry_delay(1) - 0.1) if o["op"] == "job_assign" and o["job"].startswith("keystone-")] == []
+    retry = next(o for o in decide(state, 4.0 + retry_delay(1)) if o["op"] == "job_assign" and o["job"].startswith("keystone-"))
     assert retry["attempt"] == 2 and "Can't connect" in retry["reason"]
     apply(state, retry)
     # A second assignment of the same attempt (a re-proposal) is refused: only one node runs it.
     assert not state.apply(dict(retry, node="c"))["ok"]
     apply(state, {"op": "node_status", "now": 20.0, "node": "b", "status": "lost"})
-    moved = next(o for o in decide(state, 20.0) if o["op"] == "job_assign")
+    moved = next(o for o in decide(state, 20.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-"))
     assert moved["attempt"] == 3 and moved["node"] != "b" and "lost" in moved["reason"]
 
 
@@ -101,7 +101,62 @@ def test_a_service_with_jobs_waits_on_its_node_until_they_are_done(state):
     want = desired_here(state, CATALOG, "b", False, set())["keystone"]
     assert not want.run and want.waiting_for == ["job keystone-db-sync", "job keystone-bootstrap"]
     for job in ("keystone-db-sync", "keystone-bootstrap"):
-        op = next(o for o in decide(state, 4.0) if o["op"] == "job_assign")
+        op = next(o for o in decide(state, 4.0) if o["op"] == "job_assign" and o["job"].startswith("keystone-"))
         apply(state, op)
         apply(state, {"op": "job_report", "now": 4.0, "job": job, "node": op["node"], "attempt": 1, "ok": True})
     assert desired_here(state, CATALOG, "b", False, set())["keystone"].run
+
+
+def finish(state, job: str, now: float) -> dict:
+    op = next(o for o in decide(state, now) if o["op"] == "job_assign" and o["job"] == job)
+    apply(state, op)
+    apply(state, {"op": "job_report", "now": now, "job": job, "node": op["node"], "attempt": op["attempt"], "ok": True})
+    return op
+
+
+def test_glance_jobs_database_on_mariadbs_node_then_schema_and_keystone_registration(state):
+    apply(state, {"op": "place", "now": 1.0, "service": "mariadb", "node": "c", "by": "a", "term": 1, "reason": "t"})
+    apply(state, {"op": "place", "now": 1.0, "service": "glance-api", "node": "a", "by": "a", "term": 1, "reason": "t"})
+    healthy(state, "mariadb", "c", 3.0)
+    first = {o["job"]: o["node"] for o in decide(state, 3.0) if o["op"] == "job_assign"}
+    assert first == {"keystone-db-sync": "b", "glance-db": "c"}  # the database where MariaDB runs (its socket)
+    assert finish(state, "glance-db", 4.0)["node"] == "c"
+    assert finish(state, "glance-db-sync", 5.0)["node"] == "a"  # glance's node: it has glance's configuration
+    finish(state, "keystone-db-sync", 6.0)
+    finish(state, "keystone-bootstrap", 7.0)
+    assert not any(o.get("job") == "keystone-register-glance" for o in decide(state, 8.0))  # keystone not healthy yet
+    healthy(state, "keystone", "b", 8.0)
+    assert finish(state, "keystone-register-glance", 9.0)["node"] == "a"
+    want = desired_here(state, CATALOG, "a", False, set())["glance-api"]
+    assert want.waiting_for == ["memcached"]  # only a service it depends on, no job any more
+    assert not any("job" in w for w in want.waiting_for)
+
+
+def test_glance_waits_for_its_jobs(state):
+    apply(state, {"op": "place", "now": 1.0, "service": "glance-api", "node": "a", "by": "a", "term": 1, "reason": "t"})
+    for service, node in (("mariadb", "c"), ("memcached", "b"), ("keystone", "b")):
+        healthy(state, service, node, 3.0)
+    want = desired_here(state, CATALOG, "a", False, set())["glance-api"]
+    assert not want.run and want.waiting_for == ["job glance-db-sync", "job keystone-register-glance"]
+
+
+def test_job_commands_run_as_the_service_and_keep_secrets_off_the_command_line():
+    from nodeos.cloud.config import CloudContext
+    from nodeos.cloud.jobs import REGISTER_SCRIPT, commands
+    from nodeos.cloud.secrets import admin_password, service_password
+    from nodeos.cluster.identity import ClusterIdentity
+
+    identity = ClusterIdentity("cluster-1", b"s" * 32, "", "")
+    ctx = CloudContext(identity=identity, vips={"keystone": "10.0.0.202", "glance-api": "10.0.0.203"}, keys={})
+    [sync] = commands("glance-db-sync", ctx)
+    assert sync.argv == ("runuser", "-u", "glance", "--", "glance-manage", "db_sync")
+    [database] = commands("glance-db", ctx)
+    assert "nodeos-init.sql" in database.argv[-1] and database.argv[:2] == ("sh", "-c")
+    [register] = commands("keystone-register-glance", ctx)
+    assert register.argv == ("/usr/bin/python3", REGISTER_SCRIPT)
+    env = register.env
+    assert env["NODEOS_SERVICE_URL"] == "http://10.0.0.203:9292" and env["NODEOS_SERVICE_TYPE"] == "image"
+    assert env["OS_AUTH_URL"] == "http://10.0.0.202:5000/v3" and env["OS_PASSWORD"] == admin_password(identity)
+    assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "glance")
+    assert not any(admin_password(identity) in arg or service_password(identity, "glance") in arg
+                   for arg in register.argv)

@@ -176,7 +176,7 @@ def _keystone(token_status: int, read_status: int, with_header: bool = True) -> 
                          if token_status >= 400 else {"token": {}}, with_header and token_status == 201)
 
         def do_GET(self) -> None:  # noqa: N802
-            authorized = self.headers.get("X-Auth-Token") == "tok-1" and self.path == "/v3/projects"
+            authorized = self.headers.get("X-Auth-Token") == "tok-1" and self.path in ("/v3/projects", "/v2/images")
             self._answer(read_status if authorized else 401, {"projects": []}, False)
 
         def _answer(self, status: int, body: dict, token: bool) -> None:
@@ -252,3 +252,22 @@ def test_token_cache_reuses_a_token_until_it_ages_or_is_refused(keystone: Callab
     cache._tokens[("http://127.0.0.1:" + refused.split(":")[2].split("/")[0], "admin", "admin")] = ("stale", 160.0)
     ok, detail = cache.check(refused, "admin", "pw", "admin", timeout=2, now=161.0)
     assert not ok and detail.startswith("token: HTTP 401")  # the reused token was refused: asked anew, and that fails
+
+
+def test_an_api_behind_keystone_names_the_failing_layer(keystone: Callable[..., str]) -> None:
+    """glance's check: a token from keystone, then GET /v2/images at glance's VIP (here the same stand-in)."""
+    from nodeos.cloud.probes import TokenCache
+
+    url = keystone()
+    images = url.replace("/v3", "/v2/images")
+    cache = TokenCache(reuse=60.0)
+    ok, detail = cache.check_api(url, "admin", "pw", "admin", images, timeout=2, now=100.0)
+    assert ok and detail == f"token issued, read {images}: HTTP 200"
+    down = f"http://127.0.0.1:{free_port()}/v2/images"
+    ok, detail = cache.check_api(url, "admin", "pw", "admin", down, timeout=2, now=110.0)
+    assert not ok and detail == f"read {down}: connection refused"  # the API, not keystone
+    ok, detail = cache.check_api(f"http://127.0.0.1:{free_port()}/v3", "admin", "pw", "admin", images, timeout=2)
+    assert not ok and detail == "token: connection refused"  # keystone itself
+    failing = keystone(read_status=500)
+    ok, detail = TokenCache().check_api(failing, "admin", "pw", "admin", failing.replace("/v3", "/v2/images"), 2)
+    assert not ok and "HTTP 500" in detail and detail.startswith("read ")
