@@ -5,6 +5,7 @@ Pure (no I/O; time and randomness are arguments):
 * conf.py: the fsid from the cluster id (`fsid_for`) and ceph.conf (`render_ceph_conf`);
 * mons.py: where mons run, one monmap change at a time (`choose_mons`);
 * pools.py: pool replication from the host count (`pool_size`);
+* clients.py: the cephx users of the cloud's services and their pools (`ServiceClient`);
 * disks.py: which disks become OSDs, from lsblk (`parse_lsblk`, `choose_osd_disks`);
 * status.py: `ceph -s` reduced to what nodeos shows and waits for (`summarize`);
 * ops.py: Ceph's part of the replicated state and the ops that change it;
