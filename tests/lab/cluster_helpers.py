@@ -16,7 +16,8 @@ from nodeos.lab.lab import Lab, destroy
 
 def new_lab(nodes: int, expect: int | None = None, catalog: str | None = None, start: bool = True,
             timing: dict[str, float] | None = None, storage: dict[str, Any] | None = None) -> Lab:
-    name = "t" + secrets.token_hex(2)
+    # NODEOS_TEST_LAB_PREFIX (2 letters): whose labs these are, when several people share a machine.
+    name = os.environ.get("NODEOS_TEST_LAB_PREFIX", "t")[:2] + secrets.token_hex(2)
     lab = Lab.create(name, nodes, expect, catalog=catalog, timing=timing, storage=storage)
     if start:
         lab.start_all()
