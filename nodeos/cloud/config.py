@@ -20,7 +20,6 @@ from typing import Any, Callable, Mapping
 import jinja2
 
 from nodeos.cluster.identity import ClusterIdentity
-
 from nodeos.storage.clients import service_entity, service_keyring
 from nodeos.storage.conf import render_client_conf
 from nodeos.storage.ops import service_key
@@ -133,7 +132,7 @@ def _keystone(ctx: CloudContext) -> list[ConfigFile]:
 
 def _glance(ctx: CloudContext) -> list[ConfigFile]:
     """glance-api under uWSGI, images in Ceph (glance_store's rbd driver as client.glance)."""
-    caps, pools = CEPH_CLIENTS["glance"]
+    _, pools = CEPH_CLIENTS["glance"]
     ceph = ctx.ceph
     if not ceph:
         raise ConfigError("Ceph is not initialized yet")

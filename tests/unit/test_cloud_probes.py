@@ -271,3 +271,11 @@ def test_an_api_behind_keystone_names_the_failing_layer(keystone: Callable[..., 
     failing = keystone(read_status=500)
     ok, detail = TokenCache().check_api(failing, "admin", "pw", "admin", failing.replace("/v3", "/v2/images"), 2)
     assert not ok and "HTTP 500" in detail and detail.startswith("read ")
+
+
+def test_the_glance_check_needs_keystones_vip_and_says_so() -> None:
+    from nodeos.services.catalog import HealthCheckSpec
+    from nodeos.services.health import CheckTarget, run_check
+
+    result = run_check(HealthCheckSpec(type="glance", port=9292, path="/v2/images"), CheckTarget(vip="10.0.0.203"))
+    assert not result.ok and result.detail == "token: keystone has no VIP"
