@@ -138,3 +138,14 @@ def test_a_crashed_leader_with_an_uncommitted_tail_catches_up(members):
     members.crash(followers[0])
     wait_for(lambda: members.leader() is not None, 15, "a leader of the two")
     members.leader().submit_sync({"op": "pad", "pad": PAD, "with_returned": True}, timeout=15)
+
+
+@pytest.mark.parametrize("timing", [Timing(), Timing(raft_min_timeout=2.0, raft_max_timeout=4.0, append_entries_period=0.3)])
+def test_a_failed_candidacy_is_retried_before_any_follower_would_stand(timing):
+    """consensus._WatchedSyncObj._retry_candidacy_sooner: the retry wait stays under a
+    follower's shortest time-out (so a follower's first candidacy is still what bounds the
+    old leader's silence), and well above a vote's round trip (a few pysyncobj ticks)."""
+    from nodeos.cluster.consensus import candidacy_window
+
+    low, high = candidacy_window(timing)
+    assert 5 * 0.02 <= low < high < timing.raft_min_timeout
