@@ -38,6 +38,7 @@ socket.inet_ntop = _REAL_INET_NTOP
 from nodeos import log  # noqa: E402
 
 from .config import Timing  # noqa: E402
+from .prevote import PreVote  # noqa: E402
 from .state import ClusterState  # noqa: E402
 
 PRE_AUTH_LIMIT = 4096
@@ -223,8 +224,9 @@ def check_journal(journal: Path) -> None:
         raise ConsensusError(f"raft journal {journal} is damaged ({problem}): {journal_remedy(journal)}")
 
 
-class _WatchedSyncObj(SyncObj):
-    """SyncObj whose tick thread reports a failure it would otherwise retry forever.
+class _WatchedSyncObj(PreVote, SyncObj):
+    """pysyncobj's SyncObj with nodeos's fixes to its Raft: pre-vote (prevote.py), a split
+    vote retried at once, a conflicting tail dropped, and tick failures reported.
 
     pysyncobj logs a failed tick and retries every 20 ms: a journal entry that
     cannot be applied leaves a member that counts toward quorum but does
@@ -233,17 +235,19 @@ class _WatchedSyncObj(SyncObj):
     """
 
     def __init__(self, *args: Any, on_failed: Callable[[str], None], candidacy_window: tuple[float, float],
-                 **kwargs: Any) -> None:
+                 min_timeout: float, **kwargs: Any) -> None:
         # Set before SyncObj.__init__ (which starts the tick thread, and never
         # serializes the attributes it finds): ours stay out of Raft dumps.
         self._nodeos_failures = 0
         self._nodeos_on_failed = on_failed
         self._nodeos_candidacy_window = candidacy_window
+        self.prevote_init(min_timeout)
         super().__init__(*args, **kwargs)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
         term_before = self._SyncObj__raftCurrentTerm  # type: ignore[attr-defined]
         try:
+            self.prevote_before_tick()
             super()._onTick(timeToWait)
         except Exception as exc:
             self._nodeos_failures += 1
@@ -273,6 +277,8 @@ class _WatchedSyncObj(SyncObj):
     # transport, which Python resolves to this override.
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         if isinstance(message, dict):
+            if self.prevote_message(node, message):
+                return
             self._drop_conflicting_tail(message)
         super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
 
@@ -337,7 +343,8 @@ class Consensus:
         self._on_failed = on_failed
         try:
             self._syncobj = _WatchedSyncObj(self_addr, others, conf, consumers=[self.cluster], transportClass=GuardedTransport,
-                                            on_failed=self._tick_failed, candidacy_window=candidacy_window(timing))
+                                            on_failed=self._tick_failed, candidacy_window=candidacy_window(timing),
+                                            min_timeout=timing.raft_min_timeout)
         except Exception as exc:  # whatever pysyncobj's reader hit (struct.error, ValueError, ...): retrying will not help
             raise ConsensusError(f"pysyncobj could not start from {journal} ({exc!r}): if the journal is damaged, "
                                  f"{journal_remedy(journal)}") from exc

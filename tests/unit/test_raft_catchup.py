@@ -149,3 +149,36 @@ def test_a_failed_candidacy_is_retried_before_any_follower_would_stand(timing):
 
     low, high = candidacy_window(timing)
     assert 5 * 0.02 <= low < high < timing.raft_min_timeout
+
+
+def test_a_member_whose_time_out_fires_while_the_others_hear_the_leader_does_not_depose_it(members):
+    """Pre-vote (nodeos/cluster/prevote.py): a stalled or restarted member asks first, and is refused."""
+    for addr in members.addrs:
+        members.start(addr)
+    wait_for(lambda: members.leader() is not None, 15, "a leader")
+    leader = members.leader()
+    assert leader is not None
+    term = leader.term()
+    follower = next(m for m in members.running.values() if m is not leader)
+    for _ in range(5):  # its time-out fires again and again, as in a stall
+        follower._syncobj._SyncObj__raftElectionDeadline = 0
+        time.sleep(0.3)
+    assert members.leader() is leader and leader.term() == term
+    leader.submit_sync({"op": "pad", "pad": PAD, "still": True})
+
+    # A member restarted from its journal rejoins without an election too.
+    members.crash(follower.self_addr)
+    members.start(follower.self_addr)
+    time.sleep(2.0)
+    assert members.leader() is leader and leader.term() == term
+
+
+def test_after_a_leader_crash_the_survivors_grant_each_other_and_elect(members):
+    for addr in members.addrs:
+        members.start(addr)
+    wait_for(lambda: members.leader() is not None, 15, "a leader")
+    old = members.leader()
+    assert old is not None
+    members.crash(old.self_addr)
+    wait_for(lambda: members.leader() is not None, 10, "a new leader among the survivors")
+    members.leader().submit_sync({"op": "pad", "pad": PAD, "after_crash": True})
