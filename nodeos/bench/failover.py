@@ -143,6 +143,29 @@ def keep_lab_logs(lab: Lab) -> Path:
     return target
 
 
+def fenced_nodes(lab: Lab, since_ts: float, besides: str) -> int:
+    """How many nodes other than `besides` fenced themselves after `since_ts` (collateral fences)."""
+    count = 0
+    for name, node in lab.spec.nodes.items():
+        if name == besides:
+            continue
+        try:
+            lines = (Path(node.state_dir) / "agent.log").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("ts", 0) < since_ts:
+                break
+            if entry.get("event") == "fence.local":
+                count += 1
+                break
+    return count
+
+
 def _restore(lab: Lab, vip: str) -> None:
     for name, node in lab.spec.nodes.items():
         if node.disconnected:
@@ -179,7 +202,7 @@ def _service_host_or_none(lab: Lab) -> str | None:
         return None
 
 
-def run_round(lab: Lab, prober: Prober, fault: str) -> dict[str, float | None]:
+def run_round(lab: Lab, prober: Prober, fault: str) -> dict[str, Any]:
     names = sorted(lab.spec.nodes)
     monitor = wait_for(lambda: lease_holder(lab, names), 20)
     if fault == "monitor-crash":
@@ -213,7 +236,7 @@ def run_round(lab: Lab, prober: Prober, fault: str) -> dict[str, float | None]:
     recovery = prober.recovery_after(fault_at)
     wanted = DETECTION_EVENTS[fault]
     detected = next((e["ts"] - fault_at for e in _events(lab, fault_at) if e["kind"] in wanted), None)
-    return {"detection": detected, "recovery": recovery}
+    return {"detection": detected, "recovery": recovery, "others_fenced": fenced_nodes(lab, fault_at, host)}
 
 
 def bench_failover(rounds: int, faults: list[str]) -> dict[str, Any]:
@@ -232,19 +255,22 @@ def bench_failover(rounds: int, faults: list[str]) -> dict[str, Any]:
         vip = next(r["vip"] for r in lab.wait_services(60) if r["name"] == "memcached")
         prober = Prober(lab, vip)
         for fault in faults:
-            detections, recoveries = [], []
+            detections, recoveries, fenced = [], [], 0
             for r in range(rounds):
                 _restore(lab, vip)
                 prober.samples.clear()
                 outcome = run_round(lab, prober, fault)
-                print(f"  {fault} round {r + 1}/{rounds}: detection {outcome['detection']}, VIP serving again {outcome['recovery']}",
-                      file=sys.stderr, flush=True)
+                print(f"  {fault} round {r + 1}/{rounds}: detection {outcome['detection']}, VIP serving again {outcome['recovery']}, "
+                      f"other nodes fenced {outcome['others_fenced']}", file=sys.stderr, flush=True)
+                fenced += int(outcome["others_fenced"] or 0)
                 if outcome["detection"] is not None:
                     detections.append(outcome["detection"])
                 if outcome["recovery"] is not None:
                     recoveries.append(outcome["recovery"])
             results[f"{fault}: detection"] = summarize(detections)
             results[f"{fault}: VIP serving again"] = summarize(recoveries)
+            # A healthy node that fences itself stops its singletons for nothing (a slow election).
+            results[f"{fault}: other nodes fenced"] = {"total": fenced, "rounds": rounds}
     except LabError as exc:
         where = keep_lab_logs(lab)
         raise LabError(f"{exc} (after {', '.join(k for k in results if k.endswith('detection')) or 'no complete fault'}; "

@@ -11,6 +11,7 @@ from nodeos.cluster.config import ConfigError, load_config
 from nodeos.cluster.control import ControlServer
 from nodeos.cluster.discovery import InterfaceError
 from nodeos.cluster.identity import IdentityError, load_identity
+from nodeos.services.tcp_settings import apply_tcp_settings
 # Registers the service operations: every node must know every op it may apply.
 from nodeos.services import placement  # noqa: F401
 from nodeos.storage import ops as storage_ops  # noqa: F401  (registers the storage ops)
@@ -52,6 +53,7 @@ def run_agent(config_path: Path | None, identity_path: Path, state_dir: Path, *,
         log.event("agent.refused", level="error", error=str(exc))
         return EXIT_CONFIG
     attach_services(agent)
+    apply_tcp_settings()  # clients of a VIP that moved must not hang (nodeos/services/tcp_settings.py)
     get, post = _routes(agent)
     server = ControlServer(state_dir / "agent.sock", ("0.0.0.0", config.status_port), get, post, {"/status", "/events"})
     server.start()

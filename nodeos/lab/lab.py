@@ -43,6 +43,13 @@ LAB_ROOT = Path(os.environ.get("NODEOS_LAB_ROOT", "/run/nodeos-lab"))
 LOAD_ROOT = Path("/var/tmp/nodeos-lab-load")  # real disk, for the `load` fault
 # Outside the lab dir: namespace files need a private mount, the lab dir is shared.
 MNTNS_ROOT = Path("/run/nodeos-mntns")
+# The nodes' Raft journals live in memory (a symlink from the state dir). All lab
+# nodes share this host's one disk: a writer that saturates it (the `load` fault,
+# Ceph's OSDs) makes the kernel throttle every process that dirties its pages,
+# so pysyncobj's mmapped journals stalled all three agents at once for about a
+# second (fences and a lease change in CI's `load all`). Real nodes each have
+# their own disk; there the journal stays in the state dir (README, limits).
+JOURNAL_ROOT = Path(os.environ.get("NODEOS_LAB_JOURNAL_ROOT", "/dev/shm/nodeos-lab"))
 SUBNET_PREFIX = "10.77.0"
 PREFIXLEN = 24
 CLIENT_IP = f"{SUBNET_PREFIX}.5"
@@ -221,6 +228,7 @@ class Lab:
             raise LabError(f"{name}: agent already running (pid {node.pid})")
         state_dir = Path(node.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._journal_in_memory(node)
         self._boot_network(node)
         self._boot_mounts(node)
         self._ensure_watchdog(node)
@@ -231,6 +239,16 @@ class Lab:
         node.pid = _spawn(argv, state_dir / "agent.log")
         self.save()
         return node.pid
+
+    def _journal_in_memory(self, node: LabNode) -> None:
+        """Point the node's raft.journal at a file on tmpfs (JOURNAL_ROOT says why); once, before its first start."""
+        link = Path(node.state_dir) / "raft.journal"
+        if link.is_symlink() or link.exists() or not JOURNAL_ROOT.parent.is_dir():
+            return  # already made (a restart keeps its journal), or replaced by hand (tests do)
+        target = JOURNAL_ROOT / self.spec.name / node.name
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, 0o700)
+        link.symlink_to(target / "raft.journal")
 
     def _boot_mounts(self, node: LabNode) -> None:
         """The node's mount namespace (made once, kept across reboots); a node that is
@@ -555,6 +573,7 @@ def destroy(name: str) -> list[str]:
         netns.delete_link(link)
         removed.append(link)
     shutil.rmtree(LAB_ROOT / name, ignore_errors=True)
+    shutil.rmtree(JOURNAL_ROOT / name, ignore_errors=True)
     for leftover in LOAD_ROOT.glob(f"{name}-*") if LOAD_ROOT.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
     return removed

@@ -138,6 +138,10 @@ MKFS_TIMEOUT = 300.0
 # tries: ATTACH_TRY each, for ATTACH_PATIENCE in all.
 ATTACH_TRY = 2.5
 ATTACH_PATIENCE = 30.0
+# The same holds for rbd-fuse: losetup's open of the image file is rbd-fuse's first
+# op, and a client stuck on the dead OSD held losetup for its whole 30 s time-out
+# (bench cloud, each Monitor crash). So a new rbd-fuse is tried every LOSETUP_TRY.
+LOSETUP_TRY = 5.0
 UMOUNT_TIMEOUT = 15.0  # then the helper is killed (FUSE I/O fails) and the unmount is lazy
 STOP_TIMEOUT = 5.0  # SIGTERM to SIGKILL
 HEAD_BYTES = 1 << 20  # read before mkfs: must be zeros
@@ -157,7 +161,7 @@ def _run(argv: Sequence[str], *, what: str, prefix: Sequence[str] = (), timeout:
         result = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False,
                                 stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise VolumeError(f"{what}: '{' '.join(argv)}' gave no answer in {timeout:.0f}s") from None
+        raise VolumeTimeout(f"{what}: '{' '.join(argv)}' gave no answer in {timeout:.0f}s") from None
     except OSError as exc:
         raise VolumeError(f"{what}: '{' '.join(argv)}': {exc}") from None
     if result.returncode not in ok:
@@ -379,7 +383,25 @@ def _header(node: CephNode, pool: str, image: str, name: str, backend: str) -> d
             "conf": node.conf}
 
 
+class VolumeTimeout(VolumeError):
+    """A command gave no answer in its time."""
+
+
 def _attach_fuse(node: CephNode, pool: str, image: str, name: str, vdir: Path) -> Attachment:
+    """rbd-fuse + loop, in tries with a fresh rbd-fuse each (LOSETUP_TRY says why)."""
+    deadline = time.monotonic() + ATTACH_PATIENCE
+    attempt = 1
+    while True:
+        try:
+            return _attach_fuse_once(node, pool, image, name, vdir)
+        except VolumeTimeout as exc:
+            if time.monotonic() + LOSETUP_TRY > deadline:
+                raise
+            log.event("volume.attach_retry", level="warning", image=f"{pool}/{image}", attempt=attempt, error=str(exc))
+            attempt += 1
+
+
+def _attach_fuse_once(node: CephNode, pool: str, image: str, name: str, vdir: Path) -> Attachment:
     header = _header(node, pool, image, name, FUSE)
     fuse_dir = vdir / "fuse"
     fuse_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -399,7 +421,7 @@ def _attach_fuse(node: CephNode, pool: str, image: str, name: str, vdir: Path) -
         _write_state(vdir, header, left, None)
         _wait_fuse(proc, fuse_dir, image, vdir)
         marks.append(time.monotonic())
-        loop = _run(losetup_argv(str(fuse_dir / image)), what=f"losetup on {node.node_id}").stdout.strip()
+        loop = _run(losetup_argv(str(fuse_dir / image)), what=f"losetup on {node.node_id}", timeout=LOSETUP_TRY).stdout.strip()
         left.loop = loop
         _write_state(vdir, header, left, None)
         marks.append(time.monotonic())

@@ -26,3 +26,4 @@ def test_election_and_failover_benchmarks_write_figures(tmp_path):
     for fault in ("service-kill", "node-crash"):
         assert results[f"{fault}: VIP serving again"]["n"] == 1
         assert results[f"{fault}: detection"]["n"] == 1
+        assert results[f"{fault}: other nodes fenced"]["rounds"] == 1
