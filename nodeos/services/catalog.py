@@ -26,8 +26,9 @@ import yaml
 CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
-# mariadb, memcached, keystone: the service's own signal (nodeos/cloud/probes.py), not a port check.
-CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", "mariadb", "memcached", "keystone")
+# mariadb, memcached, keystone, rabbitmq: the service's own signal (nodeos/cloud/probes.py), not a port check.
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "rabbitmq")
+CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
 # root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
 TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")
@@ -398,7 +399,7 @@ _CHECK_KEYS = (
     "daemon", "start_period",
 )
 _CHECK_ONLY_FOR = {
-    "port": ("tcp", "http", "mariadb", "memcached", "keystone"),
+    "port": ("tcp", "http", *CLOUD_CHECKS),
     "path": ("http", "keystone"),
     "expect_status": ("http",),
     "expect_body": ("http",),
@@ -575,7 +576,7 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
         start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
     )
-    if kind in ("mariadb", "memcached", "keystone"):
+    if kind in CLOUD_CHECKS:
         if data.get("port") is None and service_port is None:
             raise where.error(path, f"a {kind} check needs 'port' (the service has none)")
         port = service_port if data.get("port") is None else _int(where, data["port"], path + ("port",), 1, 65535)

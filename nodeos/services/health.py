@@ -154,6 +154,15 @@ def _check_keystone(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, s
                                  "admin", spec.timeout, read_path=spec.path or "/v3/projects")
 
 
+def _check_rabbitmq(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """Log in as the openstack user through the VIP, publish and consume one message; a blocked
+    publisher is the alarm layer (memory or disk)."""
+    from nodeos.cloud.probes import rabbitmq_publish_consume
+
+    return rabbitmq_publish_consume(target.vip or target.host, _port(spec), "openstack",
+                                    target.values.get("mq_password", ""), spec.timeout)
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -176,6 +185,7 @@ _CHECKS = {
     "mariadb": _check_mariadb,
     "memcached": _check_memcached,
     "keystone": _check_keystone,
+    "rabbitmq": _check_rabbitmq,
 }
 
 

@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
-from nodeos.cloud.probes import keystone_token, keystone_token_and_read, mariadb_health_sql, mariadb_heartbeat, memcached_set_get
+from nodeos.cloud.probes import (keystone_token, keystone_token_and_read, mariadb_health_sql, mariadb_heartbeat,
+                                 memcached_set_get, rabbitmq_publish_consume)
 
 MEMCACHED = "/usr/bin/memcached"
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
@@ -252,3 +254,80 @@ def test_token_cache_reuses_a_token_until_it_ages_or_is_refused(keystone: Callab
     cache._tokens[("http://127.0.0.1:" + refused.split(":")[2].split("/")[0], "admin", "admin")] = ("stale", 160.0)
     ok, detail = cache.check(refused, "admin", "pw", "admin", timeout=2, now=161.0)
     assert not ok and detail.startswith("token: HTTP 401")  # the reused token was refused: asked anew, and that fails
+
+
+# -- RabbitMQ (a stand-in for py-amqp's Connection: the broker's behaviour is the lab test's) ----------
+
+class FakeChannel:
+    def __init__(self, broker: "FakeBroker") -> None:
+        self.broker = broker
+
+    def queue_declare(self, queue: str, exclusive: bool, auto_delete: bool) -> tuple[str, int, int]:
+        assert queue == "" and exclusive and auto_delete  # private and gone with the connection
+        return "amq.gen-1", 0, 0
+
+    def basic_publish_confirm(self, message: Any, exchange: str, routing_key: str, confirm_timeout: float) -> None:
+        if self.broker.alarm:
+            self.broker.on_blocked("connection blocked, see broker logs")
+            raise TimeoutError()  # the broker stops reading: no confirm comes
+        self.broker.queue.append(message.body if self.broker.echo else "something else")
+
+    def basic_get(self, queue: str, no_ack: bool) -> Any:
+        body = self.broker.queue.pop() if self.broker.queue else None
+        return None if body is None else type("Message", (), {"body": body.encode()})()
+
+
+class FakeBroker:
+    def __init__(self, refuse: BaseException | None = None, alarm: bool = False, echo: bool = True) -> None:
+        self.refuse, self.alarm, self.echo = refuse, alarm, echo
+        self.queue: list[str] = []
+        self.closed: str | None = None
+        self.kwargs: dict[str, Any] = {}
+
+    def __call__(self, **kwargs: Any) -> "FakeBroker":
+        self.kwargs = kwargs
+        self.on_blocked = kwargs["on_blocked"]
+        return self
+
+    def connect(self) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+
+    def channel(self) -> FakeChannel:
+        return FakeChannel(self)
+
+    def close(self) -> None:
+        self.closed = "politely"
+
+    def collect(self) -> None:
+        self.closed = self.closed or "dropped"
+
+
+def probe_rabbitmq(broker: FakeBroker) -> tuple[bool, str]:
+    return rabbitmq_publish_consume("10.0.0.203", 5672, "openstack", "pw", 2.0, connection=broker)
+
+
+def test_rabbitmq_publish_consume() -> None:
+    broker = FakeBroker()
+    assert probe_rabbitmq(broker) == (True, "published and consumed on 10.0.0.203:5672")
+    assert broker.kwargs["userid"] == "openstack" and broker.kwargs["host"] == "10.0.0.203:5672"
+    assert broker.closed == "politely"
+
+
+def test_rabbitmq_failures_name_their_layer() -> None:
+    import amqp
+
+    ok, detail = probe_rabbitmq(FakeBroker(refuse=ConnectionRefusedError(111, "Connection refused")))
+    assert not ok and detail == "connect 10.0.0.203:5672: connection refused"
+    refused = amqp.exceptions.AccessRefused("Login was refused using authentication mechanism AMQPLAIN", reply_code=403)
+    ok, detail = probe_rabbitmq(FakeBroker(refuse=refused))
+    assert not ok and detail.startswith("login 10.0.0.203:5672: ") and "(403)" in detail
+    ok, detail = probe_rabbitmq(FakeBroker(echo=False))
+    assert not ok and detail.startswith("consume: the message published was not read back")
+
+
+def test_rabbitmq_blocked_publisher_is_the_alarm_layer_and_the_socket_is_dropped() -> None:
+    broker = FakeBroker(alarm=True)
+    ok, detail = probe_rabbitmq(broker)
+    assert not ok and detail.startswith("alarm: publishing blocked by the broker")
+    assert broker.closed == "dropped"  # a blocked broker reads nothing: no close handshake to wait for
