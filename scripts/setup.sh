@@ -44,7 +44,8 @@ apt-get install -y -qq --no-install-recommends $packages >/dev/null
 if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 
 # Daemons from the lab catalog are started by the agents, not by the host.
-for unit in memcached nginx ceph-crash mariadb keystone glance-api; do
+# (RabbitMQ: its epmd too, which Erlang's package starts by socket activation.)
+for unit in memcached nginx ceph-crash mariadb keystone glance-api rabbitmq-server epmd.socket epmd; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

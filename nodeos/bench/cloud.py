@@ -35,7 +35,7 @@ from .failover import keep_lab_logs
 
 FAULTS = ("keystone-kill", "mariadb-kill", "mariadb-node-crash", "monitor-crash")
 POLL_INTERVAL = 0.5
-CONTROL_PLANE = ("ceph-mon", "ceph-mgr", "ceph-osd", "mariadbd", "memcached", "uwsgi", "uwsgi-core")
+CONTROL_PLANE = ("ceph-mon", "ceph-mgr", "ceph-osd", "mariadbd", "memcached", "uwsgi", "uwsgi-core", "beam.smp", "epmd")
 
 POLLER = r'''
 import os, sys, time
@@ -107,7 +107,7 @@ def _view(lab: Lab) -> dict[str, Any]:
 def settled(lab: Lab) -> bool:
     rows = {r["name"]: r for r in _view(lab).get("services", [])}
     return bool(rows) and all(rows.get(s, {}).get("health") == "healthy 3/3" for s in ("ceph-mon", "ceph-osd")) and \
-        all(rows.get(s, {}).get("health") == "healthy" for s in ("mariadb", "memcached", "keystone"))
+        all(rows.get(s, {}).get("health") == "healthy" for s in ("mariadb", "memcached", "keystone", "rabbitmq"))
 
 
 def restore(lab: Lab) -> None:

@@ -24,9 +24,10 @@ from nodeos.storage.clients import service_entity, service_keyring
 from nodeos.storage.conf import render_client_conf
 from nodeos.storage.ops import service_key
 
+from . import rabbitmq
 from .probes import mariadb_health_sql
 from .registry import CEPH_CLIENTS
-from .secrets import db_password, health_password, service_password
+from .secrets import db_password, erlang_cookie, health_password, mq_password, mq_password_salt, service_password
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("nodeos.cloud", "templates"),
@@ -35,7 +36,7 @@ _TEMPLATES = jinja2.Environment(
     autoescape=False,
 )
 
-MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292
+MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292  # RabbitMQ's: rabbitmq.py
 MARIADB_DATADIR = "/var/lib/mysql/data"
 # The OpenStack services that keep a database, by the configuration that uses it.
 DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",)}
@@ -155,8 +156,29 @@ def _glance(ctx: CloudContext) -> list[ConfigFile]:
             ConfigFile(keyring, service_keyring("glance", ceph["keys"]["glance"]), mode=0o640, group="glance")]
 
 
-_RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {"mariadb": _mariadb, "keystone": _keystone,
-                                                                      "glance": _glance}
+def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
+    """Needs nothing from the state but the secret: clients find the broker at its VIP."""
+    conf = _TEMPLATES.get_template("rabbitmq.conf.j2").render(
+        port=rabbitmq.AMQP_PORT,
+        # The lab's broker idles at about 140 MiB: alarms well above that, far below the host's memory.
+        memory_absolute="512MiB" if ctx.lab else "", memory_relative=0.4,
+        disk_free_limit="50MB" if ctx.lab else "1GB")
+    env = _TEMPLATES.get_template("rabbitmq-env.conf.j2").render(
+        node_name=rabbitmq.NODE_NAME, dist_port=rabbitmq.DIST_PORT,
+        # Lab nodes share 2 cores: one scheduler each, fewer threads.
+        erl_args=" +S 1:1" if ctx.lab else "")
+    definitions = rabbitmq.definitions_json(mq_password(ctx.identity), mq_password_salt(ctx.identity))
+    return [ConfigFile("/etc/rabbitmq/rabbitmq.conf", conf, mode=0o640, group="rabbitmq"),
+            ConfigFile("/etc/rabbitmq/rabbitmq-env.conf", env),
+            ConfigFile("/etc/rabbitmq/enabled_plugins", "[].\n"),  # no management plugin: nothing listens but AMQP
+            ConfigFile("/etc/rabbitmq/definitions.json", definitions, mode=0o640, group="rabbitmq"),
+            # Copied by the start script to the volume, as rabbitmq's ~/.erlang.cookie (where rabbitmqctl looks).
+            ConfigFile("/etc/rabbitmq/erlang.cookie", erlang_cookie(ctx.identity), mode=0o400,
+                       owner="rabbitmq", group="rabbitmq")]
+
+
+_RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {
+    "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

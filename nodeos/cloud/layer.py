@@ -29,7 +29,7 @@ from .config import ConfigError, context_from_state, render, write_files
 from .decide import decide_cloud
 from .jobs import JobError, commands, run_commands
 from .registry import CEPH_CLIENTS, JOBS
-from .secrets import admin_password, health_password
+from .secrets import admin_password, health_password, mq_password
 
 RETRY = 3.0  # re-propose an op whose outcome we never saw
 
@@ -68,7 +68,8 @@ class CloudLayer:
 
     def check_values(self) -> dict[str, str]:
         """Secrets the service-specific checks log in with (never shown: templates cannot name them)."""
-        return {"admin_password": admin_password(self.identity), "health_password": health_password(self.identity)}
+        return {"admin_password": admin_password(self.identity), "health_password": health_password(self.identity),
+                "mq_password": mq_password(self.identity)}
 
     # -- every node ------------------------------------------------------------------
     def prepare(self, spec: ServiceSpec, state: ClusterState, catalog: Catalog) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 import pymysql
 
@@ -140,6 +140,95 @@ def _read_until(sock: socket.socket, end: bytes, limit: int = 4096) -> bytes:
         if data.startswith((b"ERROR", b"SERVER_ERROR", b"CLIENT_ERROR")) and data.endswith(b"\r\n"):
             break
     return data
+
+
+# -- RabbitMQ ------------------------------------------------------------------
+
+def rabbitmq_publish_consume(host: str, port: int, user: str, password: str, timeout: float, vhost: str = "/",
+                             connection: Callable[..., Any] | None = None) -> Probe:
+    """Log in, publish one confirmed message to a fresh private queue and get it back.
+
+    What `rabbitmq-diagnostics check_running` + `check_local_alarms` say, at the
+    price of one AMQP connection instead of two Erlang VMs (1-2 s of CPU each):
+    a broker that accepts a login runs (its listeners start last), and a memory or
+    disk alarm blocks publishers, which the broker says with connection.blocked.
+    The queue is exclusive: gone with the connection, nothing left behind.
+    """
+    blocked: list[str] = []
+    make = connection or _amqp_connection
+    try:
+        conn = make(host=f"{host}:{port}", userid=user, password=password, virtual_host=vhost,
+                    connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
+                    on_blocked=lambda reason="": blocked.append(reason or "blocked"))
+    except Exception as exc:  # noqa: BLE001
+        return False, f"connect {host}:{port}: {_amqp_reason(exc)}"
+    step, body, done = "connect", _token(), False
+    try:
+        conn.connect()
+        step = "declare"
+        channel = conn.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True)[0]
+        step = "publish"
+        # With publisher confirms: the broker acknowledges the message once it holds it.
+        channel.basic_publish_confirm(_amqp_message(body), exchange="", routing_key=queue, confirm_timeout=timeout)
+        step = "consume"
+        message = channel.basic_get(queue, no_ack=True)
+        done = True
+    except Exception as exc:  # noqa: BLE001 (a probe reports, never raises)
+        if not blocked:  # a blocked publisher waits: then the timeout is the alarm's, not the broker's death
+            return False, f"{_amqp_layer(step, exc)} {host}:{port}: {_amqp_reason(exc)}"
+    finally:
+        _close_quietly(conn, polite=done and not blocked)  # a blocked broker reads nothing, not even a close
+    if blocked:
+        return False, f"alarm: publishing blocked by the broker (a memory or disk alarm) on {host}:{port}"
+    got = getattr(message, "body", None)
+    if isinstance(got, bytes):
+        got = got.decode(errors="replace")
+    if got != body:
+        return False, f"consume: the message published was not read back (got {str(got)[:40] if got else 'nothing'})"
+    return True, f"published and consumed on {host}:{port}"
+
+
+def _amqp_connection(**kwargs: Any) -> Any:
+    import amqp  # only where a broker is checked
+
+    return amqp.Connection(**kwargs)
+
+
+def _amqp_message(body: str) -> Any:
+    import amqp
+
+    return amqp.Message(body)
+
+
+def _amqp_layer(step: str, exc: BaseException) -> str:
+    """The connect step fails at the socket (connect) or at the login (ACCESS_REFUSED, 403)."""
+    if step == "connect" and getattr(exc, "reply_code", None) in (403, 530):
+        return "login"
+    return step
+
+
+def _amqp_reason(exc: BaseException) -> str:
+    """amqp's "(0, 0): (403) ACCESS_REFUSED - Login was refused ..." -> "ACCESS_REFUSED - Login was refused ... (403)"."""
+    code, text = getattr(exc, "reply_code", None), getattr(exc, "reply_text", None)
+    if code and text:
+        return f"{str(text)[:120]} ({code})"
+    if isinstance(exc, OSError) or isinstance(exc, TimeoutError):
+        return _os_error(exc)
+    return str(exc)[:120] or type(exc).__name__
+
+
+def _close_quietly(conn: Any, polite: bool) -> None:
+    try:
+        if polite:
+            conn.close()
+        else:
+            conn.collect()  # drop the socket, no handshake
+    except Exception:  # noqa: BLE001 (already broken; the result stands)
+        try:
+            conn.collect()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 # -- keystone and the APIs behind it ---------------------------------------------

@@ -49,6 +49,17 @@ def mq_password(identity: ClusterIdentity) -> str:
     return cloud_password(identity, "rabbitmq/openstack")
 
 
+def mq_password_salt(identity: ClusterIdentity) -> bytes:
+    """The salt of the openstack user's hash in RabbitMQ's definitions: fixed per cluster,
+    so every node renders the same file (the password itself is 128 random bits)."""
+    return identity.derive_key("cloud/rabbitmq/openstack-salt", length=4)
+
+
+def erlang_cookie(identity: ClusterIdentity) -> str:
+    """RabbitMQ's Erlang cookie: whoever has it may run code in the broker (rabbitmqctl)."""
+    return cloud_password(identity, "rabbitmq/erlang-cookie")
+
+
 def db_root_password(identity: ClusterIdentity) -> str:
     return cloud_password(identity, "db/root")
 

@@ -26,8 +26,9 @@ import yaml
 CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
-# mariadb, memcached, keystone, glance: the service's own signal (nodeos/cloud/probes.py), not a port check.
-CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", "mariadb", "memcached", "keystone", "glance")
+# The service's own signal (nodeos/cloud/probes.py), not a port check.
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq")
+CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
 # An API checked with a keystone token: the read its check does by default.
 API_READS = {"keystone": "/v3/projects", "glance": "/v2/images"}
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
@@ -400,8 +401,8 @@ _CHECK_KEYS = (
     "daemon", "start_period",
 )
 _CHECK_ONLY_FOR = {
-    "port": ("tcp", "http", "mariadb", "memcached", "keystone", "glance"),
-    "path": ("http", "keystone", "glance"),
+    "port": ("tcp", "http", *CLOUD_CHECKS),
+    "path": ("http", *API_READS),
     "expect_status": ("http",),
     "expect_body": ("http",),
     "command": ("command",),
@@ -577,7 +578,7 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
         start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
     )
-    if kind in ("mariadb", "memcached", *API_READS):
+    if kind in CLOUD_CHECKS:
         if data.get("port") is None and service_port is None:
             raise where.error(path, f"a {kind} check needs 'port' (the service has none)")
         port = service_port if data.get("port") is None else _int(where, data["port"], path + ("port",), 1, 65535)

@@ -167,6 +167,15 @@ def _check_glance(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str
                                      "admin", f"http://{host}:{_port(spec)}{spec.path or '/v2/images'}", spec.timeout)
 
 
+def _check_rabbitmq(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """Log in as the openstack user through the VIP, publish and consume one message; a blocked
+    publisher is the alarm layer (memory or disk)."""
+    from nodeos.cloud.probes import rabbitmq_publish_consume
+
+    return rabbitmq_publish_consume(target.vip or target.host, _port(spec), "openstack",
+                                    target.values.get("mq_password", ""), spec.timeout)
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -190,6 +199,7 @@ _CHECKS = {
     "memcached": _check_memcached,
     "keystone": _check_keystone,
     "glance": _check_glance,
+    "rabbitmq": _check_rabbitmq,
 }
 
 

@@ -364,7 +364,7 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, glance, got 'nova'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, got 'nova'" in error_of("""
         services:
           api: {placement: singleton, vip: false, start: {command: [x]}, config: nova}
         """)
@@ -400,4 +400,12 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
     assert "only allowed for http and keystone and glance checks" in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
+        """)
+    assert parse("""
+        services:
+          mq: {placement: singleton, port: 5672, start: {command: [x]}, health: [{type: rabbitmq}]}
+        """)["mq"].health[0].port == 5672
+    assert "a rabbitmq check needs 'port'" in error_of("""
+        services:
+          mq: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: rabbitmq}]}
         """)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
+import hashlib
+import json
 import stat
 
 import pytest
 
-from nodeos.cloud.config import CloudContext, ConfigError, render, write_files
+from nodeos.cloud import rabbitmq
+from nodeos.cloud.config import CloudContext, ConfigError, ConfigFile, render, write_files
 from nodeos.cloud.registry import CONFIGS
-from nodeos.cloud.secrets import db_password, make_fernet_key, service_password
+from nodeos.cloud.secrets import db_password, erlang_cookie, make_fernet_key, mq_password, service_password
 from nodeos.storage.keys import make_key
 from nodeos.cluster.identity import ClusterIdentity
 
@@ -101,3 +105,54 @@ def test_files_are_written_private_first_and_only_when_changed(tmp_path):
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700  # keystone refuses a key repository others can read
     assert write_files(files, tmp_path) == []
     assert not list(tmp_path.rglob(".*nodeos-tmp"))
+
+
+def rabbitmq_files(**changes) -> dict[str, ConfigFile]:
+    return {f.path: f for f in render("rabbitmq", context(**changes))}
+
+
+def test_rabbitmq_has_one_node_name_everywhere_and_keeps_erlang_on_loopback():
+    env = rabbitmq_files()["/etc/rabbitmq/rabbitmq-env.conf"].content
+    assert "NODENAME=rabbit@localhost\n" in env  # not the host's name: Mnesia's directory moves with the volume
+    assert "ERL_EPMD_ADDRESS=127.0.0.1\n" in env and "inet_dist_use_interface {127,0,0,1}" in env
+    conf = rabbitmq_files()["/etc/rabbitmq/rabbitmq.conf"].content
+    assert "listeners.tcp.default = 5672\n" in conf and "load_definitions = /etc/rabbitmq/definitions.json\n" in conf
+
+
+def test_rabbitmq_defines_the_openstack_user_by_a_hash_of_the_derived_password():
+    files = rabbitmq_files()
+    definitions = json.loads(files["/etc/rabbitmq/definitions.json"].content)
+    assert [u["name"] for u in definitions["users"]] == ["openstack"]  # no guest
+    user = definitions["users"][0]
+    raw = base64.b64decode(user["password_hash"])
+    salt, digest = raw[:4], raw[4:]
+    assert digest == hashlib.sha256(salt + mq_password(IDENTITY).encode()).digest()
+    assert mq_password(IDENTITY) not in files["/etc/rabbitmq/definitions.json"].content
+    assert definitions["permissions"] == [{"user": "openstack", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}]
+    assert files["/etc/rabbitmq/definitions.json"].mode == 0o640
+    assert rabbitmq_files() == files  # every node renders the same bytes (no random salt): nothing rewritten
+
+
+def test_rabbitmq_cookie_is_derived_and_readable_by_rabbitmq_only():
+    cookie = rabbitmq_files()["/etc/rabbitmq/erlang.cookie"]
+    assert cookie.content == erlang_cookie(IDENTITY)
+    assert (cookie.mode, cookie.owner, cookie.group) == (0o400, "rabbitmq", "rabbitmq")
+    other = ClusterIdentity("cluster-2", b"t" * 32, "", "")
+    assert rabbitmq_files(identity=other)["/etc/rabbitmq/erlang.cookie"].content != cookie.content
+
+
+def test_rabbitmq_lab_limits_are_small_and_a_node_keeps_rabbitmqs_defaults():
+    lab = rabbitmq_files()["/etc/rabbitmq/rabbitmq.conf"].content
+    assert "vm_memory_high_watermark.absolute = 512MiB" in lab and "disk_free_limit.absolute = 50MB" in lab
+    assert "+S 1:1" in rabbitmq_files()["/etc/rabbitmq/rabbitmq-env.conf"].content
+    node = rabbitmq_files(lab=False)
+    assert "vm_memory_high_watermark.relative = 0.4" in node["/etc/rabbitmq/rabbitmq.conf"].content
+    assert "+S" not in node["/etc/rabbitmq/rabbitmq-env.conf"].content
+
+
+def test_rabbitmq_password_hash_and_transport_url():
+    assert rabbitmq.password_hash("guest", b"\x90\x8d\xc6\x0a") == \
+        base64.b64encode(b"\x90\x8d\xc6\x0a" + hashlib.sha256(b"\x90\x8d\xc6\x0aguest").digest()).decode()
+    with pytest.raises(ValueError):
+        rabbitmq.password_hash("x", b"12345")
+    assert rabbitmq.transport_url("10.0.0.203", "p@ss/w") == "rabbit://openstack:p%40ss%2Fw@10.0.0.203:5672/"

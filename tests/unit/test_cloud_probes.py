@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
-from nodeos.cloud.probes import keystone_token, keystone_token_and_read, mariadb_health_sql, mariadb_heartbeat, memcached_set_get
+from nodeos.cloud.probes import (keystone_token, keystone_token_and_read, mariadb_health_sql, mariadb_heartbeat,
+                                 memcached_set_get, rabbitmq_publish_consume)
 
 MEMCACHED = "/usr/bin/memcached"
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
@@ -279,3 +281,78 @@ def test_the_glance_check_needs_keystones_vip_and_says_so() -> None:
 
     result = run_check(HealthCheckSpec(type="glance", port=9292, path="/v2/images"), CheckTarget(vip="10.0.0.203"))
     assert not result.ok and result.detail == "token: keystone has no VIP"
+# -- RabbitMQ (a stand-in for py-amqp's Connection: the broker's behaviour is the lab test's) ----------
+
+class FakeChannel:
+    def __init__(self, broker: "FakeBroker") -> None:
+        self.broker = broker
+
+    def queue_declare(self, queue: str, exclusive: bool, auto_delete: bool) -> tuple[str, int, int]:
+        assert queue == "" and exclusive and auto_delete  # private and gone with the connection
+        return "amq.gen-1", 0, 0
+
+    def basic_publish_confirm(self, message: Any, exchange: str, routing_key: str, confirm_timeout: float) -> None:
+        if self.broker.alarm:
+            self.broker.on_blocked("connection blocked, see broker logs")
+            raise TimeoutError()  # the broker stops reading: no confirm comes
+        self.broker.queue.append(message.body if self.broker.echo else "something else")
+
+    def basic_get(self, queue: str, no_ack: bool) -> Any:
+        body = self.broker.queue.pop() if self.broker.queue else None
+        return None if body is None else type("Message", (), {"body": body.encode()})()
+
+
+class FakeBroker:
+    def __init__(self, refuse: BaseException | None = None, alarm: bool = False, echo: bool = True) -> None:
+        self.refuse, self.alarm, self.echo = refuse, alarm, echo
+        self.queue: list[str] = []
+        self.closed: str | None = None
+        self.kwargs: dict[str, Any] = {}
+
+    def __call__(self, **kwargs: Any) -> "FakeBroker":
+        self.kwargs = kwargs
+        self.on_blocked = kwargs["on_blocked"]
+        return self
+
+    def connect(self) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+
+    def channel(self) -> FakeChannel:
+        return FakeChannel(self)
+
+    def close(self) -> None:
+        self.closed = "politely"
+
+    def collect(self) -> None:
+        self.closed = self.closed or "dropped"
+
+
+def probe_rabbitmq(broker: FakeBroker) -> tuple[bool, str]:
+    return rabbitmq_publish_consume("10.0.0.203", 5672, "openstack", "pw", 2.0, connection=broker)
+
+
+def test_rabbitmq_publish_consume() -> None:
+    broker = FakeBroker()
+    assert probe_rabbitmq(broker) == (True, "published and consumed on 10.0.0.203:5672")
+    assert broker.kwargs["userid"] == "openstack" and broker.kwargs["host"] == "10.0.0.203:5672"
+    assert broker.closed == "politely"
+
+
+def test_rabbitmq_failures_name_their_layer() -> None:
+    import amqp
+
+    ok, detail = probe_rabbitmq(FakeBroker(refuse=ConnectionRefusedError(111, "Connection refused")))
+    assert not ok and detail == "connect 10.0.0.203:5672: connection refused"
+    refused = amqp.exceptions.AccessRefused("Login was refused using authentication mechanism AMQPLAIN", reply_code=403)
+    ok, detail = probe_rabbitmq(FakeBroker(refuse=refused))
+    assert not ok and detail.startswith("login 10.0.0.203:5672: ") and "(403)" in detail
+    ok, detail = probe_rabbitmq(FakeBroker(echo=False))
+    assert not ok and detail.startswith("consume: the message published was not read back")
+
+
+def test_rabbitmq_blocked_publisher_is_the_alarm_layer_and_the_socket_is_dropped() -> None:
+    broker = FakeBroker(alarm=True)
+    ok, detail = probe_rabbitmq(broker)
+    assert not ok and detail.startswith("alarm: publishing blocked by the broker")
+    assert broker.closed == "dropped"  # a blocked broker reads nothing: no close handshake to wait for

@@ -43,7 +43,7 @@ def test_one_password_per_purpose(identity: ClusterIdentity) -> None:
     passwords = [
         secrets.db_password(identity, "keystone"), secrets.db_password(identity, "nova"),
         secrets.service_password(identity, "nova"), secrets.admin_password(identity), secrets.mq_password(identity),
-        secrets.db_root_password(identity), secrets.health_password(identity),
+        secrets.db_root_password(identity), secrets.health_password(identity), secrets.erlang_cookie(identity),
     ]
     assert len(set(passwords)) == len(passwords)
     assert secrets.db_password(identity, "nova") == secrets.cloud_password(identity, "db/nova")
