@@ -248,6 +248,9 @@ class Lab:
         target = JOURNAL_ROOT / self.spec.name / node.name
         target.mkdir(parents=True, exist_ok=True)
         os.chmod(target, 0o700)
+        # The state dir is the truth: a journal moved or removed from it (the remedy for a
+        # damaged one) takes its file with it, never a leftover behind the new link.
+        (target / "raft.journal").unlink(missing_ok=True)
         link.symlink_to(target / "raft.journal")
 
     def _boot_mounts(self, node: LabNode) -> None:
