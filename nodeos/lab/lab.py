@@ -248,10 +248,9 @@ class Lab:
         target = JOURNAL_ROOT / self.spec.name / node.name
         target.mkdir(parents=True, exist_ok=True)
         os.chmod(target, 0o700)
-        # The state dir is the truth: a journal moved or removed from it (the remedy for a
-        # damaged one) takes its file with it, never a leftover behind the new link.
-        (target / "raft.journal").unlink(missing_ok=True)
-        link.symlink_to(target / "raft.journal")
+        # A new file each time: a journal moved aside (the remedy for a damaged one) keeps
+        # its file behind the moved link, and the node starts with an empty one.
+        link.symlink_to(target / f"raft.journal.{time.time_ns()}")
 
     def _boot_mounts(self, node: LabNode) -> None:
         """The node's mount namespace (made once, kept across reboots); a node that is
