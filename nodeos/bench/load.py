@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeos.cluster.control import ControlError, request
-from nodeos.lab.lab import Lab, LabError, destroy
+from nodeos.lab.lab import Lab, destroy
 
 SAMPLE_EVERY = 10.0
 AGENT_EVENTS = {"fence.engaged": "fences", "fence.local": "fences", "lease.acquired": "lease_changes",

@@ -46,18 +46,27 @@ def rows(lab: Lab, node: str | None = None) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in status_json(lab, node or live_node(lab))["services"]}
 
 
-def keystone_healthy(lab: Lab) -> dict[str, Any] | None:
-    row = rows(lab).get("keystone")
+def healthy_at_vip(lab: Lab, service: str) -> dict[str, Any] | None:
+    row = rows(lab).get(service)
     return row if row and row["health"] == "healthy" and row["vip"] else None
+
+
+def keystone_healthy(lab: Lab) -> dict[str, Any] | None:
+    return healthy_at_vip(lab, "keystone")
+
+
+def cloud_lab(service: str) -> Iterator[Lab]:
+    """A 3-node lab-cloud whose Ceph settled and whose `service` is healthy at its VIP (a module fixture's body)."""
+    for lab in settled_storage_lab(3, catalog="lab-cloud"):
+        started = time.monotonic()
+        wait_until(lambda: healthy_at_vip(lab, service), CLOUD_SETTLE, f"{service} healthy at its VIP", interval=1.0)
+        print(f"\n{service} healthy {time.monotonic() - started:.1f}s after Ceph settled")
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for lab in settled_storage_lab(3, catalog="lab-cloud"):
-        started = time.monotonic()
-        wait_until(lambda: keystone_healthy(lab), CLOUD_SETTLE, "keystone healthy at its VIP", interval=1.0)
-        print(f"\nkeystone healthy {time.monotonic() - started:.1f}s after Ceph settled")
-        yield lab
+    yield from cloud_lab("keystone")
 
 
 def events(lab: Lab) -> list[dict[str, Any]]:

@@ -26,8 +26,9 @@ from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
 from .cluster_helpers import cli, is_root, status_json, wait_until
-from .test_cloud_identity import CLOUD_SETTLE, answers, live_node, monitor_node, openrc_env, openstack, restored, rows
-from .test_storage_agent import ceph_dir, settled_storage_lab
+from .test_cloud_identity import (answers, cloud_lab, healthy_at_vip, live_node, monitor_node, openrc_env, openstack,
+                                  restored, rows)
+from .test_storage_agent import ceph_dir
 
 pytestmark = [
     pytest.mark.lab,
@@ -40,17 +41,12 @@ IMAGE_BYTES = 4 << 20  # random, so a wrong block anywhere changes the digest
 
 
 def glance_healthy(lab: Lab) -> dict[str, Any] | None:
-    row = rows(lab).get("glance-api")
-    return row if row and row["health"] == "healthy" and row["vip"] else None
+    return healthy_at_vip(lab, "glance-api")
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for lab in settled_storage_lab(3, catalog="lab-cloud"):
-        started = time.monotonic()
-        wait_until(lambda: glance_healthy(lab), CLOUD_SETTLE, "glance-api healthy at its VIP", interval=1.0)
-        print(f"\nglance-api healthy {time.monotonic() - started:.1f}s after Ceph settled")
-        yield lab
+    yield from cloud_lab("glance-api")
 
 
 @pytest.fixture(scope="module")
