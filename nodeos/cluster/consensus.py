@@ -241,7 +241,7 @@ class _WatchedSyncObj(PreVote, SyncObj):
         self._nodeos_failures = 0
         self._nodeos_on_failed = on_failed
         self._nodeos_candidacy_window = candidacy_window
-        self.prevote_init(min_timeout)
+        self.prevote_init(min_timeout, candidacy_window)
         super().__init__(*args, **kwargs)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
