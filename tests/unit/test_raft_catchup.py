@@ -65,6 +65,15 @@ class Members:
         leaders = [m for m in self.running.values() if m.is_leader()]
         return leaders[0] if len(leaders) == 1 else None
 
+    def start_all(self) -> Consensus:
+        """Every member started; returns the leader they elected."""
+        for addr in self.addrs:
+            self.start(addr)
+        wait_for(lambda: self.leader() is not None, 15, "a leader")
+        leader = self.leader()
+        assert leader is not None
+        return leader
+
     def stop_all(self) -> None:
         for addr in list(self.running):
             self.crash(addr)
@@ -88,11 +97,7 @@ def commit_index(member: Consensus) -> int:
 
 
 def test_a_crashed_leader_with_an_uncommitted_tail_catches_up(members):
-    for addr in members.addrs:
-        members.start(addr)
-    wait_for(lambda: members.leader() is not None, 15, "a leader")
-    old = members.leader()
-    assert old is not None
+    old = members.start_all()
     for index in range(5):
         old.submit_sync({"op": "pad", "pad": PAD, "i": index})
 
@@ -153,11 +158,7 @@ def test_a_failed_candidacy_is_retried_before_any_follower_would_stand(timing):
 
 def test_a_member_whose_time_out_fires_while_the_others_hear_the_leader_does_not_depose_it(members):
     """Pre-vote (nodeos/cluster/prevote.py): a stalled or restarted member asks first, and is refused."""
-    for addr in members.addrs:
-        members.start(addr)
-    wait_for(lambda: members.leader() is not None, 15, "a leader")
-    leader = members.leader()
-    assert leader is not None
+    leader = members.start_all()
     term = leader.term()
     follower = next(m for m in members.running.values() if m is not leader)
     for _ in range(5):  # its time-out fires again and again, as in a stall
@@ -174,11 +175,7 @@ def test_a_member_whose_time_out_fires_while_the_others_hear_the_leader_does_not
 
 
 def test_after_a_leader_crash_the_survivors_grant_each_other_and_elect(members):
-    for addr in members.addrs:
-        members.start(addr)
-    wait_for(lambda: members.leader() is not None, 15, "a leader")
-    old = members.leader()
-    assert old is not None
+    old = members.start_all()
     members.crash(old.self_addr)
     wait_for(lambda: members.leader() is not None, 10, "a new leader among the survivors")
     members.leader().submit_sync({"op": "pad", "pad": PAD, "after_crash": True})
