@@ -14,7 +14,7 @@ from nodeos.storage.clients import ServiceClient, rbd_caps, service_keyring
 from nodeos.storage.decide import decide_storage
 from nodeos.storage.keys import is_valid_key, make_key
 
-from .test_storage_state import NET, apply, join, seeded
+from .test_storage_state import NET, apply, seeded, three_nodes_with
 
 CLOUD = load_catalog(packaged_catalog("lab-cloud"))
 GLANCE = ServiceClient("glance", rbd_caps("images"), ("images",))
@@ -22,11 +22,7 @@ GLANCE = ServiceClient("glance", rbd_caps("images"), ("images",))
 
 @pytest.fixture
 def state() -> ClusterState:
-    s = ClusterState()
-    apply(s, {"op": "init_cluster", "now": 1.0, "cluster_id": "c1", "group_id": "g1"})
-    for i, node in enumerate(["a", "b", "c"], start=1):
-        join(s, node, i)
-    apply(s, {"op": "catalog_set", "now": 1.0, "catalog": CLOUD.to_dict()})
+    s = three_nodes_with(CLOUD)
     ops, _ = decide_storage(s, 2.0, "a", 1, seeded(), NET)
     apply(s, ops[0])  # storage_init
     for i, node in enumerate(["a", "b", "c"]):

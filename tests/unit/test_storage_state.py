@@ -46,14 +46,19 @@ def report(state: ClusterState, service: str, node: str, health: str, now: float
     apply(state, {"op": "report_health", "now": now, "service": service, "node": node, "state": health, "generation": 0})
 
 
-@pytest.fixture
-def state() -> ClusterState:
+def three_nodes_with(catalog) -> ClusterState:
+    """A formed cluster of nodes a, b, c with `catalog` applied."""
     s = ClusterState()
     apply(s, {"op": "init_cluster", "now": 1.0, "cluster_id": "c1", "group_id": "g1"})
     for i, node in enumerate(["a", "b", "c"], start=1):
         join(s, node, i)
-    apply(s, {"op": "catalog_set", "now": 1.0, "catalog": CATALOG.to_dict()})
+    apply(s, {"op": "catalog_set", "now": 1.0, "catalog": catalog.to_dict()})
     return s
+
+
+@pytest.fixture
+def state() -> ClusterState:
+    return three_nodes_with(CATALOG)
 
 
 def test_init_makes_keys_once_with_three_mons_and_keeps_them_out_of_the_status(state):
