@@ -209,7 +209,7 @@ class Agent:
         try:
             self.consensus = Consensus(self.raft_addr, members, self.identity.raft_password, self.state_dir,
                                        self.config.timing, self._on_raft_state_changed, self._on_follower_heartbeat,
-                                       on_failed=self._fail)
+                                       on_failed=self._fail, node_id=self.node_id)
         except ConsensusError as exc:  # e.g. a damaged journal: trying again every tick cannot help
             self._fail(str(exc), event="raft.start_failed")
             return

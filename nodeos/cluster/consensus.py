@@ -39,6 +39,7 @@ from nodeos import log  # noqa: E402
 
 from .config import Timing  # noqa: E402
 from .prevote import PreVote  # noqa: E402
+from .rejoin import FollowerEvidence, HeartbeatVerdict  # noqa: E402
 from .state import ClusterState  # noqa: E402
 
 PRE_AUTH_LIMIT = 4096
@@ -327,12 +328,14 @@ class Consensus:
     def __init__(self, self_addr: str, members: list[str], password: str, state_dir: Path, timing: Timing,
                  on_state_changed: Callable[[int, int], None] | None = None,
                  on_follower_heartbeat: Callable[[float], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None) -> None:
+                 on_failed: Callable[[str], None] | None = None, node_id: str | None = None) -> None:
         if not password:
             raise ConsensusError("refusing to start consensus without the cluster password (pysyncobj unpickles unauthenticated input)")
         self.self_addr = self_addr
+        self.node_id = node_id or self_addr  # what this member's own entries name it by
         self.cluster = ReplicatedCluster()
         self._on_follower_heartbeat = on_follower_heartbeat
+        self._evidence = FollowerEvidence(timing.fence_after)  # touched only in pysyncobj's thread
         self.cluster.on_heartbeat_applied = self._heartbeat_applied
         conf = make_conf(timing, state_dir, password, on_state_changed)
         others = [m for m in members if m != self_addr]
@@ -372,13 +375,33 @@ class Consensus:
 
         Not on the leader (its evidence is the heartbeat's submission time,
         lease.py) and not while replaying our own journal after a restart
-        (no leader known yet): old entries prove nothing about now.
+        (no leader known yet): old entries prove nothing about now. After a
+        lapse, only once a rejoin barrier came back (rejoin.py).
         """
         syncobj = getattr(self, "_syncobj", None)
         if syncobj is None or self._on_follower_heartbeat is None:
             return
-        if not syncobj._isLeader() and syncobj._getLeader() is not None:
-            self._on_follower_heartbeat(time.monotonic())
+        if syncobj._isLeader() or syncobj._getLeader() is None:
+            return
+        now = time.monotonic()
+        verdict = self._evidence.heartbeat_applied(now)
+        if verdict is HeartbeatVerdict.EVIDENCE:
+            self._on_follower_heartbeat(now)
+        elif verdict is HeartbeatVerdict.ASK:
+            self._submit_rejoin_barrier(self._evidence.generation)
+
+    def _submit_rejoin_barrier(self, generation: int) -> None:
+        def applied(result: Any, error: Any) -> None:  # pysyncobj's thread, right after the entry was applied here
+            if error or not (result or {}).get("ok"):
+                self._evidence.barrier_failed(generation)
+                return
+            now = time.monotonic()
+            if self._evidence.barrier_applied(generation, now):
+                assert self._on_follower_heartbeat is not None
+                self._on_follower_heartbeat(now)
+
+        self.submit({"op": "event", "now": time.time(), "kind": "node.rejoined", "node": self.node_id,
+                     "detail": "holds every decision taken without it"}, applied)
 
     # -- proposals ---------------------------------------------------------
     def submit(self, op: dict[str, Any], callback: Callable[[Any, Any], None] | None = None) -> None:

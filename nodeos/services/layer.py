@@ -149,9 +149,12 @@ class ServicesLayer:
         return self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
 
     def node_pass(self, now: float) -> None:
+        # Fenced first, the state after: evidence stamped before this check holds
+        # every entry the snapshot then sees (consensus._stamp_evidence_when_caught_up).
+        # The other order let a healed node act on its state from before the heal.
+        fenced = self.agent.fenced()
         snapshot = self._snapshot()
         catalog = self.catalog_of(snapshot)
-        fenced = self.agent.fenced()
         with self._lock:
             if catalog is not None:
                 if uses_ceph(catalog):

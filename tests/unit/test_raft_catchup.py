@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,10 @@ class Members:
         self.root = root
         self.running: dict[str, Consensus] = {}
 
-    def start(self, addr: str) -> Consensus:
+    def start(self, addr: str, on_follower_heartbeat: Callable[[float], None] | None = None) -> Consensus:
         state_dir = self.root / addr.replace(":", "_")
         state_dir.mkdir(exist_ok=True)
-        member = Consensus(addr, self.addrs, "test-password", state_dir, Timing())
+        member = Consensus(addr, self.addrs, "test-password", state_dir, Timing(), on_follower_heartbeat=on_follower_heartbeat)
         self.running[addr] = member
         return member
 
@@ -179,3 +180,37 @@ def test_after_a_leader_crash_the_survivors_grant_each_other_and_elect(members):
     members.crash(old.self_addr)
     wait_for(lambda: members.leader() is not None, 10, "a new leader among the survivors")
     members.leader().submit_sync({"op": "pad", "pad": PAD, "after_crash": True})
+
+
+def test_a_returning_member_has_quorum_evidence_only_once_it_holds_what_was_decided_without_it(members):
+    """The heal of a partition (CI, test_services): the evidence that gives a node back its
+    grant must not come while its state predates the Monitor's moves of its singletons."""
+    leader = members.start_all()
+    away = next(a for a in members.addrs if a != leader.self_addr)
+    members.crash(away)
+    term = leader.term()
+
+    def heartbeat() -> dict:
+        return {"op": "heartbeat", "now": time.time(), "leader": "the-monitor", "term": term}
+
+    for _ in range(3):
+        leader.submit(heartbeat())  # committed while it is away: its catch-up starts with these
+    for index in range(200):
+        leader.submit({"op": "pad", "pad": PAD, "i": index})  # several batches before the decision
+    leader.submit({"op": "event", "now": time.time(), "kind": "test.moved_away"})
+    leader.submit_sync(heartbeat(), timeout=20)
+
+    returned: list[Consensus] = []
+    stamps: list[bool] = []  # per evidence stamp: did the state already hold the decision?
+
+    def stamped(_at: float) -> None:
+        while not returned:  # the tick thread may run before the constructor returns
+            time.sleep(0.001)
+        stamps.append(returned[0].cluster.read(lambda s: any(e["kind"] == "test.moved_away" for e in s.events)))
+
+    returned.append(members.start(away, on_follower_heartbeat=stamped))
+    target = commit_index(leader)
+    wait_for(lambda: commit_index(returned[0]) >= target, 30, "the returned member catching up")
+    leader.submit_sync(heartbeat(), timeout=20)
+    wait_for(lambda: len(stamps) > 0, 10, "quorum evidence on the returned member")
+    assert all(stamps), stamps
