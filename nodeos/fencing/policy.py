@@ -21,7 +21,9 @@ t_r + fence_after + 20 ms. A new leader counts its predecessor (the old
 Monitor, whose evidence is its own committed heartbeats) from an earlier
 bound: its first candidacy minus raft_min_timeout, which no committed
 heartbeat of the predecessor can postdate (lease.PredecessorSilence says
-why). Whatever happens to the agent then:
+why). A node whose grant lapsed gets evidence again only once a rejoin
+barrier came back (nodeos/cluster/rejoin.py): until then its state may lack
+the moves decided without it. Whatever happens to the agent then:
 
 * agent alive: its fence keeper removes VIPs and kills singletons at `until`,
   on its own thread, never behind a runtime call (a blocked `stop`);
