@@ -112,3 +112,30 @@ def daemon_check(kind: str, run_dir: str, node_id: str) -> tuple[bool, str]:
     except AdminSocketError as exc:
         return False, str(exc)
     return False, f"unknown Ceph daemon kind {kind!r}"
+
+
+# -- what an operator needs when Ceph says SLOW_OPS ------------------------------------
+
+def slow_ops(path: str, oldest: int = 3, timeout: float = 5.0) -> dict[str, Any]:
+    """A daemon's ops in flight, summarized: how many of each kind, and the oldest with where they wait.
+
+    Ceph's health names only the daemons ("1354 slow ops ... [mon.a, mon.b]");
+    the admin socket's `ops` says which requests and at which step they stop.
+    """
+    reply = ask(path, "ops", timeout=timeout)
+    ops = reply.get("ops", []) if isinstance(reply, dict) else []
+    kinds: dict[str, int] = {}
+    for op in ops:
+        kind = str(op.get("description", "?")).split("(", 1)[0].strip() or "?"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    ranked = sorted(ops, key=lambda op: -float(op.get("age", 0.0)))[:oldest]
+    return {"count": len(ops), "kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+            "oldest": [{"age": round(float(op.get("age", 0.0)), 1), "description": str(op.get("description", ""))[:240],
+                        "waiting": _last_step(op)} for op in ranked]}
+
+
+def _last_step(op: dict[str, Any]) -> str:
+    data = op.get("type_data") or {}
+    events = data.get("events") or []
+    last = events[-1].get("event", "") if events and isinstance(events[-1], dict) else ""
+    return f"{data.get('flag_point', '')}: {last}".strip(": ")

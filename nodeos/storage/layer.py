@@ -12,6 +12,7 @@ Only when the catalog runs Ceph (a service with placement `ceph-mons`).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,7 @@ from nodeos import log
 from nodeos.cluster.config import StorageConfig
 from nodeos.cluster.state import ClusterState
 
+from . import asok
 from .actions import read_health, run_action
 from .clients import ServiceClient
 from .conf import CephPaths
@@ -32,6 +34,7 @@ from .ops import ready
 
 HEALTH_INTERVAL = 5.0
 HEALTH_LINE_EVERY = 30.0  # a changed summary line alone is re-recorded at most this often
+SLOW_OPS_EVERY = 60.0  # while Ceph reports SLOW_OPS, log this node's daemons' ops this often
 RETRY = 3.0  # re-propose an op / re-run an action whose outcome we never saw
 
 Submit = Callable[[dict[str, Any], Any], None]
@@ -55,6 +58,7 @@ class StorageLayer:
         self._done: set[str] = set()  # `once` actions that succeeded
         self._health_at = float("-inf")
         self._health_line_at = float("-inf")
+        self._slow_ops_at = float("-inf")
 
     def shutdown(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -63,12 +67,34 @@ class StorageLayer:
     def node_pass(self, state: ClusterState) -> None:
         if not self.files.sync(state):
             return
+        self._explain_slow_ops(state.storage.get("health") or {})
         report = self.files.osd_report()
         if report is not None and report != self._reported_osds and \
                 (state.storage.get("osds") or {}).get(self.node_id) != _normalized(report):
             self._reported_osds = report
             self.submit({"op": "osd_report", "now": time.time(), "node": self.node_id, "ids": report.get("ids", []),
                          "taken": report.get("taken", []), "skipped": report.get("skipped", {})}, None)
+
+    def _explain_slow_ops(self, health: Mapping[str, Any]) -> None:
+        """Ceph names the daemons with slow ops; each node logs what its own are waiting for."""
+        slow = next((c for c in health.get("checks") or [] if str(c).startswith("SLOW_OPS")), None)
+        now = time.monotonic()
+        if slow is None or now - self._slow_ops_at < SLOW_OPS_EVERY:
+            return
+        self._slow_ops_at = now
+        run_dir = os.path.join(str(self.root), "run")
+        daemons = {f"mon.{self.node_id}": asok.socket_path(run_dir, "mon", self.node_id),
+                   **{f"osd.{i}": path for i, path in asok.osd_sockets(run_dir).items()}}
+        for name, path in daemons.items():
+            if re.search(rf"\b{re.escape(name)}\b", slow) and os.path.exists(path):
+                self._worker.submit(self._log_slow_ops, name, path)
+
+    @staticmethod
+    def _log_slow_ops(name: str, path: str) -> None:
+        try:
+            log.event("storage.slow_ops", level="warning", daemon=name, **asok.slow_ops(path))
+        except asok.AdminSocketError as exc:
+            log.event("storage.slow_ops_unreadable", level="warning", daemon=name, error=str(exc))
 
     # -- the Monitor -------------------------------------------------------------------
     def monitor_pass(self, state: ClusterState, term: int, now: float,
