@@ -34,8 +34,11 @@ def _routes(agent: Agent) -> tuple[dict[str, Any], dict[str, Any]]:
     def lease(_: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"node_id": agent.node_id, "may_act": agent.may_act(), "fenced": agent.fenced()}
 
+    def remove_node(params: dict[str, Any]) -> tuple[int, Any]:
+        return agent.remove_node(str(params.get("node") or ""))
+
     get = {"/status": status, "/events": events, "/lease": lease}
-    post: dict[str, Any] = {}
+    post: dict[str, Any] = {"/node/remove": remove_node}
     if agent.services is not None:
         get.update(agent.services.get_routes())
         post.update(agent.services.post_routes())

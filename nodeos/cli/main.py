@@ -65,10 +65,11 @@ def agent_socket(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) / "agent.sock"
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
+          timeout: float = 5.0) -> tuple[int, Any]:
     from nodeos.cluster.control import request
 
-    return request(agent_socket(args), method, path, body)
+    return request(agent_socket(args), method, path, body, timeout=timeout)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -120,6 +121,21 @@ def _agent_status(args: argparse.Namespace) -> tuple[int, Any]:
     if code != 200:
         print(f"nodeos: the agent answered {code}: {status}", file=sys.stderr)
     return code, status
+
+
+def _cmd_node_remove(args: argparse.Namespace) -> int:
+    from nodeos.cluster.control import ControlError
+
+    try:
+        code, payload = _call(args, "POST", "/node/remove", {"node": args.node_id}, timeout=15.0)
+    except (ControlError, LookupError) as exc:
+        print(f"nodeos: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENT
+    if code == 200:
+        print(f"{payload['node']} ({payload['addr']}) removed; {payload['members']} members now")
+        return 0
+    print(f"nodeos: {payload.get('error') if isinstance(payload, dict) else payload}", file=sys.stderr)
+    return EXIT_USAGE if code in (400, 404, 409) else EXIT_FAILED
 
 
 def _cmd_credentials(args: argparse.Namespace) -> int:
@@ -197,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(func=_cmd_events)
+
+    node = sub.add_parser("node", help="cluster membership of nodes")
+    node_sub = node.add_subparsers(dest="node_command", metavar="ACTION")
+    node_sub.required = True
+    remove = node_sub.add_parser(
+        "remove", help="take a dead node out of the Raft configuration now",
+        description="Take a dead node out of the Raft configuration, so it no longer counts toward the quorum. The "
+                    "Monitor does this by itself once a node has been lost for timing.member_remove_after (default "
+                    "10 min); this does it now. Refused while the node answers (stop its agent or power it off "
+                    "first) or when the members left would have no answering majority. A removed node that comes "
+                    "back joins again as a new member by itself.")
+    remove.add_argument("node_id", help="node id or unique prefix (see nodeos status)")
+    _add_target_options(remove)
+    remove.set_defaults(func=_cmd_node_remove)
 
     credentials = sub.add_parser(
         "credentials", help="print the OpenStack admin credentials (openrc or clouds.yaml)",

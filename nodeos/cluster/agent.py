@@ -39,12 +39,14 @@ from nodeos.fencing.guardian import Guardian, guard_timeout_for
 from .identity import (ClusterIdentity, clone_ambiguous, clone_refusal, clone_verdict, clone_warning, load_or_create_node_id,
                        write_private)
 from .lease import FenceClock, LeaseClock, PredecessorSilence
+from .membership import MemberView, member_to_remove, removal_refusal, replaced_member
 from nodeos.realtime import set_realtime
 
 TICK = 0.02
 STATUS_SCHEMA = 1
 AGENT_PRIORITY = 10  # SCHED_RR, below the guard's (nodeos/realtime.py says why)
 LAG_WINDOW = 3000  # loop-lag samples kept (one per tick: about a minute)
+REMOVED_CONFIRM = 5.0  # seconds fenced, with no group member listing us, before we rejoin as a new member
 
 
 def load_membership(state_dir: Path) -> Group | None:
@@ -104,7 +106,8 @@ class Agent:
         self._last_registration = 0.0
         self._last_join_sent = 0.0
         self._pending_joins: dict[str, dict[str, Any]] = {}
-        self._join_in_flight: tuple[str, float] | None = None
+        self._change_in_flight: tuple[str, str, float] | None = None  # ("add" | "remove", Raft address, since)
+        self._removal_checked = 0.0
         self._persisted_members: list[str] = sorted(m.addr for m in membership.members) if membership else []
         self._cluster_initialised = False
         self._status_proposals: dict[str, float] = {}
@@ -341,14 +344,65 @@ class Agent:
                                    "term": self.consensus.term()})
             self._cluster_initialised = True
         self._join_tick(now)
+        self._removal_tick(now)
         self._liveness_tick(now)
+
+    def _removed_from_group(self, now: float) -> bool:
+        """Did the cluster take this node out of its Raft configuration (membership.py) while it was away?
+
+        A removed member hears no leader again (pre-vote keeps it from deposing
+        one), so it would stay fenced forever. It knows from the beacons of its
+        group's members: none lists it any more. Only after REMOVED_CONFIRM of
+        fencing, so a member that is just slow or cut off never concludes it.
+        """
+        group = self.formation.group
+        if group is None:
+            return False
+        last = self.fence.last_evidence
+        fenced_since = self.started_mono if last is None else last + self.fence.fence_after
+        if now - fenced_since < REMOVED_CONFIRM:
+            return False
+        with self._lock:
+            views = [p.group for p in self.peers.values() if now - p.seen_at <= self.params.peer_timeout
+                     and p.phase == "member" and p.group is not None and p.group.group_id == group.group_id]
+        return bool(views) and all(self.raft_addr not in {m.addr for m in view.members} for view in views)
+
+    def _leave_to_rejoin(self) -> None:
+        """Set the old member's Raft files aside and join again as a new member (formation's join path)."""
+        assert self.consensus is not None and self.formation.group is not None
+        log.event("raft.removed_from_group", level="warning", group=self.formation.group.group_id,
+                  detail="no member of the group lists this node: joining again as a new member")
+        if self.services is not None:
+            self.services.detach()
+        self.consensus.stop(wait=True)
+        self.consensus = None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for name in ("raft.journal", "raft.dump", "membership.json"):
+            path = self.state_dir / name
+            if path.exists() or path.is_symlink():
+                path.rename(self.state_dir / f"{name}.removed-{stamp}")  # kept for a post-mortem, never read again
+        with self._lock:
+            self.formation = FormationState(self.node_id, self.raft_addr)
+        self._persisted_members = []
+        self._cluster_initialised = False
+        self.predecessor = PredecessorSilence(self.config.timing.raft_min_timeout)
+        self._beacon_due = True
+
+    def _membership_busy(self, now: float) -> bool:
+        """One Raft membership change at a time (pysyncobj's rule): True while one is in flight."""
+        assert self.consensus is not None
+        if self._change_in_flight is None:
+            return False
+        kind, addr, since = self._change_in_flight
+        members = self.consensus.member_addrs()
+        if (addr in members) == (kind == "add") or now - since > 5.0:
+            self._change_in_flight = None
+            return False
+        return True
 
     def _join_tick(self, now: float) -> None:
         assert self.consensus is not None
-        if self._join_in_flight is not None:
-            addr, since = self._join_in_flight
-            if addr in self.consensus.member_addrs() or now - since > 5.0:
-                self._join_in_flight = None
+        if self._membership_busy(now):
             return
         with self._lock:
             pending = {n: j for n, j in self._pending_joins.items() if now - j["at"] < 10.0}
@@ -356,6 +410,11 @@ class Agent:
         members = self.consensus.member_addrs()
         for node_id, join in sorted(pending.items()):
             if join["addr"] in members:
+                replaced = replaced_member(self._member_views(), join["addr"], node_id)
+                if replaced is not None:  # re-imaged: the old member goes first, the join adds the new one after
+                    self._remove_member(replaced, now, "node.replaced",
+                                        f"{replaced.addr} joins again as node {node_id} (re-imaged); the old member leaves first")
+                    return
                 continue
             taken = self._member_addr_of(node_id, members)
             if taken is not None and taken != join["addr"]:
@@ -364,14 +423,66 @@ class Agent:
                     self._pending_joins.pop(node_id, None)
                 self._report_duplicate(node_id, taken, join["addr"], "join request")
                 continue
-            self._join_in_flight = (join["addr"], now)
+            self._change_in_flight = ("add", join["addr"], now)
             log.event("raft.adding_member", joining=node_id, addr=join["addr"])
+            consensus = self.consensus
+            previous = consensus.cluster.read(lambda s, a=join["addr"], n=node_id: next(
+                (i for i, r in s.nodes.items() if r.raft_addr == a and i != n), None))
 
-            def added(result: Any, error: Any, joining: str = node_id) -> None:
+            def added(result: Any, error: Any, joining: str = node_id, join: dict[str, Any] = join,
+                      previous: str | None = previous) -> None:
                 log.event("raft.member_added" if not error else "raft.member_add_failed", joining=joining, error=error)
+                if not error and previous is not None:
+                    # The address was another node's (a re-image): beacons name members by the
+                    # state's records, and the newcomer waits to see its own id there.
+                    consensus.submit({"op": "node_join", "now": time.time(), "node": joining, "raft_addr": join["addr"],
+                                      "ip": join["ip"]})
 
-            self.consensus.add_member(join["addr"], added)
+            consensus.add_member(join["addr"], added)
             return
+
+    def _removal_tick(self, now: float) -> None:
+        """A member lost for member_remove_after leaves the configuration (membership.py)."""
+        if now - self._removal_checked < 1.0 or self._membership_busy(now):
+            return  # once a second is plenty for a rule counted in minutes
+        self._removal_checked = now
+        remove_after = self.config.timing.member_remove_after
+        victim = member_to_remove(self._member_views(), remove_after)
+        if victim is not None:
+            self._remove_member(victim, now, "node.removed",
+                                f"{victim.addr} lost for {victim.lost_for:.0f}s (member_remove_after {remove_after:g}s)")
+
+    def _member_views(self, leader_view: bool = True) -> list[MemberView]:
+        """Every Raft member: answering (the leader's response ages, else the node records) and lost for how long."""
+        assert self.consensus is not None
+        ids = self._addr_to_node_id()
+        records = self.consensus.cluster.read(lambda s: {n: (r.status, r.status_since) for n, r in s.nodes.items()})
+        ages = self.node_liveness() if leader_view else {}
+        views = []
+        for addr in self.consensus.member_addrs():
+            node_id = ids.get(addr)
+            status, since = records.get(node_id, ("up", time.time())) if node_id else ("up", time.time())
+            answering = ages.get(node_id or addr, 0.0) <= self.lost_after() if leader_view else status == "up"
+            lost_for = max(0.0, time.time() - since) if status == "lost" else 0.0
+            views.append(MemberView(addr, node_id, answering or addr == self.raft_addr, lost_for))
+        return views
+
+    def _remove_member(self, member: MemberView, now: float, kind: str, detail: str) -> None:
+        """Propose the removal; once committed, record why in the event log."""
+        assert self.consensus is not None
+        self._change_in_flight = ("remove", member.addr, now)
+        log.event("raft.removing_member", node_id=member.node_id, addr=member.addr, reason=detail)
+        consensus = self.consensus
+
+        def removed(result: Any, error: Any) -> None:
+            if error:
+                log.event("raft.member_remove_failed", level="warning", node_id=member.node_id, addr=member.addr, error=error)
+                return
+            log.event("raft.member_removed", node_id=member.node_id, addr=member.addr)
+            consensus.submit({"op": "event", "now": time.time(), "kind": kind, "node": member.node_id,
+                              "detail": f"{detail}; {len(consensus.member_addrs())} members now"})
+
+        consensus.remove_member(member.addr, removed)
 
     def node_liveness(self) -> dict[str, float]:
         """Seconds since each member last answered the leader (leader only)."""
@@ -415,6 +526,9 @@ class Agent:
         if self.consensus is None:
             return
         self._leadership_tick(now)
+        if self._removed_from_group(now):
+            self._leave_to_rejoin()
+            return
         self._membership_tick()
         self._registration_tick(now)
         if self._may_act:
@@ -534,6 +648,44 @@ class Agent:
         record = state.nodes.get(node_id) if node_id else None
         return {"node_id": node_id, "raft_addr": addr, "ip": addr.split(":")[0],
                 "status": record.status if record else "joining"}
+
+    def remove_node(self, wanted: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+        """`nodeos node remove ID`: take a dead node's member out of the Raft configuration now.
+
+        Any node may be asked (pysyncobj forwards the change to the leader).
+        Refused while the node answers or when the members left would have
+        no answering majority (membership.removal_refusal).
+        """
+        consensus = self.consensus
+        if consensus is None:
+            return 503, {"error": "this node is not a cluster member yet"}
+        ids = self._addr_to_node_id()  # a re-imaged machine's address maps to its new id, not the old record's
+        member_ids = {ids.get(addr, addr): addr for addr in consensus.member_addrs()}
+        matches = [n for n in member_ids if n.startswith(wanted)] if wanted else []
+        if len(matches) != 1:
+            return 404 if not matches else 400, {"error": f"{wanted!r}: {'no' if not matches else 'several'} member node id(s) "
+                                                          f"match (members: {', '.join(sorted(member_ids))})"}
+        node_id, addr = matches[0], member_ids[matches[0]]
+        views = self._member_views(leader_view=consensus.is_leader())
+        refusal = removal_refusal(views, addr)
+        if refusal is not None:
+            return 409, {"error": refusal}
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def removed(result: Any, error: Any) -> None:
+            box["error"] = error
+            done.set()
+
+        log.event("raft.removing_member", node_id=node_id, addr=addr, reason="operator request")
+        consensus.remove_member(addr, removed)
+        if not done.wait(timeout) or box.get("error"):
+            return 503, {"error": f"the removal of {node_id} was not committed (pysyncobj: {box.get('error', 'no answer')}); "
+                                  f"try again"}
+        left = len(consensus.member_addrs())
+        consensus.submit({"op": "event", "now": time.time(), "kind": "node.removed", "node": node_id,
+                          "detail": f"{addr} removed by an operator via {self.node_id}; {left} members now"})
+        return 200, {"ok": True, "node": node_id, "addr": addr, "members": left}
 
     def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         if self.consensus is None:

@@ -48,6 +48,9 @@ class Timing:
     # Formation: a coordinator's offer expires for members after this long.
     formation_offer_timeout: float = 30.0
     formation_settle: float = 1.5
+    # A node lost this long leaves the Raft configuration (nodeos/cluster/membership.py):
+    # it no longer counts toward the quorum. Its services moved within seconds.
+    member_remove_after: float = 600.0
 
 
 @dataclass(frozen=True)

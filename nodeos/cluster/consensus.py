@@ -428,6 +428,10 @@ class Consensus:
     def add_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
         self._syncobj.addNodeToCluster(addr, callback=callback)
 
+    def remove_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
+        """Take `addr` out of the configuration (pysyncobj forwards it to the leader; one change at a time)."""
+        self._syncobj.removeNodeFromCluster(addr, callback=callback)
+
     # -- observations ------------------------------------------------------
     def is_leader(self) -> bool:
         return bool(self._syncobj._isLeader())
@@ -489,9 +493,13 @@ class Consensus:
             except OSError as exc:
                 log.event("raft.sync_failed", level="error", error=str(exc))
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Stop Raft; with `wait`, until pysyncobj's thread is gone and its port is free (a new member starts next)."""
         self._stopping.set()
         self._syncobj.destroy()
+        thread = self._syncobj._SyncObj__thread  # type: ignore[attr-defined]
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
         self._syncer.join(timeout=2)
         self.sync_to_disk()
 

@@ -141,8 +141,11 @@ def _existing_group(live: dict[str, PeerView]) -> Group | None:
 def _follow_existing_group(state: FormationState, group: Group, live: dict[str, PeerView]) -> Decision:
     if state.phase == "accepted" and state.offer is not None and group.group_id == state.offer.offer_id:
         return _commit(state, group, "formation.committed")
-    if state.node_id in group.node_ids() or state.addr in {m.addr for m in group.members}:
-        # Our own accepted offer was committed, or the group already added us.
+    listed_as = next((m.node_id for m in group.members if m.addr == state.addr), None)
+    if state.node_id in group.node_ids() or listed_as == state.addr:
+        # Our own accepted offer was committed, or the group already added us (by id, or by
+        # address while the members do not know our id yet). Our address under another id is
+        # the member this machine was before a re-image: we must join as a new member.
         if state.phase == "accepted" and state.offer is not None and state.offer.offer_id != group.group_id:
             return Decision(state)  # still bound to another offer: wait for it to end
         return _commit(state, group, "formation.joined")

@@ -107,9 +107,15 @@ class ServicesLayer:
 
     # -- lifecycle -----------------------------------------------------------
     def attach(self, consensus: "Consensus") -> None:
+        """Consensus started: the passes begin (again, after a rejoin: the threads already turn)."""
         self.consensus = consensus
         for thread in self._threads:
-            thread.start()
+            if not thread.is_alive():
+                thread.start()
+
+    def detach(self) -> None:
+        """The node left its Raft group to join again (agent._leave_to_rejoin): passes idle, fenced."""
+        self.consensus = None
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -149,6 +155,9 @@ class ServicesLayer:
         return self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
 
     def node_pass(self, now: float) -> None:
+        if self.consensus is None:  # between two memberships: fenced (the guard holds nothing), per-node services stay
+            self.last_pass = time.monotonic()
+            return
         # Fenced first, the state after: evidence stamped before this check holds
         # every entry the snapshot then sees (consensus._stamp_evidence_when_caught_up).
         # The other order let a healed node act on its state from before the heal.
@@ -167,7 +176,7 @@ class ServicesLayer:
         self.last_pass = time.monotonic()
 
     def monitor_pass(self, now: float) -> None:
-        if self.agent.may_act():
+        if self.consensus is not None and self.agent.may_act():
             snapshot = self._snapshot()
             self._monitor_pass(snapshot, self.catalog_of(snapshot), now)
         self.last_monitor_pass = time.monotonic()

@@ -78,6 +78,23 @@ def test_late_node_asks_the_existing_group_to_join():
     assert decision.state.phase == "member" and decision.start_raft == grown
 
 
+def test_a_reimaged_node_at_a_members_address_joins_as_a_new_member():
+    """Its address is listed under its old id: committing would make it that member with an empty journal."""
+    group = Group("g1", (Member("a", "10.0.0.1:7371"), Member("b", "10.0.0.2:7371"), Member("old-c", "10.0.0.3:7371")))
+    peers = {n: PeerView(n, f"10.0.0.{i + 1}:7371", "member", 10.0, group=group) for i, n in enumerate("ab")}
+    reimaged = FormationState("new-c", "10.0.0.3:7371")
+    decision = step(reimaged, peers, 10.0, PARAMS, "o")
+    assert decision.state.phase == "joining" and decision.join == group and decision.start_raft is None
+    # Listed under its new id (the leader replaced the old member): it commits.
+    replaced = Group("g1", group.members[:2] + (Member("new-c", "10.0.0.3:7371"),))
+    peers = {n: replace(v, group=replaced, seen_at=11.0) for n, v in peers.items()}
+    assert step(decision.state, peers, 11.0, PARAMS, "o").start_raft == replaced
+    # Listed by address only (the members do not know its id yet): it commits too.
+    by_address = Group("g1", group.members[:2] + (Member("10.0.0.3:7371", "10.0.0.3:7371"),))
+    peers = {n: replace(v, group=by_address, seen_at=12.0) for n, v in peers.items()}
+    assert step(decision.state, peers, 12.0, PARAMS, "o").start_raft == by_address
+
+
 def test_duplicate_and_stale_beacons_change_nothing():
     state = FormationState("b", "10.0.0.2:7371")
     peer = PeerView("a", "10.0.0.1:7371", "waiting", 0.0)
