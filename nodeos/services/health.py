@@ -25,7 +25,7 @@ State = Literal["starting", "healthy", "unhealthy"]
 _MAX_BODY = 64 * 1024
 KEYSTONE_PORT = 5000  # where the API checks get their token, at keystone's VIP
 # placement answers without the header too (as 1.0), but a client always names the microversion it speaks.
-PLACEMENT_VERSION = {"OpenStack-API-Version": "placement 1.0"}
+PLACEMENT_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "placement 1.0"}
 
 
 @dataclass(frozen=True)

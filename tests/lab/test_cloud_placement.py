@@ -71,7 +71,8 @@ def test_placement_answers_at_its_vip_and_is_in_the_catalog(lab: Lab, provider: 
     vip = rows(lab)[SERVICE]["vip"]
     entry = next(e for e in openstack(lab, "catalog", "list") if e["Type"] == "placement")
     assert entry["Name"] == "placement" and f"http://{vip}:8778" in json.dumps(entry["Endpoints"])
-    jobs = {name: (job["state"], job["attempt"]) for name, job in status_json(lab, live_node(lab))["cloud"]["jobs"].items()}
+    view = status_json(lab, live_node(lab))
+    jobs = {name: (job["state"], job["attempt"]) for name, job in view["cloud"]["jobs"].items()}
     for job in ("placement-db", "placement-db-sync", "keystone-register-placement"):
         assert jobs[job] == ("done", 1), jobs
 
@@ -86,6 +87,8 @@ def test_placement_killed_is_restarted_and_answers_with_its_data(lab: Lab, provi
                "placement-api restarted with a new process", interval=0.2)
     wait_until(lambda: lists(lab, provider), 120, "the resource provider listed again after the kill", interval=0.5)
     print(f"\nresource provider list answered {time.monotonic() - killed:.1f}s after placement-api was killed")
-    after = wait_until(lambda: healthy_at_vip(lab, SERVICE), 60, "placement-api healthy again")
+    # Healthy with the restart counted: not the row from before the kill.
+    after = wait_until(lambda: (row := healthy_at_vip(lab, SERVICE)) and row["restarts"] > before["restarts"] and row,
+                       60, "placement-api healthy again, its restart counted")
     print(f"placement-api healthy {time.monotonic() - killed:.1f}s after the kill")
     assert after["node"] == before["node"] and after["vip"] == before["vip"]

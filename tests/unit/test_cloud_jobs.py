@@ -169,7 +169,8 @@ def test_placement_jobs_database_schema_and_registration_at_its_vip(state):
     from nodeos.cluster.identity import ClusterIdentity
 
     apply(state, {"op": "place", "now": 1.0, "service": "mariadb", "node": "c", "by": "a", "term": 1, "reason": "t"})
-    apply(state, {"op": "place", "now": 1.0, "service": "placement-api", "node": "b", "by": "a", "term": 1, "reason": "t"})
+    apply(state, {"op": "place", "now": 1.0, "service": "placement-api", "node": "b", "by": "a", "term": 1,
+                  "reason": "t"})
     healthy(state, "mariadb", "c", 3.0)
     assert finish(state, "placement-db", 4.0)["node"] == "c"
     assert finish(state, "placement-db-sync", 5.0)["node"] == "b"  # placement's node: it has placement.conf
