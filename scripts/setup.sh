@@ -38,6 +38,9 @@ keystone keystone/register-endpoint boolean false
 glance-common glance/configure_db boolean false
 glance-common glance/configure_ksat boolean false
 glance-api glance/configure_api-endpoint boolean false
+placement-common placement/configure_db boolean false
+placement-common placement/configure_ksat boolean false
+placement-api placement/configure_api-endpoint boolean false
 PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
@@ -45,7 +48,7 @@ if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 
 # Daemons from the lab catalog are started by the agents, not by the host.
 # (RabbitMQ: its epmd too, which Erlang's package starts by socket activation.)
-for unit in memcached nginx ceph-crash mariadb keystone glance-api rabbitmq-server epmd.socket epmd; do
+for unit in memcached nginx ceph-crash mariadb keystone glance-api placement-api rabbitmq-server epmd.socket epmd; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

@@ -37,9 +37,11 @@ _TEMPLATES = jinja2.Environment(
 )
 
 MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292  # RabbitMQ's: rabbitmq.py
+PLACEMENT_PORT = 8778
 MARIADB_DATADIR = "/var/lib/mysql/data"
 # The OpenStack services that keep a database, by the configuration that uses it.
-DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",)}
+DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",),
+                                         "placement": ("placement",)}
 SERVICE_PROJECT = "service"  # where the services' keystone users have the admin role
 
 
@@ -156,6 +158,19 @@ def _glance(ctx: CloudContext) -> list[ConfigFile]:
             ConfigFile(keyring, service_keyring("glance", ceph["keys"]["glance"]), mode=0o640, group="glance")]
 
 
+def _placement(ctx: CloudContext) -> list[ConfigFile]:
+    """placement-api under uWSGI: stateless (everything is in its database), so it moves with its VIP."""
+    keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
+    conf = _TEMPLATES.get_template("placement.conf.j2").render(
+        mariadb=ctx.vip("mariadb"), db_password=db_password(ctx.identity, "placement"), keystone=keystone,
+        memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
+        password=service_password(ctx.identity, "placement"))
+    uwsgi = _TEMPLATES.get_template("placement-uwsgi.ini.j2").render(
+        port=PLACEMENT_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8)
+    return [ConfigFile("/etc/placement/placement.conf", conf, mode=0o640, group="placement"),
+            ConfigFile("/etc/placement/nodeos-uwsgi.ini", uwsgi)]
+
+
 def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
     """Needs nothing from the state but the secret: clients find the broker at its VIP."""
     conf = _TEMPLATES.get_template("rabbitmq.conf.j2").render(
@@ -178,7 +193,7 @@ def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
 
 
 _RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {
-    "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq}
+    "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq, "placement": _placement}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

@@ -25,6 +25,11 @@ OUTPUT_TAIL = 400
 SYSTEM_PYTHON = "/usr/bin/python3"
 REGISTER_SCRIPT = str(Path(__file__).with_name("keystone_register.py"))
 REGISTER_PREFIX = "keystone-register-"
+# A service's schema migration, as the service's own user (the first word).
+SCHEMA_SYNCS: dict[str, tuple[str, ...]] = {
+    "glance-db-sync": ("glance", "glance-manage", "db_sync"),
+    "placement-db-sync": ("placement", "placement-manage", "db", "sync"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ def commands(job: str, ctx: CloudContext) -> list[Command]:
     if job.endswith("-db") and job[:-3] in DATABASES:
         # On MariaDB's node, as root over its socket: the init file MariaDB runs at every start.
         return [Command(("sh", "-c", "exec mariadb --protocol=socket -u root < /etc/mysql/nodeos-init.sql"))]
-    if job == "glance-db-sync":
-        return [Command(_as("glance", "glance-manage", "db_sync"))]
+    if job in SCHEMA_SYNCS:
+        return [Command(_as(*SCHEMA_SYNCS[job]))]
     if job.startswith(REGISTER_PREFIX):
         return [register_command(job[len(REGISTER_PREFIX):], ctx)]
     raise JobError(f"no commands for job {job!r}")

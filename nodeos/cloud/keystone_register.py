@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 INTERFACES = ("public", "internal", "admin")
 DEFAULT_DOMAIN = "default"
+CONFLICT = 409
 
 
 def _one(found: list[Any], what: str) -> Any | None:
@@ -32,13 +33,31 @@ def _one(found: list[Any], what: str) -> Any | None:
     return found[0] if found else None
 
 
+def _project(ks: Any, name: str, done: list[str]) -> Any:
+    """The project every service's user is in. Two services' registrations run at once (glance's and
+    placement's, each on its own node): both may find no project and create it, and keystone refuses
+    the second (HTTP 409). That one then takes the project the other made."""
+    project = _one(ks.projects.list(name=name, domain=DEFAULT_DOMAIN), f"projects {name}")
+    if project is not None:
+        return project
+    try:
+        project = ks.projects.create(name, DEFAULT_DOMAIN, description="OpenStack services")
+    except Exception as exc:  # keystoneauth1's Conflict, known by its status (keystoneauth1 is main()'s import)
+        if getattr(exc, "http_status", None) != CONFLICT:
+            raise
+        project = _one(ks.projects.list(name=name, domain=DEFAULT_DOMAIN), f"projects {name}")
+        if project is None:
+            raise
+        done.append(f"project {name} made by another registration at the same moment")
+        return project
+    done.append(f"project {name} created")
+    return project
+
+
 def register(ks: Any, spec: Mapping[str, str]) -> list[str]:
     """Make keystone match `spec` through the keystoneclient v3 API `ks`; returns what changed."""
     done: list[str] = []
-    project = _one(ks.projects.list(name=spec["project"], domain=DEFAULT_DOMAIN), f"projects {spec['project']}")
-    if project is None:
-        project = ks.projects.create(spec["project"], DEFAULT_DOMAIN, description="OpenStack services")
-        done.append(f"project {spec['project']} created")
+    project = _project(ks, spec["project"], done)
     user = _one(ks.users.list(name=spec["user"], domain=DEFAULT_DOMAIN), f"users {spec['user']}")
     if user is None:
         user = ks.users.create(spec["user"], domain=DEFAULT_DOMAIN, password=spec["password"],

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pymysql
 
@@ -262,9 +262,10 @@ def keystone_token(auth_url: str, username: str, password: str, project: str, ti
     return token, "token issued"
 
 
-def authenticated_get(url: str, token: str, timeout: float) -> Probe:
-    """GET with the token; ok on 200 and a JSON body."""
-    request = urllib.request.Request(url, headers={"X-Auth-Token": token, "Accept": "application/json"})
+def authenticated_get(url: str, token: str, timeout: float, headers: Mapping[str, str] | None = None) -> Probe:
+    """GET with the token (and the API's own `headers`: placement's microversion); ok on 200 and a JSON body."""
+    request = urllib.request.Request(url, headers={**(headers or {}), "X-Auth-Token": token,
+                                                   "Accept": "application/json"})
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             status, body = response.status, response.read()
@@ -307,7 +308,8 @@ class TokenCache:
                               now=now, label=read_path)
 
     def check_api(self, auth_url: str, username: str, password: str, project: str, read_url: str, timeout: float,
-                  now: float | None = None, label: str | None = None) -> Probe:
+                  now: float | None = None, label: str | None = None,
+                  headers: Mapping[str, str] | None = None) -> Probe:
         """A token from keystone, then GET `read_url` (another API: glance's /v2/images) with it.
 
         The detail names the layer: "token: ..." when keystone failed, "read ...: ..." when the API did.
@@ -318,7 +320,7 @@ class TokenCache:
         with self._lock:
             cached = self._tokens.get(key)
         if cached is not None and now - cached[1] < self.reuse:
-            ok, detail = authenticated_get(read_url, cached[0], timeout)
+            ok, detail = authenticated_get(read_url, cached[0], timeout, headers)
             if ok:
                 return True, f"read {label} with a token issued {now - cached[1]:.0f}s ago: {detail}"
             if not detail.startswith("HTTP 401"):
@@ -330,7 +332,7 @@ class TokenCache:
             return False, detail
         with self._lock:
             self._tokens[key] = (token, now)
-        ok, read_detail = authenticated_get(read_url, token, timeout)
+        ok, read_detail = authenticated_get(read_url, token, timeout, headers)
         return ok, f"token issued, read {label}: {read_detail}" if ok else f"read {label}: {read_detail}"
 
 
@@ -341,13 +343,17 @@ def _v3_base(auth_url: str) -> str:
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
-    """Keystone's own error message ({"error": {"message": ...}}), else the reason phrase."""
+    """The API's own error message (keystone's {"error": {"message": ...}}, placement's
+    {"errors": [{"detail": ...}]}), else the reason phrase."""
     try:
         data: Any = json.loads(exc.read(4096) or b"null")
-        message = data["error"]["message"]
-    except Exception:  # noqa: BLE001 (not keystone's shape)
+    except Exception:  # noqa: BLE001 (not JSON)
+        data = None
+    try:
+        message = data["error"]["message"] if "error" in data else data["errors"][0]["detail"]
+    except Exception:  # noqa: BLE001 (neither shape)
         message = exc.reason
-    return str(message or "")[:160]
+    return " ".join(str(message or "").split())[:160]  # placement's details span lines
 
 
 def _url_reason(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq")
+CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ KEYSTONE_SERVICES: dict[str, KeystoneService] = {
     svc.user: svc
     for svc in (
         KeystoneService("glance", "glance", "image", vip_of="glance-api", port=9292, description="OpenStack Image"),
+        KeystoneService("placement", "placement", "placement", vip_of="placement-api", port=8778,
+                        description="OpenStack Placement"),
     )
 }
 
@@ -61,6 +63,8 @@ JOBS: dict[str, JobDef] = {
         # The database and user, run on MariaDB's node (its init file does the same at every start).
         JobDef("glance-db", config="mariadb", after_services=("mariadb",)),
         JobDef("glance-db-sync", config="glance", after_jobs=("glance-db",)),
+        JobDef("placement-db", config="mariadb", after_services=("mariadb",)),
+        JobDef("placement-db-sync", config="placement", after_jobs=("placement-db",)),
         *(JobDef(f"keystone-register-{user}", config=user, after_services=("keystone",),
                  after_jobs=("keystone-bootstrap",)) for user in KEYSTONE_SERVICES),
     )

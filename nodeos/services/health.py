@@ -23,6 +23,9 @@ from .catalog import HealthCheckSpec, render_template
 
 State = Literal["starting", "healthy", "unhealthy"]
 _MAX_BODY = 64 * 1024
+KEYSTONE_PORT = 5000  # where the API checks get their token, at keystone's VIP
+# placement answers without the header too (as 1.0), but a client always names the microversion it speaks.
+PLACEMENT_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "placement 1.0"}
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,27 @@ def _check_keystone(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, s
 
 def _check_glance(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     """A keystone token (at keystone's VIP, reused for a minute), then GET /v2/images through glance's VIP."""
+    return _check_api(spec, target, "/v2/images")
+
+
+def _check_placement(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared with glance's check), then GET /resource_providers through placement's VIP."""
+    return _check_api(spec, target, "/resource_providers", PLACEMENT_VERSION)
+
+
+def _check_api(spec: HealthCheckSpec, target: CheckTarget, default_read: str,
+               headers: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """An API behind keystone: `token: ...` when keystone failed, `read URL: ...` when the API did."""
     from nodeos.cloud.probes import keystone_tokens
 
     keystone = target.vips.get("keystone")
     if not keystone:
         return False, "token: keystone has no VIP"
     host = target.vip or target.host
-    return keystone_tokens.check_api(f"http://{keystone}:5000/v3", "admin", target.values.get("admin_password", ""),
-                                     "admin", f"http://{host}:{_port(spec)}{spec.path or '/v2/images'}", spec.timeout)
+    return keystone_tokens.check_api(f"http://{keystone}:{KEYSTONE_PORT}/v3", "admin",
+                                     target.values.get("admin_password", ""), "admin",
+                                     f"http://{host}:{_port(spec)}{spec.path or default_read}", spec.timeout,
+                                     headers=headers)
 
 
 def _check_rabbitmq(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
@@ -199,6 +215,7 @@ _CHECKS = {
     "memcached": _check_memcached,
     "keystone": _check_keystone,
     "glance": _check_glance,
+    "placement": _check_placement,
     "rabbitmq": _check_rabbitmq,
 }
 

@@ -34,6 +34,7 @@ pytestmark = [
                        reason="keystone is not installed (scripts/apt-packages.txt)"),
 ]
 
+CLOUD_SINGLETONS = ("mariadb", "memcached", "keystone", "glance-api", "placement-api")  # healthy again after a fault
 CLOUD_SETTLE = 300.0  # MariaDB's first start on its volume, keystone's schema (a minute on 2 cores), bootstrap
 
 
@@ -118,7 +119,8 @@ def test_the_openstack_client_gets_a_token_and_a_catalog_at_the_vips(lab: Lab) -
 def test_one_time_jobs_ran_exactly_once_and_are_in_the_event_log(lab: Lab) -> None:
     view = status_json(lab, "n3")
     jobs = view["cloud"]["jobs"]
-    expected = ["glance-db", "glance-db-sync", "keystone-bootstrap", "keystone-db-sync", "keystone-register-glance"]
+    expected = ["glance-db", "glance-db-sync", "keystone-bootstrap", "keystone-db-sync", "keystone-register-glance",
+                "keystone-register-placement", "placement-db", "placement-db-sync"]
     assert {name: (job["state"], job["attempt"]) for name, job in jobs.items()} == {
         name: ("done", 1) for name in expected}
     done = [e for e in events(lab) if e["kind"] == "job.done"]
@@ -178,7 +180,7 @@ def restored(lab: Lab) -> None:
     def all_healthy() -> bool:
         view = rows(lab)
         return all(view[s]["health"] == "healthy 3/3" for s in ("ceph-mon", "ceph-osd")) and \
-            all(view[s]["health"] == "healthy" for s in ("mariadb", "memcached", "keystone", "glance-api") if s in view)
+            all(view[s]["health"] == "healthy" for s in CLOUD_SINGLETONS if s in view)
 
     wait_until(all_healthy, 300, "Ceph and the cloud healthy on all nodes again", interval=1.0)
 

@@ -364,7 +364,7 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, got 'nova'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, got 'nova'" in error_of("""
         services:
           api: {placement: singleton, vip: false, start: {command: [x]}, config: nova}
         """)
@@ -397,7 +397,12 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
           glance-api: {placement: singleton, port: 9292, start: {command: [x]}, health: [{type: glance}]}
         """)["glance-api"].health[0]
     assert (glance.port, glance.path) == (9292, "/v2/images")
-    assert "only allowed for http and keystone and glance checks" in error_of("""
+    placement = parse("""
+        services:
+          placement-api: {placement: singleton, port: 8778, start: {command: [x]}, health: [{type: placement}]}
+        """)["placement-api"].health[0]
+    assert (placement.port, placement.path) == (8778, "/resource_providers")
+    assert "only allowed for http and keystone and glance and placement checks" in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
         """)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import configparser
 import hashlib
+import io
 import json
 import stat
 
@@ -71,6 +72,54 @@ def test_glance_points_at_the_vips_and_keeps_its_images_in_ceph():
     assert "http-socket = 0.0.0.0:9292" in files["/etc/glance/nodeos-uwsgi.ini"].content
 
 
+def test_placement_points_at_the_vips_with_its_derived_passwords():
+    files = {f.path: f for f in render("placement", context())}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(files["/etc/placement/placement.conf"].content)
+    assert conf["placement_database"]["connection"] == \
+        f"mysql+pymysql://placement:{db_password(IDENTITY, 'placement')}@10.0.0.200/placement"
+    auth = conf["keystone_authtoken"]
+    assert (auth["auth_url"], auth["www_authenticate_uri"], auth["memcached_servers"]) == \
+        ("http://10.0.0.202:5000", "http://10.0.0.202:5000", "10.0.0.201:11211")
+    assert (auth["username"], auth["project_name"], auth["password"]) == \
+        ("placement", "service", service_password(IDENTITY, "placement"))
+    assert conf["api"]["auth_strategy"] == "keystone"
+    placement_conf = files["/etc/placement/placement.conf"]
+    assert (placement_conf.mode, placement_conf.owner, placement_conf.group) == (0o640, "root", "placement")
+    uwsgi = files["/etc/placement/nodeos-uwsgi.ini"].content
+    assert "http-socket = 0.0.0.0:8778" in uwsgi and "wsgi-file = /usr/bin/placement-api" in uwsgi
+    assert "uid = placement" in uwsgi and "processes = 1" in uwsgi
+    assert "processes = 4" in {f.path: f for f in render("placement", context(lab=False))}[
+        "/etc/placement/nodeos-uwsgi.ini"].content
+    assert db_password(IDENTITY, "placement") != db_password(IDENTITY, "glance")  # one password per purpose
+    with pytest.raises(ConfigError, match="keystone has no VIP"):
+        render("placement", context(vips={"mariadb": "10.0.0.200", "memcached": "10.0.0.201"}))
+
+
+def test_placement_secrets_are_never_logged(tmp_path, monkeypatch):
+    """prepare() logs the paths it wrote, never their content (the passwords)."""
+    from nodeos import log
+    from nodeos.cloud import layer as cloud_layer
+    from nodeos.cloud.layer import CloudLayer
+    from nodeos.services.catalog import load_catalog, packaged_catalog
+
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "_stream", stream)
+    # The state's view and the writing (owners: placement's user) are not what is tested here.
+    monkeypatch.setattr(cloud_layer, "context_from_state", lambda *args: context(configs=("placement",)))
+    monkeypatch.setattr(cloud_layer, "write_files", lambda files, root: [f.path for f in files])
+    layer = CloudLayer("a", IDENTITY, tmp_path, [], lambda op, cb: None, lab=True)
+    try:
+        layer.prepare(catalog["placement-api"], None, catalog)
+    finally:
+        layer.shutdown()
+    [written] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert written["event"] == "cloud.config_written" and "/etc/placement/placement.conf" in written["files"]
+    for secret in (db_password(IDENTITY, "placement"), service_password(IDENTITY, "placement")):
+        assert secret not in stream.getvalue()
+
+
 def test_glance_waits_for_its_ceph_client_and_pool():
     with pytest.raises(ConfigError, match="Ceph is not initialized"):
         render("glance", context(ceph={}))
@@ -84,6 +133,10 @@ def test_mariadb_creates_a_database_per_service_in_use():
     init = {f.path: f for f in render("mariadb", context())}["/etc/mysql/nodeos-init.sql"]
     assert "CREATE DATABASE IF NOT EXISTS `keystone`" in init.content and "nodeos_health" in init.content
     assert "CREATE DATABASE IF NOT EXISTS `glance`" in init.content
+    assert "CREATE DATABASE IF NOT EXISTS `placement`" not in init.content  # not in the configs in use
+    with_placement = {f.path: f for f in render("mariadb", context(configs=("mariadb", "placement")))}
+    assert f"'placement'@'%' IDENTIFIED BY '{db_password(IDENTITY, 'placement')}'" in \
+        with_placement["/etc/mysql/nodeos-init.sql"].content
     assert init.mode == 0o640  # passwords: not world-readable
     bare = {f.path: f for f in render("mariadb", context(configs=("mariadb",)))}["/etc/mysql/nodeos-init.sql"]
     assert "`keystone`" not in bare.content and "`glance`" not in bare.content

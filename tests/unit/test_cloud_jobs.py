@@ -119,7 +119,7 @@ def test_glance_jobs_database_on_mariadbs_node_then_schema_and_keystone_registra
     apply(state, {"op": "place", "now": 1.0, "service": "glance-api", "node": "a", "by": "a", "term": 1, "reason": "t"})
     healthy(state, "mariadb", "c", 3.0)
     first = {o["job"]: o["node"] for o in decide(state, 3.0) if o["op"] == "job_assign"}
-    assert first == {"keystone-db-sync": "b", "glance-db": "c"}  # the database where MariaDB runs (its socket)
+    assert first == {"keystone-db-sync": "b", "glance-db": "c", "placement-db": "c"}  # where MariaDB runs (its socket)
     assert finish(state, "glance-db", 4.0)["node"] == "c"
     assert finish(state, "glance-db-sync", 5.0)["node"] == "a"  # glance's node: it has glance's configuration
     finish(state, "keystone-db-sync", 6.0)
@@ -160,3 +160,32 @@ def test_job_commands_run_as_the_service_and_keep_secrets_off_the_command_line()
     assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "glance")
     assert not any(admin_password(identity) in arg or service_password(identity, "glance") in arg
                    for arg in register.argv)
+
+
+def test_placement_jobs_database_schema_and_registration_at_its_vip(state):
+    from nodeos.cloud.config import CloudContext
+    from nodeos.cloud.jobs import commands
+    from nodeos.cloud.secrets import service_password
+    from nodeos.cluster.identity import ClusterIdentity
+
+    apply(state, {"op": "place", "now": 1.0, "service": "mariadb", "node": "c", "by": "a", "term": 1, "reason": "t"})
+    apply(state, {"op": "place", "now": 1.0, "service": "placement-api", "node": "b", "by": "a", "term": 1,
+                  "reason": "t"})
+    healthy(state, "mariadb", "c", 3.0)
+    assert finish(state, "placement-db", 4.0)["node"] == "c"
+    assert finish(state, "placement-db-sync", 5.0)["node"] == "b"  # placement's node: it has placement.conf
+    for job in ("keystone-db-sync", "keystone-bootstrap"):
+        finish(state, job, 6.0)
+    healthy(state, "keystone", "b", 7.0)
+    assert finish(state, "keystone-register-placement", 8.0)["node"] == "b"
+    assert "job" not in " ".join(desired_here(state, CATALOG, "b", False, set())["placement-api"].waiting_for)
+
+    identity = ClusterIdentity("cluster-1", b"s" * 32, "", "")
+    ctx = CloudContext(identity=identity, vips={"keystone": "10.0.0.202", "placement-api": "10.0.0.204"}, keys={})
+    [sync] = commands("placement-db-sync", ctx)
+    assert sync.argv == ("runuser", "-u", "placement", "--", "placement-manage", "db", "sync")
+    [register] = commands("keystone-register-placement", ctx)
+    env = register.env
+    assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
+        ("http://10.0.0.204:8778", "placement", "placement")
+    assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "placement")

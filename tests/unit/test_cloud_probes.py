@@ -356,3 +356,93 @@ def test_rabbitmq_blocked_publisher_is_the_alarm_layer_and_the_socket_is_dropped
     ok, detail = probe_rabbitmq(broker)
     assert not ok and detail.startswith("alarm: publishing blocked by the broker")
     assert broker.closed == "dropped"  # a blocked broker reads nothing: no close handshake to wait for
+
+
+# -- placement (a stand-in HTTP server answering as placement does; keystone is the stand-in above) ----
+
+def _placement(read_status: int) -> http.server.ThreadingHTTPServer:
+    """GET /resource_providers with a valid token and a microversion it speaks; placement's error shape."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            version = self.headers.get("OpenStack-API-Version", "")
+            if self.headers.get("X-Auth-Token") != "tok-1":
+                self._answer(401, "Unauthorized", "The request you have made requires authentication.")
+            elif self.path != "/resource_providers":
+                self._answer(404, "Not Found", "The resource could not be found.")
+            elif version != "placement 1.0":
+                self._answer(406, "Not Acceptable", f"Unacceptable version header: {version}")
+            elif read_status != 200:
+                self._answer(read_status, "Service Unavailable", "The server is currently\n unavailable.")
+            else:
+                self._send(200, {"resource_providers": []})
+
+        def _answer(self, status: int, title: str, detail: str) -> None:
+            self._send(status, {"errors": [{"status": status, "title": title, "detail": detail}]})
+
+        def _send(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def placement() -> Iterator[Callable[..., int]]:
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(read_status: int = 200) -> int:
+        servers.append(_placement(read_status))
+        return servers[-1].server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def placement_check(keystone_url: str | None, port: int, monkeypatch: pytest.MonkeyPatch) -> tuple[bool, str]:
+    """The catalog's placement check as the agent runs it: keystone at its VIP, placement at its own."""
+    from nodeos.services import health
+    from nodeos.services.catalog import HealthCheckSpec
+
+    vips = {}
+    if keystone_url is not None:
+        monkeypatch.setattr(health, "KEYSTONE_PORT", int(keystone_url.split(":")[2].split("/")[0]))
+        vips["keystone"] = "127.0.0.1"
+    spec = HealthCheckSpec(type="placement", port=port, path="/resource_providers", timeout=2.0)
+    result = health.run_check(spec, health.CheckTarget(vip="127.0.0.1", vips=vips, values={"admin_password": "pw"}))
+    return result.ok, result.detail
+
+
+def test_the_placement_check_reads_resource_providers_with_a_microversion(
+        keystone: Callable[..., str], placement: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = placement()
+    ok, detail = placement_check(keystone(), port, monkeypatch)
+    assert ok and detail == f"token issued, read http://127.0.0.1:{port}/resource_providers: HTTP 200", detail
+
+
+def test_the_placement_check_names_the_failing_layer(
+        keystone: Callable[..., str], placement: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    ok, detail = placement_check(keystone(token_status=401), placement(), monkeypatch)
+    assert not ok and detail.startswith("token: HTTP 401")  # keystone refused: placement was never asked
+    ok, detail = placement_check(f"http://127.0.0.1:{free_port()}/v3", placement(), monkeypatch)
+    assert not ok and detail == "token: connection refused"
+    ok, detail = placement_check(None, placement(), monkeypatch)
+    assert not ok and detail == "token: keystone has no VIP"
+    down = free_port()
+    ok, detail = placement_check(keystone(), down, monkeypatch)
+    assert not ok and detail == f"read http://127.0.0.1:{down}/resource_providers: connection refused"
+    failing = placement(read_status=503)
+    ok, detail = placement_check(keystone(), failing, monkeypatch)
+    # placement's own words ({"errors": [{"detail": ...}]}), on one line
+    assert not ok and detail == \
+        f"read http://127.0.0.1:{failing}/resource_providers: HTTP 503 The server is currently unavailable.", detail

@@ -14,6 +14,12 @@ SPEC = {"user": "glance", "password": "pw1", "name": "glance", "type": "image", 
         "project": "service", "description": "OpenStack Image", "region": "RegionOne"}
 
 
+class Conflict(Exception):
+    """As keystoneauth1.exceptions.http.Conflict: HTTP 409, said by `http_status`."""
+
+    http_status = 409
+
+
 class Manager:
     def __init__(self, ks: "FakeKeystone", kind: str) -> None:
         self.ks, self.kind = ks, kind
@@ -35,6 +41,10 @@ class Manager:
         if self.ks.fail_next == self.kind:
             self.ks.fail_next = None
             raise ConnectionError("interrupted")
+        if self.ks.raced == self.kind:  # another registration creates the same name first
+            self.ks.raced = None
+            self._items().append(SimpleNamespace(id=f"{self.kind}-other", name=name_or_service, **fields))
+            raise Conflict("Conflict occurred attempting to store project (HTTP 409)")
         item = SimpleNamespace(id=f"{self.kind}-{next(self.ks.ids)}", **fields)
         if self.kind == "endpoints":
             item.service_id, item.url = name_or_service.id, args[0]
@@ -65,6 +75,7 @@ class FakeKeystone:
         self.grants: set[tuple[str, str, str]] = set()
         self.calls: list[tuple[str, str]] = []
         self.fail_next: str | None = None
+        self.raced: str | None = None
         for kind in self.items:
             setattr(self, kind, Manager(self, kind))
 
@@ -91,6 +102,20 @@ def test_a_run_interrupted_half_way_is_finished_by_the_next():
     assert ks.items["services"] and not ks.items["endpoints"]
     register(ks, SPEC)
     assert len(ks.items["services"]) == 1 and len(ks.items["endpoints"]) == 3
+
+
+def test_two_registrations_at_once_share_the_service_project():
+    """glance's and placement's jobs run at the same moment: the one whose create keystone refused takes the other's."""
+    ks = FakeKeystone()
+    ks.raced = "projects"
+    done = register(ks, {**SPEC, "user": "placement", "name": "placement", "type": "placement"})
+    assert "project service made by another registration at the same moment" in done
+    [project] = ks.items["projects"]
+    assert project.id == "projects-other" and ("r", ks.items["users"][0].id, "projects-other") in ks.grants
+    other = FakeKeystone()
+    other.fail_next = "projects"  # any other failure is the job's failure (retried by the Monitor)
+    with pytest.raises(ConnectionError):
+        register(other, SPEC)
 
 
 def test_endpoints_follow_a_new_vip_and_duplicates_are_removed():
