@@ -34,3 +34,13 @@ def test_the_settings_bound_a_dead_peer_to_seconds():
     idle = TCP_SETTINGS["net/ipv4/tcp_keepalive_time"] + TCP_SETTINGS["net/ipv4/tcp_keepalive_intvl"] * TCP_SETTINGS["net/ipv4/tcp_keepalive_probes"]
     in_flight = sum(0.2 * 2 ** k for k in range(TCP_SETTINGS["net/ipv4/tcp_retries2"] + 1))
     assert idle <= 30 and in_flight <= 15
+
+
+def test_the_image_sets_the_same_values_at_boot():
+    """The agent's unit protects /proc/sys on a real node: the image's sysctl.d file sets them, the agent checks."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "elements/nodeos-agent/static/etc/sysctl.d/60-nodeos-tcp.conf"
+    lines = [line.split("=") for line in conf.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    booted = {key.strip().replace(".", "/"): int(value) for key, value in lines}
+    assert booted == TCP_SETTINGS
