@@ -156,3 +156,22 @@ class LabTools:
 def lab() -> type[LabTools]:
     require_root()
     return LabTools
+
+
+@pytest.fixture
+def lab_factory():
+    """Labs made on demand (`lab_factory(nodes, **Lab.create options)`), each torn down at the end."""
+    from nodeos.lab.lab import Lab
+
+    from .cluster_helpers import new_lab, teardown
+
+    made: list[Lab] = []
+
+    def make(nodes: int, **kwargs: Any) -> Lab:
+        lab = new_lab(nodes, **kwargs)
+        made.append(lab)
+        return lab
+
+    yield make
+    for lab in made:
+        teardown(lab)

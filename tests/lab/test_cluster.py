@@ -10,26 +10,9 @@ import time
 
 import pytest
 
-from nodeos.lab.lab import Lab
-
-from .cluster_helpers import (cli, is_root, lease, lease_holders, lease_intervals, new_lab,
-                              status_json, teardown, wait_until)
+from .cluster_helpers import cli, is_root, lease, lease_holders, lease_intervals, status_json, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(not is_root(), reason="needs root for namespaces")]
-
-
-@pytest.fixture
-def lab_factory():
-    made: list[Lab] = []
-
-    def make(nodes: int, **kwargs) -> Lab:
-        lab = new_lab(nodes, **kwargs)
-        made.append(lab)
-        return lab
-
-    yield make
-    for lab in made:
-        teardown(lab)
 
 
 @pytest.mark.parametrize("size", [3, 5])

@@ -14,25 +14,11 @@ import pytest
 
 from nodeos.lab.lab import Lab
 
-from .cluster_helpers import cli, is_root, new_lab, status_json, teardown, wait_until
+from .cluster_helpers import cli, is_root, status_json, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(not is_root(), reason="needs root for namespaces")]
 
 REMOVE_AFTER = 6.0
-
-
-@pytest.fixture
-def lab_factory():
-    made: list[Lab] = []
-
-    def make(nodes: int, **kwargs) -> Lab:
-        lab = new_lab(nodes, **kwargs)
-        made.append(lab)
-        return lab
-
-    yield make
-    for lab in made:
-        teardown(lab)
 
 
 def members(lab: Lab, node: str) -> list[dict]:

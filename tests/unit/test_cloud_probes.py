@@ -169,34 +169,43 @@ def test_health_sql_is_idempotent_and_converges() -> None:
 
 # -- keystone (a stand-in for status and header handling only) -----------------------
 
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in API's replies: JSON with a status and optional headers, and no access log."""
+
+    def send_json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def _keystone(token_status: int, read_status: int, with_header: bool = True) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             assert body["auth"]["scope"]["project"] == {"name": "admin", "domain": {"name": "Default"}}
-            self._answer(token_status, {"error": {"message": "The request you have made requires authentication."}}
-                         if token_status >= 400 else {"token": {}}, with_header and token_status == 201)
+            self.send_json(token_status, {"error": {"message": "The request you have made requires authentication."}}
+                           if token_status >= 400 else {"token": {}},
+                           {"X-Subject-Token": "tok-1"} if with_header and token_status == 201 else None)
 
         def do_GET(self) -> None:  # noqa: N802
             authorized = self.headers.get("X-Auth-Token") == "tok-1" and self.path in ("/v3/projects", "/v2/images")
-            self._answer(read_status if authorized else 401, {"projects": []}, False)
+            self.send_json(read_status if authorized else 401, {"projects": []})
 
-        def _answer(self, status: int, body: dict, token: bool) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            if token:
-                self.send_header("X-Subject-Token", "tok-1")
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve(Handler)
 
 
 @pytest.fixture
@@ -362,37 +371,24 @@ def test_rabbitmq_blocked_publisher_is_the_alarm_layer_and_the_socket_is_dropped
 
 def _placement(read_status: int) -> http.server.ThreadingHTTPServer:
     """GET /resource_providers with a valid token and a microversion it speaks; placement's error shape."""
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             version = self.headers.get("OpenStack-API-Version", "")
             if self.headers.get("X-Auth-Token") != "tok-1":
-                self._answer(401, "Unauthorized", "The request you have made requires authentication.")
+                self._error(401, "Unauthorized", "The request you have made requires authentication.")
             elif self.path != "/resource_providers":
-                self._answer(404, "Not Found", "The resource could not be found.")
+                self._error(404, "Not Found", "The resource could not be found.")
             elif version != "placement 1.0":
-                self._answer(406, "Not Acceptable", f"Unacceptable version header: {version}")
+                self._error(406, "Not Acceptable", f"Unacceptable version header: {version}")
             elif read_status != 200:
-                self._answer(read_status, "Service Unavailable", "The server is currently\n unavailable.")
+                self._error(read_status, "Service Unavailable", "The server is currently\n unavailable.")
             else:
-                self._send(200, {"resource_providers": []})
+                self.send_json(200, {"resource_providers": []})
 
-        def _answer(self, status: int, title: str, detail: str) -> None:
-            self._send(status, {"errors": [{"status": status, "title": title, "detail": detail}]})
+        def _error(self, status: int, title: str, detail: str) -> None:
+            self.send_json(status, {"errors": [{"status": status, "title": title, "detail": detail}]})
 
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve(Handler)
 
 
 @pytest.fixture
