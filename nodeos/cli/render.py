@@ -21,6 +21,8 @@ def render_status(status: dict[str, Any]) -> str:
         f"this node {'holds the Monitor lease' if status.get('may_act') else 'is not the Monitor'}"
         f"{'; FENCED (no quorum-backed leader)' if status.get('fenced') and status['formation'] == 'member' else ''}",
     ]
+    for group_id, others in sorted((status.get("other_groups") or {}).items()):
+        lines.append(f"SPLIT     another group of this cluster, {group_id}, runs apart: members {', '.join(others)}")
     members = status.get("members") or []
     if members:
         rows = [[m.get("node_id") or "?", m["raft_addr"], m["status"], "leader" if m.get("node_id") == status.get("leader") else ""] for m in members]

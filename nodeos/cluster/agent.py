@@ -108,6 +108,8 @@ class Agent:
         self._pending_joins: dict[str, dict[str, Any]] = {}
         self._change_in_flight: tuple[str, str, float] | None = None  # ("add" | "remove", Raft address, since)
         self._removal_checked = 0.0
+        self._split_checked = 0.0
+        self._split_logged: set[str] = set()
         self._persisted_members: list[str] = sorted(m.addr for m in membership.members) if membership else []
         self._cluster_initialised = False
         self._status_proposals: dict[str, float] = {}
@@ -318,6 +320,44 @@ class Agent:
             self._persisted_members = members
             log.event("raft.members", members=members)
             self._beacon_due = True
+
+    def other_groups(self, now: float) -> dict[str, list[str]]:
+        """Other Raft groups of this cluster, from their members' beacons: group id -> member node ids.
+
+        Beacons are signed with the cluster's key, so a member beacon with
+        another group id is this cluster split in two: halves of a rack that
+        each reached bootstrap_expect while cut apart (issue 11, item 4).
+        """
+        group = self.formation.group
+        if group is None:
+            return {}
+        with self._lock:
+            seen = {p.group.group_id: p.group for p in self.peers.values()
+                    if now - p.seen_at <= self.params.peer_timeout and p.phase == "member"
+                    and p.group is not None and p.group.group_id != group.group_id}
+        return {group_id: sorted(other.node_ids()) for group_id, other in sorted(seen.items())}
+
+    def _split_tick(self, now: float) -> None:
+        """Report a second group of our cluster: this node's log, `status`, and the lease holder's event, once each."""
+        if now - self._split_checked < 1.0:
+            return
+        self._split_checked = now
+        others = self.other_groups(now)
+        if set(others) != self._split_logged:
+            log.event("cluster.split" if others else "cluster.split_gone", level="error" if others else "info",
+                      ours=self.formation.group.group_id if self.formation.group else None, others=others)
+            self._split_logged = set(others)
+        consensus = self.consensus
+        if not others or consensus is None or not self.may_act():
+            return
+        recorded = consensus.cluster.read(lambda s: {str(e.get("detail", "")).split(" ", 2)[1] for e in s.events
+                                                     if e["kind"] == "cluster.split"})
+        for group_id, members in others.items():
+            if group_id not in recorded and self._split_proposals.allow(group_id)[0]:
+                consensus.submit({"op": "event", "now": time.time(), "kind": "cluster.split",
+                                  "detail": f"group {group_id} of this cluster runs apart from this one, members "
+                                            f"{', '.join(members)}: formed while the rack was cut in two; nothing is "
+                                            f"merged automatically"})
 
     def _registration_tick(self, now: float) -> None:
         """Make sure the replicated state knows this node (and that it is up)."""
@@ -530,6 +570,7 @@ class Agent:
             self._leave_to_rejoin()
             return
         self._membership_tick()
+        self._split_tick(now)
         self._registration_tick(now)
         if self._may_act:
             self._leader_duties(now)
@@ -615,6 +656,7 @@ class Agent:
             "members": [],
             "services": [],
             "discovery": {"peers": peers, **self.discovery.counters()},
+            "other_groups": self.other_groups(now),
             "raft": {"dropped_connections": dropped_connections()},
             "control": self.control_counters(),
         }
@@ -712,6 +754,7 @@ class Agent:
     # Class-level: one agent per process; thread-safe limiters shared by all threads.
     _duplicate_log = log.RateLimiter(period=10.0, burst=3)
     _duplicate_proposals = log.RateLimiter(period=60.0, burst=1)
+    _split_proposals = log.RateLimiter(period=60.0, burst=1)
 
     def _on_own_id_elsewhere(self, message: Message, src_ip: str) -> None:
         """Another machine announces this node's id: one of the two has a copied state dir and must leave."""

@@ -103,3 +103,31 @@ def test_operator_removal_refuses_a_live_node_and_takes_out_a_dead_one(lab_facto
     wait_until(lambda: all(len(members(lab, n)) == 3 for n in others), 10, "every member seeing three")
     assert any(e["kind"] == "node.removed" and e["node"] == victim_id and "operator" in e["detail"]
                for e in events(lab, others[0]))
+
+
+def test_a_rack_formed_in_two_halves_reports_the_split_on_every_node(lab_factory):
+    """Issue 11, item 4: two groups of one cluster (each half reached bootstrap_expect while cut apart)."""
+    lab = lab_factory(4, expect=2, start=False)
+    lab.partition(["n1", "n2"])
+    lab.start_all()
+    halves = (["n1", "n2"], ["n3", "n4"])
+    views = [lab.wait_formed(timeout=60, names=half) for half in halves]
+    groups = [status_json(lab, half[0])["group_id"] for half in halves]
+    assert groups[0] != groups[1] and all(v["formed"] for v in views)
+    assert all(status_json(lab, n)["other_groups"] == {} for n in sorted(lab.spec.nodes))  # cut apart: nobody knows
+
+    lab.heal()
+
+    def everyone_reports() -> bool:
+        return all(list(status_json(lab, n)["other_groups"]) == [groups[1] if n in halves[0] else groups[0]]
+                   for n in sorted(lab.spec.nodes))
+    wait_until(everyone_reports, 20, "every node of both groups reporting the other")
+    ids = {n: status_json(lab, n)["node_id"] for n in sorted(lab.spec.nodes)}
+    assert sorted(status_json(lab, "n1")["other_groups"][groups[1]]) == sorted([ids["n3"], ids["n4"]])
+    for half, other in ((halves[0], groups[1]), (halves[1], groups[0])):
+        wait_until(lambda: any(e["kind"] == "cluster.split" and other in e["detail"] for e in events(lab, half[0])), 20,
+                   f"the split recorded in the event log of {half}")
+        assert "SPLIT" in cli("status", "--lab-node", half[0], "--lab", lab.spec.name).stdout
+    # Nothing is merged: each half keeps its own group and members.
+    assert [status_json(lab, half[0])["group_id"] for half in halves] == groups
+    assert all(len(status_json(lab, n)["members"]) == 2 for n in sorted(lab.spec.nodes))
