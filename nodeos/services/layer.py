@@ -158,9 +158,9 @@ class ServicesLayer:
         if self.consensus is None:  # between two memberships: fenced (the guard holds nothing), per-node services stay
             self.last_pass = time.monotonic()
             return
-        # Fenced first, the state after: evidence stamped before this check holds
-        # every entry the snapshot then sees (consensus._stamp_evidence_when_caught_up).
-        # The other order let a healed node act on its state from before the heal.
+        # Fenced first, the state after: evidence stamped before this check comes after
+        # the rejoin barrier (cluster/rejoin.py), so the snapshot taken next holds every
+        # decision made without this node; the other order could pair an old state with a grant.
         fenced = self.agent.fenced()
         snapshot = self._snapshot()
         catalog = self.catalog_of(snapshot)
