@@ -69,6 +69,11 @@ class StorageConfig:
     # Seconds a ceph/rados command may take (the Monitor's health read, a mon
     # join, `ceph osd new`...); raise it on very slow machines (emulated CPUs).
     command_timeout: float = 30.0
+    # Ceph's mon lease and election time-out (Ceph: 5 s / 5 s). Short, a dead mon
+    # stalls commits briefly; too short for the machine, and mons that miss a renewal
+    # call elections over and over, so map changes (a pool, a fence) wait minutes:
+    # raise it on very slow machines (emulated CPUs).
+    mon_lease: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: storage.osd_file_size must be at least 1 GiB (bytes), got {storage.osd_file_size}")
     if not 5 <= storage.command_timeout <= 3600:
         raise ConfigError(f"{where}: storage.command_timeout must be 5 to 3600 seconds, got {storage.command_timeout}")
+    if not 1 <= storage.mon_lease <= 60:
+        raise ConfigError(f"{where}: storage.mon_lease must be 1 to 60 seconds, got {storage.mon_lease}")
     if storage.mon_replace_after < 5:
         raise ConfigError(f"{where}: storage.mon_replace_after must be at least 5 seconds")
     t = config.timing

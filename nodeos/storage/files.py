@@ -31,7 +31,8 @@ MON_SEED = "mon-seed.keyring"
 
 def tuning_for(settings: StorageConfig) -> Tuning:
     base = LAB_TUNING if settings.tuning == "lab" else Tuning()
-    return dataclasses.replace(base, bluestore_block_size=settings.osd_file_size)
+    return dataclasses.replace(base, bluestore_block_size=settings.osd_file_size, mon_lease=settings.mon_lease,
+                               mon_election_timeout=settings.mon_lease)
 
 
 def render_files(state: ClusterState, node_id: str, paths: CephPaths, tuning: Tuning,

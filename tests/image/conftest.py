@@ -101,6 +101,10 @@ TCG_CONFIG = (
     "timing.fence_after=4.0",
     "timing.fence_margin=2.0",
     "storage.command_timeout=180.0",  # a ceph CLI call takes tens of seconds on an emulated CPU
+    # With the 2 s default the mons called elections over and over under TCG (status
+    # snapshots with 0/3 in quorum) and every map change waited minutes: the volumes
+    # pool's `osd pool create` never answered within 180 s (image_cloud, twice).
+    "storage.mon_lease=10.0",
 )
 
 

@@ -143,3 +143,16 @@ def test_health_ok_before_the_mgr_saw_the_pool_is_not_settled() -> None:
 def test_a_garbled_status_reads_as_unknown() -> None:
     summary = summarize({"health": None, "osdmap": {"num_osds": "3"}})
     assert summary.health == "HEALTH_UNKNOWN" and summary.osds == 0 and not summary.settled(osds=0)
+
+
+def test_a_slow_machine_gets_a_longer_mon_lease_and_election_timeout() -> None:
+    from nodeos.cluster.config import ConfigError, StorageConfig, parse_config
+    from nodeos.storage.files import tuning_for
+
+    default = parse(render_ceph_conf(FSID, MONS, "10.77.0.0/24", hosts=3, tuning=tuning_for(StorageConfig())))
+    assert (default["global"]["mon_lease"], default["global"]["mon_election_timeout"]) == ("2.0", "2.0")
+    slow = parse_config({"storage": {"mon_lease": 10}}).storage
+    conf = parse(render_ceph_conf(FSID, MONS, "10.77.0.0/24", hosts=3, tuning=tuning_for(slow)))
+    assert (conf["global"]["mon_lease"], conf["global"]["mon_election_timeout"]) == ("10.0", "10.0")
+    with pytest.raises(ConfigError, match="storage.mon_lease must be 1 to 60"):
+        parse_config({"storage": {"mon_lease": 0.5}})
