@@ -25,6 +25,7 @@ from nodeos.storage.conf import render_client_conf
 from nodeos.storage.ops import service_key
 
 from . import rabbitmq
+from .credentials import DEFAULT_REGION
 from .probes import mariadb_health_sql
 from .registry import CEPH_CLIENTS
 from .secrets import db_password, erlang_cookie, health_password, mq_password, mq_password_salt, service_password
@@ -37,11 +38,12 @@ _TEMPLATES = jinja2.Environment(
 )
 
 MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292  # RabbitMQ's: rabbitmq.py
-PLACEMENT_PORT = 8778
+PLACEMENT_PORT, NOVA_PORT = 8778, 8774
 MARIADB_DATADIR = "/var/lib/mysql/data"
-# The OpenStack services that keep a database, by the configuration that uses it.
+# The OpenStack services that keep a database, by the configuration that uses it; the
+# configuration's name is also its database user's (nova: one user for its three databases).
 DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",),
-                                         "placement": ("placement",)}
+                                         "placement": ("placement",), "nova": ("nova_api", "nova", "nova_cell0")}
 SERVICE_PROJECT = "service"  # where the services' keystone users have the admin role
 
 
@@ -67,6 +69,8 @@ class CloudContext:
     keys: Mapping[str, Any]  # state.cloud["keys"]
     configs: tuple[str, ...] = ()  # every `config:` of the catalog (which databases MariaDB keeps)
     lab: bool = False  # small buffers and worker counts
+    node_id: str = ""  # the node the files are for (nova's `host`)
+    node_ip: str = ""  # its address on the cluster network (nova's `my_ip`)
     # Ceph as a service's librados sees it: {"fsid", "mons": node -> IP, "keys": client -> key
     # (registered ones only), "pools": [...]}; empty without Ceph.
     ceph: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -78,11 +82,13 @@ class CloudContext:
         return vip
 
 
-def context_from_state(state: Any, catalog: Any, identity: ClusterIdentity, lab: bool) -> CloudContext:
+def context_from_state(state: Any, catalog: Any, identity: ClusterIdentity, lab: bool,
+                       node_id: str = "") -> CloudContext:
     vips = {name: record.vip for name, record in state.services.items() if record.vip}
     configs = tuple(sorted({spec.config for spec in catalog if spec.config}))
+    node = state.nodes.get(node_id)
     return CloudContext(identity=identity, vips=vips, keys=dict(state.cloud.get("keys") or {}), configs=configs, lab=lab,
-                        ceph=_ceph_view(state))
+                        ceph=_ceph_view(state), node_id=node_id, node_ip=node.ip if node is not None else "")
 
 
 def _ceph_view(state: Any) -> dict[str, Any]:
@@ -103,13 +109,13 @@ def render(config: str, ctx: CloudContext) -> list[ConfigFile]:
 
 
 def _mariadb(ctx: CloudContext) -> list[ConfigFile]:
-    databases = [{"name": db, "user": db, "password": db_password(ctx.identity, db)}
-                 for config in ctx.configs for db in DATABASES.get(config, ())]
+    users = [{"name": config, "password": db_password(ctx.identity, config), "databases": DATABASES[config]}
+             for config in ctx.configs if config in DATABASES]
     server = _TEMPLATES.get_template("mariadb-server.cnf.j2").render(
         port=MARIADB_PORT, datadir=MARIADB_DATADIR, max_connections=200 if ctx.lab else 1000,
         buffer_pool="64M" if ctx.lab else "1G")
     init = _TEMPLATES.get_template("mariadb-init.sql.j2").render(
-        databases=databases, health_sql=mariadb_health_sql(health_password(ctx.identity)))
+        users=users, health_sql=mariadb_health_sql(health_password(ctx.identity)))
     return [ConfigFile("/etc/mysql/mariadb.conf.d/99-nodeos.cnf", server),
             ConfigFile("/etc/mysql/nodeos-init.sql", init, mode=0o640, group="mysql")]
 
@@ -171,6 +177,28 @@ def _placement(ctx: CloudContext) -> list[ConfigFile]:
             ConfigFile("/etc/placement/nodeos-uwsgi.ini", uwsgi)]
 
 
+def _nova(ctx: CloudContext) -> list[ConfigFile]:
+    """nova-api (under uWSGI), nova-conductor and nova-scheduler read the same nova.conf; each node
+    renders its own (`host` and `my_ip` are the node's), the rest comes from the state."""
+    if not ctx.node_id or not ctx.node_ip:
+        raise ConfigError("this node's address is not in the state yet")
+    keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
+    connection = f"mysql+pymysql://nova:{db_password(ctx.identity, 'nova')}@{ctx.vip('mariadb')}"
+    workers = 1 if ctx.lab else 4
+    conf = _TEMPLATES.get_template("nova.conf.j2").render(
+        host=ctx.node_id, my_ip=ctx.node_ip,
+        transport_url=rabbitmq.transport_url(ctx.vip("rabbitmq"), mq_password(ctx.identity)),
+        api_connection=f"{connection}/nova_api", connection=f"{connection}/nova", keystone=keystone,
+        memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
+        password=service_password(ctx.identity, "nova"), region=DEFAULT_REGION,
+        placement=f"http://{ctx.vip('placement-api')}:{PLACEMENT_PORT}",
+        glance=f"http://{ctx.vip('glance-api')}:{GLANCE_PORT}", workers=workers)
+    # nova-api is monkey-patched by eventlet: one thread per uWSGI process (Debian's ini does the same).
+    uwsgi = _TEMPLATES.get_template("nova-api-uwsgi.ini.j2").render(port=NOVA_PORT, processes=2 if ctx.lab else 4)
+    return [ConfigFile("/etc/nova/nova.conf", conf, mode=0o640, group="nova"),
+            ConfigFile("/etc/nova/nodeos-uwsgi.ini", uwsgi)]
+
+
 def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
     """Needs nothing from the state but the secret: clients find the broker at its VIP."""
     conf = _TEMPLATES.get_template("rabbitmq.conf.j2").render(
@@ -193,7 +221,8 @@ def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
 
 
 _RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {
-    "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq, "placement": _placement}
+    "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq, "placement": _placement,
+    "nova": _nova}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

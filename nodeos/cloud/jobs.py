@@ -29,7 +29,20 @@ REGISTER_PREFIX = "keystone-register-"
 SCHEMA_SYNCS: dict[str, tuple[str, ...]] = {
     "glance-db-sync": ("glance", "glance-manage", "db_sync"),
     "placement-db-sync": ("placement", "placement-manage", "db", "sync"),
+    "nova-api-db-sync": ("nova", "nova-manage", "api_db", "sync"),
+    "nova-db-sync": ("nova", "nova-manage", "db", "sync"),  # cell1's database and cell0's
 }
+# nova's cell mappings as templates nova fills from nova.conf ([database] connection,
+# transport_url) when it loads them: no password or VIP is copied into nova_api, and the
+# cells follow the configuration rendered from the state.
+CELL0_DATABASE = "{scheme}://{username}:{password}@{hostname}/{path}_cell0"
+CELL1_DATABASE = "{scheme}://{username}:{password}@{hostname}/{path}"
+CELL1_TRANSPORT = "{scheme}://{username}:{password}@{hostname}:{port}/{path}"
+# create_cell refuses a second cell with the same URLs (exit 2), and a crash may come after
+# the mapping was written: look first.
+CELL1_CREATE = ("nova-manage cell_v2 list_cells | grep -qE '^[|] +cell1 +[|]' || "
+                "exec nova-manage cell_v2 create_cell --name=cell1 "
+                f"--database_connection='{CELL1_DATABASE}' --transport-url='{CELL1_TRANSPORT}'")
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,10 @@ def commands(job: str, ctx: CloudContext) -> list[Command]:
         return [Command(("sh", "-c", "exec mariadb --protocol=socket -u root < /etc/mysql/nodeos-init.sql"))]
     if job in SCHEMA_SYNCS:
         return [Command(_as(*SCHEMA_SYNCS[job]))]
+    if job == "nova-cell0-map":  # "Cell0 is already setup" and exit 0 when run again
+        return [Command(_as("nova", "nova-manage", "cell_v2", "map_cell0", f"--database_connection={CELL0_DATABASE}"))]
+    if job == "nova-cell1-create":
+        return [Command(_as("nova", "sh", "-c", CELL1_CREATE))]
     if job.startswith(REGISTER_PREFIX):
         return [register_command(job[len(REGISTER_PREFIX):], ctx)]
     raise JobError(f"no commands for job {job!r}")

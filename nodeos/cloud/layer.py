@@ -77,7 +77,7 @@ class CloudLayer:
         if spec.config is None:
             return
         try:
-            ctx = context_from_state(state, catalog, self.identity, self.lab)
+            ctx = context_from_state(state, catalog, self.identity, self.lab, self.node_id)
             written = write_files(render(spec.config, ctx), self.root)
         except ConfigError as exc:
             raise NotReady(str(exc)) from exc
@@ -110,7 +110,7 @@ class CloudLayer:
         log.event("cloud.job_started", job=name, attempt=attempt)
         started = time.monotonic()
         try:
-            ctx = context_from_state(state, catalog, self.identity, self.lab)
+            ctx = context_from_state(state, catalog, self.identity, self.lab, self.node_id)
             write_files(render(job.config, ctx), self.root)
             detail = run_commands(name, commands(name, ctx), self.enter, job.timeout)
             ok = True

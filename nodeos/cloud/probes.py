@@ -8,6 +8,7 @@ and a TCP connect passes on a wedged memcached, hence a real write and read.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import secrets
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping
 import pymysql
 
 Probe = tuple[bool, str]
+Judge = Callable[[Any], Probe]  # an API's answer (parsed JSON) -> what it says about the service
 
 HEALTH_DATABASE = "nodeos_health"
 HEALTH_USER = "nodeos-health"
@@ -264,22 +266,29 @@ def keystone_token(auth_url: str, username: str, password: str, project: str, ti
 
 def authenticated_get(url: str, token: str, timeout: float, headers: Mapping[str, str] | None = None) -> Probe:
     """GET with the token (and the API's own `headers`: placement's microversion); ok on 200 and a JSON body."""
+    ok, detail, _ = authenticated_read(url, token, timeout, headers)
+    return ok, detail
+
+
+def authenticated_read(url: str, token: str, timeout: float,
+                       headers: Mapping[str, str] | None = None) -> tuple[bool, str, Any]:
+    """authenticated_get, and the JSON body it read (None on a failure)."""
     request = urllib.request.Request(url, headers={**(headers or {}), "X-Auth-Token": token,
                                                    "Accept": "application/json"})
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code} {_error_text(exc)}".rstrip()
+        return False, f"HTTP {exc.code} {_error_text(exc)}".rstrip(), None
     except Exception as exc:  # noqa: BLE001
-        return False, _url_reason(exc)
+        return False, _url_reason(exc), None
     if status != 200:
-        return False, f"HTTP {status}, expected 200"
+        return False, f"HTTP {status}, expected 200", None
     try:
-        json.loads(body)
+        data = json.loads(body)
     except ValueError:
-        return False, "HTTP 200 but the body is not JSON"
-    return True, "HTTP 200"
+        return False, "HTTP 200 but the body is not JSON", None
+    return True, "HTTP 200", data
 
 
 def keystone_token_and_read(auth_url: str, username: str, password: str, project: str, timeout: float,
@@ -309,10 +318,12 @@ class TokenCache:
 
     def check_api(self, auth_url: str, username: str, password: str, project: str, read_url: str, timeout: float,
                   now: float | None = None, label: str | None = None,
-                  headers: Mapping[str, str] | None = None) -> Probe:
-        """A token from keystone, then GET `read_url` (another API: glance's /v2/images) with it.
+                  headers: Mapping[str, str] | None = None, judge: Judge | None = None) -> Probe:
+        """A token from keystone, then GET `read_url` (another API: glance's /v2/images) with it,
+        and, with a `judge`, what the answer says (nova's service list: is this node's conductor up?).
 
-        The detail names the layer: "token: ..." when keystone failed, "read ...: ..." when the API did.
+        The detail names the layer: "token: ..." when keystone failed, "read ...: ..." when the API
+        did, the judge's own words when the answer is bad news.
         """
         now = time.monotonic() if now is None else now
         label = label or read_url
@@ -320,9 +331,9 @@ class TokenCache:
         with self._lock:
             cached = self._tokens.get(key)
         if cached is not None and now - cached[1] < self.reuse:
-            ok, detail = authenticated_get(read_url, cached[0], timeout, headers)
+            ok, detail, body = authenticated_read(read_url, cached[0], timeout, headers)
             if ok:
-                return True, f"read {label} with a token issued {now - cached[1]:.0f}s ago: {detail}"
+                return _judged(judge, body, f"read {label} with a token issued {now - cached[1]:.0f}s ago: {detail}")
             if not detail.startswith("HTTP 401"):
                 return False, f"read {label}: {detail}"  # the API failed, not the token: no new one (a bcrypt each)
         token, detail = keystone_token(auth_url, username, password, project, timeout)
@@ -332,8 +343,53 @@ class TokenCache:
             return False, detail
         with self._lock:
             self._tokens[key] = (token, now)
-        ok, read_detail = authenticated_get(read_url, token, timeout, headers)
-        return ok, f"token issued, read {label}: {read_detail}" if ok else f"read {label}: {read_detail}"
+        ok, read_detail, body = authenticated_read(read_url, token, timeout, headers)
+        if not ok:
+            return False, f"read {label}: {read_detail}"
+        return _judged(judge, body, f"token issued, read {label}: {read_detail}")
+
+
+def _judged(judge: Judge | None, body: Any, read_detail: str) -> Probe:
+    """The read's outcome, then the judge's verdict on its answer (alone when it fails: that is the layer)."""
+    if judge is None:
+        return True, read_detail
+    ok, verdict = judge(body)
+    return (True, f"{read_detail}; {verdict}") if ok else (False, verdict)
+
+
+def nova_service_state(answer: Any, binary: str, host: str, now: float) -> Probe:
+    """Whether nova's service list (GET /v2.1/os-services) has `binary` on `host` up.
+
+    nova calls a service up while its last report (a write every report_interval, through
+    the conductor for all but the conductor itself) is younger than service_down_time: so
+    "up" proves the service's RPC and database path, which a live process or an open
+    connection does not. `now` is wall-clock time (nova's updated_at is UTC).
+    """
+    try:
+        services = [s for s in answer["services"] if s.get("binary") == binary and s.get("host") == host]
+    except (KeyError, TypeError, AttributeError):
+        return False, "service list: not nova's answer (no 'services' list)"
+    if not services:
+        return False, f"service {binary} on {host} is not in nova's service list (it never reported)"
+    service = max(services, key=lambda s: s.get("updated_at") or "")
+    age = _report_age(service.get("updated_at"), now)
+    last = "never reported" if age is None else f"last report {age:.0f} s ago"
+    if service.get("forced_down"):
+        return False, f"service {binary} on {host} is forced down ({last})"
+    if service.get("state") != "up":
+        return False, f"service {binary} on {host} is {service.get('state') or 'in no state'} ({last})"
+    return True, f"{binary} on {host} up ({last})"
+
+
+def _report_age(updated_at: Any, now: float) -> float | None:
+    """Seconds since nova's updated_at ("2026-12-01T01:02:03.000000", UTC), None if absent or unreadable."""
+    if not isinstance(updated_at, str):
+        return None
+    try:
+        stamp = datetime.datetime.fromisoformat(updated_at.removesuffix("Z"))
+    except ValueError:
+        return None
+    return max(0.0, now - stamp.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 def _v3_base(auth_url: str) -> str:
@@ -344,14 +400,18 @@ def _v3_base(auth_url: str) -> str:
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
     """The API's own error message (keystone's {"error": {"message": ...}}, placement's
-    {"errors": [{"detail": ...}]}), else the reason phrase."""
+    {"errors": [{"detail": ...}]}, nova's {"forbidden": {"message": ...}}), else the reason phrase."""
     try:
         data: Any = json.loads(exc.read(4096) or b"null")
     except Exception:  # noqa: BLE001 (not JSON)
         data = None
     try:
-        message = data["error"]["message"] if "error" in data else data["errors"][0]["detail"]
-    except Exception:  # noqa: BLE001 (neither shape)
+        if "errors" in data:
+            message = data["errors"][0]["detail"]
+        else:
+            [fault] = data.values()  # keystone's "error", nova's fault name
+            message = fault["message"]
+    except Exception:  # noqa: BLE001 (none of these shapes)
         message = exc.reason
     return " ".join(str(message or "").split())[:160]  # placement's details span lines
 

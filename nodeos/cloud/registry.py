@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement")
+CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ KEYSTONE_SERVICES: dict[str, KeystoneService] = {
         KeystoneService("glance", "glance", "image", vip_of="glance-api", port=9292, description="OpenStack Image"),
         KeystoneService("placement", "placement", "placement", vip_of="placement-api", port=8778,
                         description="OpenStack Placement"),
+        KeystoneService("nova", "nova", "compute", vip_of="nova-api", port=8774, path="/v2.1",
+                        description="OpenStack Compute"),
     )
 }
 
@@ -65,6 +67,13 @@ JOBS: dict[str, JobDef] = {
         JobDef("glance-db-sync", config="glance", after_jobs=("glance-db",)),
         JobDef("placement-db", config="mariadb", after_services=("mariadb",)),
         JobDef("placement-db-sync", config="placement", after_jobs=("placement-db",)),
+        # nova's three databases (one user), then cells v2 in nova's order: the API schema,
+        # cell0 (instances that were never scheduled) and cell1 mapped in it, then the cells' schema.
+        JobDef("nova-db", config="mariadb", after_services=("mariadb",)),
+        JobDef("nova-api-db-sync", config="nova", after_jobs=("nova-db",)),
+        JobDef("nova-cell0-map", config="nova", after_jobs=("nova-api-db-sync",)),
+        JobDef("nova-cell1-create", config="nova", after_jobs=("nova-cell0-map",)),
+        JobDef("nova-db-sync", config="nova", after_jobs=("nova-cell1-create",)),
         *(JobDef(f"keystone-register-{user}", config=user, after_services=("keystone",),
                  after_jobs=("keystone-bootstrap",)) for user in KEYSTONE_SERVICES),
     )

@@ -27,11 +27,14 @@ CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
 # The service's own signal (nodeos/cloud/probes.py), not a port check.
-CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement")
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "nova-service")
 CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
 # An API checked with a keystone token: the read its check does by default.
-API_READS = {"keystone": "/v3/projects", "glance": "/v2/images", "placement": "/resource_providers"}
+API_READS = {"keystone": "/v3/projects", "glance": "/v2/images", "placement": "/resource_providers",
+             "nova": "/v2.1/servers", "nova-service": "/v2.1/os-services"}
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
+# The `nova-service` check finds this node's daemon "up" in nova's service list (through nova-api).
+NOVA_DAEMONS = ("nova-conductor", "nova-scheduler")
 # root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
 TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")
 # The process runtime keeps its own bookkeeping in the run dir.
@@ -66,7 +69,7 @@ class HealthCheckSpec:
     expect_status: int | None = None  # http
     expect_body: str | None = None  # http, substring
     command: tuple[str, ...] | None = None  # command; exit 0 = healthy
-    daemon: str | None = None  # ceph: mon | mgr | osd
+    daemon: str | None = None  # ceph: mon | mgr | osd; nova-service: nova-conductor | nova-scheduler
     start_period: float = 0.0  # seconds after a start in which failures do not count until a pass
 
 
@@ -406,7 +409,7 @@ _CHECK_ONLY_FOR = {
     "expect_status": ("http",),
     "expect_body": ("http",),
     "command": ("command",),
-    "daemon": ("ceph",),
+    "daemon": ("ceph", "nova-service"),
 }
 _RESTART_KEYS = ("max_restarts", "backoff_initial", "backoff_max", "reset_after")
 _RESOURCE_KEYS = ("cpu", "memory_mb")
@@ -585,6 +588,8 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         read = _string(where, data.get("path", API_READS[kind]), path + ("path",)) if kind in API_READS else None
         if read is not None and not read.startswith("/"):
             raise where.error(path + ("path",), f"must start with '/', got {_describe(read)}")
+        if kind == "nova-service":
+            return HealthCheckSpec(port=port, path=read, daemon=_daemon(where, data, path, NOVA_DAEMONS), **common)
         return HealthCheckSpec(port=port, path=read, **common)
     if kind in ("tcp", "http"):
         if data.get("port") is None and service_port is None:
@@ -611,12 +616,17 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
             _check_placeholders(where, arg, path + ("command", index), has_vip, service_port is not None)
         return HealthCheckSpec(command=argv, **common)
     if kind == "ceph":
-        daemon = data.get("daemon")
-        if daemon not in CEPH_DAEMONS:
-            raise where.error(path + ("daemon",), f"a ceph check needs 'daemon': one of {', '.join(CEPH_DAEMONS)}, "
-                                                  f"got {_describe(daemon)}")
-        return HealthCheckSpec(daemon=daemon, **common)
+        return HealthCheckSpec(daemon=_daemon(where, data, path, CEPH_DAEMONS), **common)
     return HealthCheckSpec(**common)
+
+
+def _daemon(where: _Where, data: dict[str, Any], path: PathKey, daemons: tuple[str, ...]) -> str:
+    """The check's `daemon`, one of `daemons`."""
+    daemon = data.get("daemon")
+    if daemon not in daemons:
+        raise where.error(path + ("daemon",), f"a {data['type']} check needs 'daemon': one of {', '.join(daemons)}, "
+                                              f"got {_describe(daemon)}")
+    return str(daemon)
 
 
 def _build_restart(where: _Where, raw: Any, path: PathKey) -> RestartPolicy:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import psutil
 
@@ -26,6 +26,9 @@ _MAX_BODY = 64 * 1024
 KEYSTONE_PORT = 5000  # where the API checks get their token, at keystone's VIP
 # placement answers without the header too (as 1.0), but a client always names the microversion it speaks.
 PLACEMENT_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "placement 1.0"}
+COMPUTE_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "compute 2.1"}  # the base: every field read is in it
+NOVA_API = "nova-api"  # the catalog service whose VIP the nova-service checks read through
+wall_clock: Callable[[], float] = time.time  # nova's updated_at is wall-clock time (UTC)
 
 
 @dataclass(frozen=True)
@@ -168,19 +171,44 @@ def _check_placement(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, 
     return _check_api(spec, target, "/resource_providers", PLACEMENT_VERSION)
 
 
+def _check_nova(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared), then GET /v2.1/servers through nova-api's VIP (its API and cell databases)."""
+    return _check_api(spec, target, "/v2.1/servers", COMPUTE_VERSION)
+
+
+def _check_nova_service(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """nova-conductor or nova-scheduler (spec.daemon) on this node "up" in nova's service list,
+    read with a keystone token through nova-api's VIP: its reports are fresh, so its RPC and
+    database path works (a process check cannot see a conductor that lost its broker).
+    nova knows this node by its id (nova.conf's `host`)."""
+    from nodeos.cloud.probes import nova_service_state
+
+    api = target.vips.get(NOVA_API)
+    if not api:
+        return False, f"read: {NOVA_API} has no VIP"
+    binary, host = spec.daemon or "", target.values.get("node_id", "")
+
+    def judge(answer: Any) -> tuple[bool, str]:
+        return nova_service_state(answer, binary, host, wall_clock())
+
+    return _check_api(spec, target, "/v2.1/os-services", COMPUTE_VERSION, host=api, judge=judge)
+
+
 def _check_api(spec: HealthCheckSpec, target: CheckTarget, default_read: str,
-               headers: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """An API behind keystone: `token: ...` when keystone failed, `read URL: ...` when the API did."""
+               headers: Mapping[str, str] | None = None, host: str | None = None,
+               judge: Callable[[Any], tuple[bool, str]] | None = None) -> tuple[bool, str]:
+    """An API behind keystone: `token: ...` when keystone failed, `read URL: ...` when the API did.
+    `host`: where the API answers (default: this service's VIP)."""
     from nodeos.cloud.probes import keystone_tokens
 
     keystone = target.vips.get("keystone")
     if not keystone:
         return False, "token: keystone has no VIP"
-    host = target.vip or target.host
+    host = host or target.vip or target.host
     return keystone_tokens.check_api(f"http://{keystone}:{KEYSTONE_PORT}/v3", "admin",
                                      target.values.get("admin_password", ""), "admin",
                                      f"http://{host}:{_port(spec)}{spec.path or default_read}", spec.timeout,
-                                     headers=headers)
+                                     headers=headers, judge=judge)
 
 
 def _check_rabbitmq(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
@@ -216,6 +244,8 @@ _CHECKS = {
     "keystone": _check_keystone,
     "glance": _check_glance,
     "placement": _check_placement,
+    "nova": _check_nova,
+    "nova-service": _check_nova_service,
     "rabbitmq": _check_rabbitmq,
 }
 

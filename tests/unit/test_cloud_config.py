@@ -21,7 +21,8 @@ from nodeos.cluster.identity import ClusterIdentity
 IDENTITY = ClusterIdentity("cluster-1", b"s" * 32, "", "")
 KEYS = {"fernet": [make_fernet_key(lambda n: b"a" * n), make_fernet_key(lambda n: b"b" * n)],
         "credential": [make_fernet_key(lambda n: b"c" * n), make_fernet_key(lambda n: b"d" * n)]}
-VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202", "glance-api": "10.0.0.203"}
+VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202", "glance-api": "10.0.0.203",
+        "placement-api": "10.0.0.204", "rabbitmq": "10.0.0.205", "nova-api": "10.0.0.206"}
 GLANCE_KEY = make_key(lambda n: b"g" * n)
 CEPH = {"fsid": "0b3f3a4e-4f0e-5d5e-9c8e-111111111111", "mons": {"n1": "10.0.0.1", "n2": "10.0.0.2"},
         "keys": {"glance": GLANCE_KEY}, "pools": ["images", "nodeos-volumes"]}
@@ -29,7 +30,7 @@ CEPH = {"fsid": "0b3f3a4e-4f0e-5d5e-9c8e-111111111111", "mons": {"n1": "10.0.0.1
 
 def context(**changes) -> CloudContext:
     values = dict(identity=IDENTITY, vips=VIPS, keys=KEYS, configs=("glance", "keystone", "mariadb"), lab=True,
-                  ceph=CEPH)
+                  ceph=CEPH, node_id="n2", node_ip="10.0.0.2")
     values.update(changes)
     return CloudContext(**values)
 
@@ -96,7 +97,11 @@ def test_placement_points_at_the_vips_with_its_derived_passwords():
         render("placement", context(vips={"mariadb": "10.0.0.200", "memcached": "10.0.0.201"}))
 
 
-def test_placement_secrets_are_never_logged(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config, service, path", [
+    ("placement", "placement-api", "/etc/placement/placement.conf"),
+    ("nova", "nova-conductor", "/etc/nova/nova.conf"),
+])
+def test_service_secrets_are_never_logged(tmp_path, monkeypatch, config, service, path):
     """prepare() logs the paths it wrote, never their content (the passwords)."""
     from nodeos import log
     from nodeos.cloud import layer as cloud_layer
@@ -106,18 +111,75 @@ def test_placement_secrets_are_never_logged(tmp_path, monkeypatch):
     catalog = load_catalog(packaged_catalog("lab-cloud"))
     stream = io.StringIO()
     monkeypatch.setattr(log, "_stream", stream)
-    # The state's view and the writing (owners: placement's user) are not what is tested here.
-    monkeypatch.setattr(cloud_layer, "context_from_state", lambda *args: context(configs=("placement",)))
+    # The state's view and the writing (owners: the service's user) are not what is tested here.
+    monkeypatch.setattr(cloud_layer, "context_from_state", lambda *args: context(configs=(config,)))
     monkeypatch.setattr(cloud_layer, "write_files", lambda files, root: [f.path for f in files])
     layer = CloudLayer("a", IDENTITY, tmp_path, [], lambda op, cb: None, lab=True)
     try:
-        layer.prepare(catalog["placement-api"], None, catalog)
+        layer.prepare(catalog[service], None, catalog)
     finally:
         layer.shutdown()
     [written] = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert written["event"] == "cloud.config_written" and "/etc/placement/placement.conf" in written["files"]
-    for secret in (db_password(IDENTITY, "placement"), service_password(IDENTITY, "placement")):
+    assert written["event"] == "cloud.config_written" and path in written["files"]
+    for secret in (db_password(IDENTITY, config), service_password(IDENTITY, config), mq_password(IDENTITY)):
         assert secret not in stream.getvalue()
+
+
+def test_nova_points_at_the_vips_and_names_this_node():
+    files = {f.path: f for f in render("nova", context())}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(files["/etc/nova/nova.conf"].content)
+    default = conf["DEFAULT"]
+    assert (default["host"], default["my_ip"], default["enabled_apis"]) == ("n2", "10.0.0.2", "osapi_compute")
+    assert default["transport_url"] == rabbitmq.transport_url("10.0.0.205", mq_password(IDENTITY)) == \
+        f"rabbit://openstack:{mq_password(IDENTITY)}@10.0.0.205:5672/"
+    password = db_password(IDENTITY, "nova")  # one database user for nova's three databases
+    assert conf["api_database"]["connection"] == f"mysql+pymysql://nova:{password}@10.0.0.200/nova_api"
+    assert conf["database"]["connection"] == f"mysql+pymysql://nova:{password}@10.0.0.200/nova"
+    assert int(default["report_interval"]) < int(default["service_down_time"])
+    rabbit = conf["oslo_messaging_rabbit"]
+    assert (rabbit["heartbeat_timeout_threshold"], rabbit["heartbeat_rate"]) == ("6", "3")
+    auth = conf["keystone_authtoken"]
+    assert (auth["auth_url"], auth["memcached_servers"], auth["username"], auth["password"]) == \
+        ("http://10.0.0.202:5000", "10.0.0.201:11211", "nova", service_password(IDENTITY, "nova"))
+    placement = conf["placement"]
+    assert (placement["endpoint_override"], placement["auth_url"], placement["username"], placement["region_name"]) == \
+        ("http://10.0.0.204:8778", "http://10.0.0.202:5000", "nova", "RegionOne")
+    assert conf["glance"]["endpoint_override"] == "http://10.0.0.203:9292"
+    assert conf["scheduler"]["discover_hosts_in_cells_interval"] == "60"
+    assert conf["oslo_concurrency"]["lock_path"] == "/var/lib/nova/tmp"
+    assert conf["conductor"]["workers"] == conf["scheduler"]["workers"] == "1"
+    nova_conf = files["/etc/nova/nova.conf"]
+    assert (nova_conf.mode, nova_conf.owner, nova_conf.group) == (0o640, "root", "nova")
+    uwsgi = files["/etc/nova/nodeos-uwsgi.ini"].content
+    assert "http-socket = 0.0.0.0:8774" in uwsgi and "wsgi-file = /usr/bin/nova-api-wsgi" in uwsgi
+    assert "uid = nova" in uwsgi and "threads = 1" in uwsgi and "processes = 2" in uwsgi
+    node = {f.path: f.content for f in render("nova", context(lab=False))}
+    assert "processes = 4" in node["/etc/nova/nodeos-uwsgi.ini"] and "workers = 4" in node["/etc/nova/nova.conf"]
+
+
+def test_nova_waits_for_this_nodes_address_and_the_vips_it_names():
+    with pytest.raises(ConfigError, match="this node's address is not in the state"):
+        render("nova", context(node_ip=""))
+    with pytest.raises(ConfigError, match="placement-api has no VIP"):
+        render("nova", context(vips={k: v for k, v in VIPS.items() if k != "placement-api"}))
+    with pytest.raises(ConfigError, match="rabbitmq has no VIP"):
+        render("nova", context(vips={k: v for k, v in VIPS.items() if k != "rabbitmq"}))
+
+
+def test_the_context_knows_this_nodes_address_from_the_state():
+    from nodeos.cloud.config import context_from_state
+    from nodeos.cluster.state import ClusterState
+    from nodeos.services.catalog import load_catalog, packaged_catalog
+
+    from .test_monitor import apply
+
+    state = ClusterState()
+    apply(state, {"op": "node_join", "now": 1.0, "node": "n2", "raft_addr": "10.0.0.2:7371", "ip": "10.0.0.2"})
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    ctx = context_from_state(state, catalog, IDENTITY, True, "n2")
+    assert (ctx.node_id, ctx.node_ip) == ("n2", "10.0.0.2") and "nova" in ctx.configs
+    assert context_from_state(state, catalog, IDENTITY, True, "n9").node_ip == ""  # not joined (yet)
 
 
 def test_glance_waits_for_its_ceph_client_and_pool():
@@ -138,6 +200,12 @@ def test_mariadb_creates_a_database_per_service_in_use():
     assert f"'placement'@'%' IDENTIFIED BY '{db_password(IDENTITY, 'placement')}'" in \
         with_placement["/etc/mysql/nodeos-init.sql"].content
     assert init.mode == 0o640  # passwords: not world-readable
+    with_nova = {f.path: f for f in render("mariadb", context(configs=("mariadb", "nova")))}
+    sql = with_nova["/etc/mysql/nodeos-init.sql"].content
+    assert sql.count("CREATE USER IF NOT EXISTS 'nova'@'%'") == 1  # one user, three databases
+    for database in ("nova_api", "nova", "nova_cell0"):
+        assert f"CREATE DATABASE IF NOT EXISTS `{database}`;" in sql
+        assert f"GRANT ALL PRIVILEGES ON `{database}`.* TO 'nova'@'%';" in sql
     bare = {f.path: f for f in render("mariadb", context(configs=("mariadb",)))}["/etc/mysql/nodeos-init.sql"]
     assert "`keystone`" not in bare.content and "`glance`" not in bare.content
 

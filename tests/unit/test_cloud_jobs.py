@@ -119,7 +119,7 @@ def test_glance_jobs_database_on_mariadbs_node_then_schema_and_keystone_registra
     apply(state, {"op": "place", "now": 1.0, "service": "glance-api", "node": "a", "by": "a", "term": 1, "reason": "t"})
     healthy(state, "mariadb", "c", 3.0)
     first = {o["job"]: o["node"] for o in decide(state, 3.0) if o["op"] == "job_assign"}
-    assert first == {"keystone-db-sync": "b", "glance-db": "c", "placement-db": "c"}  # where MariaDB runs (its socket)
+    assert first == {"keystone-db-sync": "b", "glance-db": "c", "placement-db": "c", "nova-db": "c"}  # where MariaDB runs
     assert finish(state, "glance-db", 4.0)["node"] == "c"
     assert finish(state, "glance-db-sync", 5.0)["node"] == "a"  # glance's node: it has glance's configuration
     finish(state, "keystone-db-sync", 6.0)
@@ -189,3 +189,66 @@ def test_placement_jobs_database_schema_and_registration_at_its_vip(state):
     assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
         ("http://10.0.0.204:8778", "placement", "placement")
     assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "placement")
+
+
+def test_nova_jobs_databases_then_cells_v2_in_order_then_registration_at_its_vip(state):
+    from nodeos.cloud.config import CloudContext
+    from nodeos.cloud.jobs import commands
+    from nodeos.cloud.secrets import db_password, mq_password, service_password
+    from nodeos.cluster.identity import ClusterIdentity
+
+    apply(state, {"op": "place", "now": 1.0, "service": "mariadb", "node": "c", "by": "a", "term": 1, "reason": "t"})
+    apply(state, {"op": "place", "now": 1.0, "service": "nova-api", "node": "a", "by": "a", "term": 1, "reason": "t"})
+    healthy(state, "mariadb", "c", 3.0)
+    assert finish(state, "nova-db", 4.0)["node"] == "c"
+    cells = ["nova-api-db-sync", "nova-cell0-map", "nova-cell1-create", "nova-db-sync"]
+    for now, job in enumerate(cells, start=5):
+        offered = {o["job"] for o in decide(state, float(now)) if o["op"] == "job_assign"}
+        assert set(cells) & offered == {job}  # one at a time, in nova's order
+        assert finish(state, job, float(now))["node"] == "a"  # nova-api's node: it has nova.conf
+    for job in ("keystone-db-sync", "keystone-bootstrap"):
+        finish(state, job, 10.0)
+    healthy(state, "keystone", "b", 11.0)
+    assert finish(state, "keystone-register-nova", 12.0)["node"] == "a"
+    assert "job" not in " ".join(desired_here(state, CATALOG, "a", False, set())["nova-api"].waiting_for)
+
+    identity = ClusterIdentity("cluster-1", b"s" * 32, "", "")
+    ctx = CloudContext(identity=identity, vips={"keystone": "10.0.0.202", "nova-api": "10.0.0.206"}, keys={})
+    argv = {job: commands(job, ctx)[0].argv for job in cells}
+    assert argv["nova-api-db-sync"] == ("runuser", "-u", "nova", "--", "nova-manage", "api_db", "sync")
+    assert argv["nova-db-sync"] == ("runuser", "-u", "nova", "--", "nova-manage", "db", "sync")
+    # Cell mappings as templates nova fills from its nova.conf: no password or address in nova_api.
+    assert argv["nova-cell0-map"] == ("runuser", "-u", "nova", "--", "nova-manage", "cell_v2", "map_cell0",
+                                      "--database_connection={scheme}://{username}:{password}@{hostname}/{path}_cell0")
+    assert argv["nova-cell1-create"][:6] == ("runuser", "-u", "nova", "--", "sh", "-c")
+    script = argv["nova-cell1-create"][6]
+    assert script.startswith("nova-manage cell_v2 list_cells | grep -qE '^[|] +cell1 +[|]' || exec nova-manage")
+    assert "--name=cell1" in script and "--transport-url='{scheme}://{username}:{password}@{hostname}:{port}/{path}'" in script
+    for secret in (db_password(identity, "nova"), mq_password(identity)):
+        assert not any(secret in arg for args in argv.values() for arg in args)
+    [register] = commands("keystone-register-nova", ctx)
+    env = register.env
+    assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
+        ("http://10.0.0.206:8774/v2.1", "compute", "nova")
+    assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "nova")
+
+
+def test_the_cell1_guard_finds_cell1_in_list_cells_output():
+    """The job's grep against nova-manage's table (prettytable), so a retry never makes a second cell1."""
+    import subprocess
+
+    from nodeos.cloud.jobs import CELL1_CREATE
+
+    guard = CELL1_CREATE.split(" || ")[0].split(" | ", 1)[1]
+    table = ("+-------+--------------------------------------+\n"
+             "|  Name |                 UUID                 |\n"
+             "+-------+--------------------------------------+\n"
+             "| cell0 | 00000000-0000-0000-0000-000000000000 |\n"
+             "| cell1 | 7b0a0a4e-3f0e-4c61-9d1c-2f0f0bd2c4b1 |\n"
+             "+-------+--------------------------------------+\n")
+    assert subprocess.run(["sh", "-c", guard], input=table, text=True).returncode == 0
+    without = "\n".join(line for line in table.splitlines() if "cell1" not in line)
+    assert subprocess.run(["sh", "-c", guard], input=without, text=True).returncode == 1
+    # prettytable centres: beside a longer name, cell1 is padded on both sides; a cell10 is another cell.
+    assert subprocess.run(["sh", "-c", guard], input="|   cell1   | u |\n", text=True).returncode == 0
+    assert subprocess.run(["sh", "-c", guard], input="|  cell10  | u |\n", text=True).returncode == 1

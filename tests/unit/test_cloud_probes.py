@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import json
 import os
@@ -442,3 +443,136 @@ def test_the_placement_check_names_the_failing_layer(
     # placement's own words ({"errors": [{"detail": ...}]}), on one line
     assert not ok and detail == \
         f"read http://127.0.0.1:{failing}/resource_providers: HTTP 503 The server is currently unavailable.", detail
+
+
+# -- nova (a stand-in answering as nova-api does; keystone is the stand-in above) ----------------------
+
+NOW = 1_800_000_000.0  # the checks' wall clock (nova's updated_at is UTC)
+
+
+def nova_time(seconds_ago: float) -> str:
+    """updated_at as nova writes it: naive UTC, microseconds."""
+    stamp = datetime.datetime.fromtimestamp(NOW - seconds_ago, datetime.timezone.utc)
+    return stamp.replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def nova_service(binary: str, host: str, state: str = "up", seconds_ago: float | None = 3.0, **extra: object) -> dict:
+    return {"id": 1, "binary": binary, "host": host, "zone": "internal", "status": "enabled", "state": state,
+            "updated_at": None if seconds_ago is None else nova_time(seconds_ago), "disabled_reason": None, **extra}
+
+
+def _nova(services: list[dict], read_status: int) -> http.server.ThreadingHTTPServer:
+    """GET /v2.1/servers and /v2.1/os-services with a valid token and the base microversion; nova's fault shape."""
+    class Handler(JsonHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            version = self.headers.get("OpenStack-API-Version", "")
+            if self.headers.get("X-Auth-Token") != "tok-1":
+                self.send_json(401, {"error": {"message": "The request you have made requires authentication."}})
+            elif version != "compute 2.1":
+                self._fault(406, "notAcceptable", f"Version {version} is not supported by the API.")
+            elif read_status != 200:
+                self._fault(read_status, "forbidden",
+                            "Policy doesn't allow os_compute_api:os-services:list to be performed.")
+            elif self.path == "/v2.1/servers":
+                self.send_json(200, {"servers": []})
+            elif self.path == "/v2.1/os-services":
+                self.send_json(200, {"services": services})
+            else:
+                self._fault(404, "itemNotFound", "The resource could not be found.")
+
+        def _fault(self, status: int, name: str, message: str) -> None:
+            self.send_json(status, {name: {"code": status, "message": message}})
+
+    return serve(Handler)
+
+
+@pytest.fixture
+def nova() -> Iterator[Callable[..., int]]:
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(services: list[dict] | None = None, read_status: int = 200) -> int:
+        servers.append(_nova(services or [], read_status))
+        return servers[-1].server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def nova_check(kind: str, keystone_url: str | None, port: int, monkeypatch: pytest.MonkeyPatch,
+               daemon: str | None = None, api_vip: str | None = "127.0.0.1") -> tuple[bool, str]:
+    """The catalog's nova checks as the agent on node n2 runs them: keystone and nova-api at their VIPs."""
+    from nodeos.services import health
+    from nodeos.services.catalog import API_READS, HealthCheckSpec
+
+    vips = {} if api_vip is None else {"nova-api": api_vip}
+    if keystone_url is not None:
+        monkeypatch.setattr(health, "KEYSTONE_PORT", int(keystone_url.split(":")[2].split("/")[0]))
+        vips["keystone"] = "127.0.0.1"
+    monkeypatch.setattr(health, "wall_clock", lambda: NOW)
+    spec = HealthCheckSpec(type=kind, port=port, path=API_READS[kind], timeout=2.0, daemon=daemon)
+    # nova-api's own check goes through its VIP (this node holds it); the others' through nova-api's.
+    target = health.CheckTarget(vip="127.0.0.1" if kind == "nova" else None, vips=vips,
+                                values={"admin_password": "pw", "node_id": "n2"})
+    result = health.run_check(spec, target)
+    return result.ok, result.detail
+
+
+def test_the_nova_api_check_lists_servers_with_the_base_microversion(
+        keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = nova()
+    ok, detail = nova_check("nova", keystone(), port, monkeypatch)
+    assert ok and detail == f"token issued, read http://127.0.0.1:{port}/v2.1/servers: HTTP 200", detail
+    ok, detail = nova_check("nova", keystone(token_status=401), port, monkeypatch)
+    assert not ok and detail.startswith("token: HTTP 401")
+    down = free_port()
+    ok, detail = nova_check("nova", keystone(), down, monkeypatch)
+    assert not ok and detail == f"read http://127.0.0.1:{down}/v2.1/servers: connection refused"
+
+
+def test_the_nova_service_check_finds_this_nodes_daemon_up(
+        keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = nova([nova_service("nova-conductor", "n1", "down", 300.0),  # where it ran before it moved
+                 nova_service("nova-conductor", "n2", "up", 4.2), nova_service("nova-scheduler", "n2", "down", 75.0)])
+    ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-conductor")
+    assert ok and detail == (f"token issued, read http://127.0.0.1:{port}/v2.1/os-services: HTTP 200; "
+                             "nova-conductor on n2 up (last report 4 s ago)"), detail
+    ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-scheduler")
+    assert not ok and detail == "service nova-scheduler on n2 is down (last report 75 s ago)"
+
+
+def test_the_nova_service_check_names_the_failing_layer(
+        keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    up = [nova_service("nova-scheduler", "n2")]
+    ok, detail = nova_check("nova-service", keystone(token_status=401), nova(up), monkeypatch, daemon="nova-scheduler")
+    assert not ok and detail.startswith("token: HTTP 401")
+    ok, detail = nova_check("nova-service", keystone(), nova(up), monkeypatch, daemon="nova-scheduler", api_vip=None)
+    assert not ok and detail == "read: nova-api has no VIP"
+    forbidden = nova(up, read_status=403)
+    ok, detail = nova_check("nova-service", keystone(), forbidden, monkeypatch, daemon="nova-scheduler")
+    assert not ok and detail == (f"read http://127.0.0.1:{forbidden}/v2.1/os-services: HTTP 403 "
+                                 "Policy doesn't allow os_compute_api:os-services:list to be performed.")  # nova's words
+    ok, detail = nova_check("nova-service", keystone(), nova([nova_service("nova-scheduler", "n1")]), monkeypatch,
+                            daemon="nova-scheduler")
+    assert not ok and detail == "service nova-scheduler on n2 is not in nova's service list (it never reported)"
+
+
+def test_nova_service_state_reads_nova_s_answer() -> None:
+    from nodeos.cloud.probes import nova_service_state
+
+    def state(*services: dict) -> tuple[bool, str]:
+        return nova_service_state({"services": list(services)}, "nova-conductor", "n2", NOW)
+
+    assert state(nova_service("nova-conductor", "n2", seconds_ago=0.4)) == \
+        (True, "nova-conductor on n2 up (last report 0 s ago)")
+    assert state(nova_service("nova-conductor", "n2", seconds_ago=-2.0))[1].endswith("(last report 0 s ago)")  # skew
+    assert state(nova_service("nova-conductor", "n2", "down", None)) == \
+        (False, "service nova-conductor on n2 is down (never reported)")
+    assert state(nova_service("nova-conductor", "n2", forced_down=True)) == \
+        (False, "service nova-conductor on n2 is forced down (last report 3 s ago)")
+    # Two records (a re-created service): the latest report counts.
+    assert state(nova_service("nova-conductor", "n2", "down", 90.0), nova_service("nova-conductor", "n2", "up", 2.0))[0]
+    assert nova_service_state({"servers": []}, "nova-conductor", "n2", NOW) == \
+        (False, "service list: not nova's answer (no 'services' list)")
+    assert nova_service_state([], "nova-conductor", "n2", NOW)[0] is False
