@@ -34,7 +34,8 @@ pytestmark = [
                        reason="keystone is not installed (scripts/apt-packages.txt)"),
 ]
 
-CLOUD_SINGLETONS = ("mariadb", "memcached", "keystone", "glance-api", "placement-api")  # healthy again after a fault
+CLOUD_SINGLETONS = ("mariadb", "memcached", "keystone", "glance-api", "placement-api",  # healthy again after a fault
+                    "nova-api", "nova-conductor", "nova-scheduler")
 CLOUD_SETTLE = 300.0  # MariaDB's first start on its volume, keystone's schema (a minute on 2 cores), bootstrap
 
 
@@ -120,7 +121,8 @@ def test_one_time_jobs_ran_exactly_once_and_are_in_the_event_log(lab: Lab) -> No
     view = status_json(lab, "n3")
     jobs = view["cloud"]["jobs"]
     expected = ["glance-db", "glance-db-sync", "keystone-bootstrap", "keystone-db-sync", "keystone-register-glance",
-                "keystone-register-placement", "placement-db", "placement-db-sync"]
+                "keystone-register-nova", "keystone-register-placement", "nova-api-db-sync", "nova-cell0-map",
+                "nova-cell1-create", "nova-db", "nova-db-sync", "placement-db", "placement-db-sync"]
     assert {name: (job["state"], job["attempt"]) for name, job in jobs.items()} == {
         name: ("done", 1) for name in expected}
     done = [e for e in events(lab) if e["kind"] == "job.done"]
