@@ -56,13 +56,14 @@ def up_in_nova(lab: Lab, binary: str, host: str) -> bool:
 
 
 def test_conductor_and_scheduler_are_up_in_nova_on_their_nodes(lab: Lab) -> None:
-    view = rows(lab)
+    placed = rows(lab)
     for daemon in DAEMONS:
-        assert up_in_nova(lab, daemon, view[daemon]["node"]), openstack(lab, "compute", "service", "list")
+        assert up_in_nova(lab, daemon, placed[daemon]["node"]), openstack(lab, "compute", "service", "list")
     entry = next(e for e in openstack(lab, "catalog", "list") if e["Type"] == "compute")
-    assert entry["Name"] == "nova" and f"http://{view['nova-api']['vip']}:8774/v2.1" in json.dumps(entry["Endpoints"])
+    assert entry["Name"] == "nova" and f"http://{placed['nova-api']['vip']}:8774/v2.1" in json.dumps(entry["Endpoints"])
     assert openstack(lab, "server", "list") == []
-    jobs = {name: (job["state"], job["attempt"]) for name, job in status_json(lab, live_node(lab))["cloud"]["jobs"].items()}
+    view = status_json(lab, live_node(lab))
+    jobs = {name: (job["state"], job["attempt"]) for name, job in view["cloud"]["jobs"].items()}
     for job in ("nova-db", "nova-api-db-sync", "nova-cell0-map", "nova-cell1-create", "nova-db-sync",
                 "keystone-register-nova"):
         assert jobs[job] == ("done", 1), jobs
