@@ -357,13 +357,15 @@ def _judged(judge: Judge | None, body: Any, read_detail: str) -> Probe:
     return (True, f"{read_detail}; {verdict}") if ok else (False, verdict)
 
 
-def nova_service_state(answer: Any, binary: str, host: str, now: float) -> Probe:
+def nova_service_state(answer: Any, binary: str, host: str, now: float, started: float | None = None) -> Probe:
     """Whether nova's service list (GET /v2.1/os-services) has `binary` on `host` up.
 
     nova calls a service up while its last report (a write every report_interval, through
     the conductor for all but the conductor itself) is younger than service_down_time: so
     "up" proves the service's RPC and database path, which a live process or an open
-    connection does not. `now` is wall-clock time (nova's updated_at is UTC).
+    connection does not. `started`: when the process began; a report from before it (the
+    killed predecessor's, still "up" for a while) does not count. Times are wall-clock
+    (nova's updated_at is UTC, stored to the second).
     """
     try:
         services = [s for s in answer["services"] if s.get("binary") == binary and s.get("host") == host]
@@ -378,6 +380,8 @@ def nova_service_state(answer: Any, binary: str, host: str, now: float) -> Probe
         return False, f"service {binary} on {host} is forced down ({last})"
     if service.get("state") != "up":
         return False, f"service {binary} on {host} is {service.get('state') or 'in no state'} ({last})"
+    if started is not None and age is not None and now - age < started - 1.0:  # 1 s: updated_at has no fraction
+        return False, f"service {binary} on {host} has not reported since it started {now - started:.0f} s ago ({last})"
     return True, f"{binary} on {host} up ({last})"
 
 

@@ -187,11 +187,22 @@ def _check_nova_service(spec: HealthCheckSpec, target: CheckTarget) -> tuple[boo
     if not api:
         return False, f"read: {NOVA_API} has no VIP"
     binary, host = spec.daemon or "", target.values.get("node_id", "")
+    started = _started(target.pid)
 
     def judge(answer: Any) -> tuple[bool, str]:
-        return nova_service_state(answer, binary, host, wall_clock())
+        return nova_service_state(answer, binary, host, wall_clock(), started)
 
     return _check_api(spec, target, "/v2.1/os-services", COMPUTE_VERSION, host=api, judge=judge)
+
+
+def _started(pid: int | None) -> float | None:
+    """When the main process began (wall clock), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
 
 
 def _check_api(spec: HealthCheckSpec, target: CheckTarget, default_read: str,

@@ -501,7 +501,7 @@ def nova() -> Iterator[Callable[..., int]]:
 
 
 def nova_check(kind: str, keystone_url: str | None, port: int, monkeypatch: pytest.MonkeyPatch,
-               daemon: str | None = None, api_vip: str | None = "127.0.0.1") -> tuple[bool, str]:
+               daemon: str | None = None, api_vip: str | None = "127.0.0.1", pid: int | None = None) -> tuple[bool, str]:
     """The catalog's nova checks as the agent on node n2 runs them: keystone and nova-api at their VIPs."""
     from nodeos.services import health
     from nodeos.services.catalog import API_READS, HealthCheckSpec
@@ -513,7 +513,7 @@ def nova_check(kind: str, keystone_url: str | None, port: int, monkeypatch: pyte
     monkeypatch.setattr(health, "wall_clock", lambda: NOW)
     spec = HealthCheckSpec(type=kind, port=port, path=API_READS[kind], timeout=2.0, daemon=daemon)
     # nova-api's own check goes through its VIP (this node holds it); the others' through nova-api's.
-    target = health.CheckTarget(vip="127.0.0.1" if kind == "nova" else None, vips=vips,
+    target = health.CheckTarget(vip="127.0.0.1" if kind == "nova" else None, vips=vips, pid=pid,
                                 values={"admin_password": "pw", "node_id": "n2"})
     result = health.run_check(spec, target)
     return result.ok, result.detail
@@ -540,6 +540,13 @@ def test_the_nova_service_check_finds_this_nodes_daemon_up(
                              "nova-conductor on n2 up (last report 4 s ago)"), detail
     ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-scheduler")
     assert not ok and detail == "service nova-scheduler on n2 is down (last report 75 s ago)"
+    # This process started after that report (the check reads its start from the main pid).
+    from nodeos.services import health
+
+    monkeypatch.setattr(health, "_started", lambda pid: NOW - 1.0 if pid == 4242 else None)
+    ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-conductor", pid=4242)
+    assert not ok and detail == "service nova-conductor on n2 has not reported since it started 1 s ago " \
+                                "(last report 4 s ago)"
 
 
 def test_the_nova_service_check_names_the_failing_layer(
@@ -573,6 +580,12 @@ def test_nova_service_state_reads_nova_s_answer() -> None:
         (False, "service nova-conductor on n2 is forced down (last report 3 s ago)")
     # Two records (a re-created service): the latest report counts.
     assert state(nova_service("nova-conductor", "n2", "down", 90.0), nova_service("nova-conductor", "n2", "up", 2.0))[0]
+    # A restarted daemon: the record is still "up" from its killed predecessor's reports.
+    fresh = {"services": [nova_service("nova-conductor", "n2", seconds_ago=4.0)]}
+    assert nova_service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 2.5) == \
+        (False, "service nova-conductor on n2 has not reported since it started 2 s ago (last report 4 s ago)")
+    assert nova_service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 4.6)[0]  # updated_at: whole seconds
+    assert nova_service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 30.0)[0]
     assert nova_service_state({"servers": []}, "nova-conductor", "n2", NOW) == \
         (False, "service list: not nova's answer (no 'services' list)")
     assert nova_service_state([], "nova-conductor", "n2", NOW)[0] is False
