@@ -22,7 +22,7 @@ from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
 from .cluster_helpers import is_root, status_json, wait_until
-from .test_cloud_identity import answers, cloud_lab, live_node, openstack, rows
+from .test_cloud_identity import answers, catalog_for, cloud_lab, live_node, openstack, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -35,8 +35,8 @@ DAEMONS = ("nova-conductor", "nova-scheduler")
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    for lab in cloud_lab("nova-api"):
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    for lab in cloud_lab("nova-api", catalog_for("nova-scheduler", tmp_path_factory.mktemp("catalog") / "catalog.yaml")):
         started = time.monotonic()
         wait_until(lambda: all(healthy(lab, daemon) for daemon in DAEMONS), 180,
                    "nova-conductor and nova-scheduler healthy", interval=1.0)

@@ -17,12 +17,15 @@ import re
 import shlex
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
+from nodeos.services.catalog import packaged_catalog
 
 from .cluster_helpers import cli, is_root, status_json, wait_until
 from .test_storage_agent import settled_storage_lab
@@ -57,9 +60,28 @@ def keystone_healthy(lab: Lab) -> dict[str, Any] | None:
     return healthy_at_vip(lab, "keystone")
 
 
-def cloud_lab(service: str) -> Iterator[Lab]:
-    """A 3-node lab-cloud whose Ceph settled and whose `service` is healthy at its VIP (a module fixture's body)."""
-    for lab in settled_storage_lab(3, catalog="lab-cloud"):
+def catalog_for(service: str, path: Path) -> str:
+    """lab-cloud trimmed to Ceph, `service` and what it depends on, written to `path`.
+
+    Each API's own module needs no other API: on 2 cores every extra service's jobs and
+    start cost a minute or more of the module's set-up. This module keeps the whole cloud."""
+    data = yaml.safe_load(packaged_catalog("lab-cloud").read_text())
+    services = data["services"]
+    wanted = {name for name in services if name.startswith("ceph-")}
+    todo = [service]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(services[name].get("depends_on", []))
+    data["services"] = {name: spec for name, spec in services.items() if name in wanted}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def cloud_lab(service: str, catalog: str = "lab-cloud") -> Iterator[Lab]:
+    """A 3-node lab with `catalog`, its Ceph settled and `service` healthy at its VIP (a module fixture's body)."""
+    for lab in settled_storage_lab(3, catalog=catalog):
         started = time.monotonic()
         wait_until(lambda: healthy_at_vip(lab, service), CLOUD_SETTLE, f"{service} healthy at its VIP", interval=1.0)
         print(f"\n{service} healthy {time.monotonic() - started:.1f}s after Ceph settled")

@@ -26,7 +26,7 @@ from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
 from .cluster_helpers import cli, is_root, status_json, wait_until
-from .test_cloud_identity import (answers, cloud_lab, healthy_at_vip, live_node, monitor_node, openrc_env, openstack,
+from .test_cloud_identity import (answers, catalog_for, cloud_lab, healthy_at_vip, live_node, monitor_node, openrc_env, openstack,
                                   restored, rows)
 from .test_storage_agent import ceph_dir
 
@@ -45,8 +45,8 @@ def glance_healthy(lab: Lab) -> dict[str, Any] | None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    yield from cloud_lab("glance-api")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from cloud_lab("glance-api", catalog_for("glance-api", tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,15 @@ from typing import Any, Iterator
 
 import psutil
 import pytest
-import yaml
 
 from nodeos.cloud.secrets import mq_password
 from nodeos.cluster.identity import load_identity
 from nodeos.lab import netns
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
-from nodeos.services.catalog import packaged_catalog
 
 from .cluster_helpers import is_root, rss_mb, status_json, teardown, wait_until
+from .test_cloud_identity import catalog_for
 from .test_storage_agent import SETTLE, live_nodes, settled
 
 pytestmark = [
@@ -46,7 +45,6 @@ pytestmark = [
                        reason="Ceph is not installed (scripts/apt-packages.txt)"),
 ]
 
-SERVICES = ("ceph-mon", "ceph-mgr", "ceph-osd", "rabbitmq")  # lab-cloud's entries, as shipped
 SEEN: set[int] = set()  # every broker process (beam.smp, epmd) the lab ran: none may outlive it
 
 # A client of the broker, run in the lab's client namespace (python3-amqp's API, as oslo.messaging uses it).
@@ -72,14 +70,6 @@ try:
 except Exception as exc:
     print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
 '''
-
-
-def trimmed_catalog(path: Path) -> Path:
-    """lab-cloud with only Ceph and RabbitMQ: the broker's own tests need no keystone schema."""
-    data = yaml.safe_load(packaged_catalog("lab-cloud").read_text())
-    data["services"] = {name: spec for name, spec in data["services"].items() if name in SERVICES}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def rows(lab: Lab) -> dict[str, dict[str, Any]]:
@@ -154,7 +144,7 @@ def consumed(lab: Lab, queue: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    catalog = trimmed_catalog(tmp_path_factory.mktemp("rmq") / "catalog.yaml")
+    catalog = catalog_for("rabbitmq", tmp_path_factory.mktemp("rmq") / "catalog.yaml")
     lab = Lab.create("rmq" + secrets.token_hex(2)[:3], 3, catalog=str(catalog))
     try:
         started = time.monotonic()

@@ -22,7 +22,7 @@ from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
 from .cluster_helpers import is_root, status_json, wait_until
-from .test_cloud_identity import answers, cloud_lab, healthy_at_vip, live_node, openstack, rows
+from .test_cloud_identity import answers, catalog_for, cloud_lab, healthy_at_vip, live_node, openstack, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -37,8 +37,8 @@ VERSION = ("--os-placement-api-version", "1.2")
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    yield from cloud_lab(SERVICE)
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from cloud_lab(SERVICE, catalog_for(SERVICE, tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
 
 
 @pytest.fixture(scope="module")
