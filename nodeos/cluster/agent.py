@@ -99,6 +99,7 @@ class Agent:
         self.loop_lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self.control_counters: Callable[[], dict[str, Any]] = dict  # the control server's, once it runs
         self._was_leader = False
+        self._leader_term: int | None = None  # the term of the leadership the lease clock counts
         self._may_act = False
         self._last_heartbeat = 0.0
         self._last_beacon = 0.0
@@ -236,18 +237,25 @@ class Agent:
             elif new == 1:
                 self.predecessor.became_candidate(now)
             elif new == 2:
-                self.predecessor.became_leader(now)
+                consensus = getattr(self, "consensus", None)
+                self.predecessor.became_leader(now, consensus.term() if consensus is not None else None)
         log.event("raft.state", old=names.get(old, old), new=names.get(new, new))
 
     # -- leadership, lease, fencing ----------------------------------------
     def _leadership_tick(self, now: float) -> None:
         assert self.consensus is not None
         leader = self.consensus.is_leader()
+        term = self.consensus.term()
         with self._lease_lock:
-            if leader and not self._was_leader:
-                self.lease.became_leader(now)
+            if leader and (not self._was_leader or term != self._leader_term):
+                self._leader_term = term
+                self.lease.became_leader(now, self._evidence_bound(term))
                 self._cluster_initialised = False
-                log.event("monitor.candidate", term=self.consensus.term(), guard_until=round(self.lease.guard_until(), 3))
+                log.event("monitor.candidate", term=term, guard_until=round(self.lease.guard_until(), 3),
+                          backdated=round(self.lease.backdated(), 3))
+            elif leader and now < self.lease.guard_until():
+                # pysyncobj's callback may record this term's election after the tick saw it.
+                self.lease.backdate_guard(self._evidence_bound(term))
             elif not leader and self._was_leader:
                 self.lease.lost_leadership()
             self._was_leader = leader
@@ -261,6 +269,12 @@ class Agent:
             # "mono" is CLOCK_MONOTONIC, shared by all namespaces of one host:
             # the lab tests compare these intervals across nodes.
             log.event("lease.acquired" if may_act else "lease.released", mono=round(now, 4), term=self.consensus.term())
+
+    def _evidence_bound(self, term: int) -> float | None:
+        """The latest time (time.monotonic) a committed heartbeat of any earlier leader can have
+        been submitted, if known for this term's election (lease.PredecessorSilence); lease lock held."""
+        raft_now = raft_clock()  # first: the age is never overstated
+        return self.predecessor.evidence_bound(term, raft_now, time.monotonic())
 
     def _propose_heartbeat(self, now: float) -> None:
         assert self.consensus is not None

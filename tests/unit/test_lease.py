@@ -65,6 +65,56 @@ def test_old_and_new_leader_never_act_at_once(seed: int):
     assert new.may_act(elected + LEASE * 1.2)  # the new leader does take over
 
 
+@pytest.mark.parametrize("seed", range(200))
+def test_a_guard_backdated_to_the_predecessor_bound_never_overlaps_the_old_lease(seed: int):
+    """The old leader's appends reach the new one (receipt >= submission) and reset its election
+    deadline to now + [min, max); it stands when the deadline passes and counts its guard from
+    PredecessorSilence's bound: never while the old lease runs."""
+    rng = random.Random(seed)
+    min_timeout, max_timeout = 0.4, 1.0
+    old, new, silence = LeaseClock(LEASE), LeaseClock(LEASE), PredecessorSilence(min_timeout)
+    silence.following("L")
+    old.became_leader(0.0)
+    t, deadline = 1.1, 0.0
+    while t < 5.0:
+        token = old.heartbeat_submitted(t)
+        received = t + rng.uniform(0, 0.05)
+        deadline = received + rng.uniform(min_timeout, max_timeout)
+        if rng.random() < 0.9:  # the other voter's ack: committed (else this one stays pending)
+            old.heartbeat_committed(token)
+        t += 0.1
+    candidate_at = deadline + rng.uniform(0, 0.02)
+    silence.became_candidate(candidate_at)
+    elected = candidate_at + rng.uniform(0.001, 0.5)
+    silence.became_leader(elected, term=2)
+    new.became_leader(elected, silence.evidence_bound(2, elected, elected))
+    assert new.guard_until() < elected + LEASE  # the point: sooner than from the election
+    probe = elected
+    while probe < elected + 3.0:
+        if probe >= new.guard_until():
+            new.heartbeat_committed(new.heartbeat_submitted(probe))
+        assert not (old.may_act(probe) and new.may_act(probe)), probe
+        probe += 0.005
+
+
+def test_the_bound_belongs_to_its_term_and_converts_between_clocks():
+    silence = PredecessorSilence(0.4)
+    silence.following("L")
+    silence.became_candidate(100.0)
+    silence.became_leader(100.2, term=7)
+    assert silence.evidence_bound(6, 100.3, 50.3) is None  # another leadership's election
+    assert silence.evidence_bound(7, 100.3, 50.3) == pytest.approx(49.6)  # 0.7 s before, on the other clock
+    clock = LeaseClock(LEASE)
+    clock.became_leader(50.25)
+    assert clock.guard_until() == pytest.approx(50.25 + LEASE * 1.01)
+    clock.backdate_guard(silence.evidence_bound(7, 100.3, 50.3))  # learned after the election
+    assert clock.guard_until() == pytest.approx(49.6 + LEASE * 1.01)
+    assert clock.backdated() == pytest.approx(0.65 * 1.01)
+    clock.backdate_guard(None)
+    clock.backdate_guard(60.0)  # never later
+    assert clock.guard_until() == pytest.approx(49.6 + LEASE * 1.01)
+
+
 def test_fence_clock():
     fence = FenceClock(fence_after=1.0)
     assert fence.fenced(0.0)  # no evidence yet: hold nothing
