@@ -39,6 +39,7 @@ from nodeos.fencing.guardian import Guardian, guard_timeout_for
 from .identity import (ClusterIdentity, clone_ambiguous, clone_refusal, clone_verdict, clone_warning, load_or_create_node_id,
                        write_private)
 from .lease import FenceClock, LeaseClock, PredecessorSilence
+from .split import GroupView, group_to_join, holdings
 from .membership import MemberView, member_to_remove, removal_refusal, replaced_member
 from nodeos.realtime import set_realtime
 
@@ -139,7 +140,8 @@ class Agent:
             if message.ts <= self._peer_ts.get(message.node_id, float("-inf")):
                 return  # reordered: keep the newest view of each peer
             self._peer_ts[message.node_id] = message.ts
-            self.peers[message.node_id] = PeerView(message.node_id, addr, phase, time.monotonic(), offer, group)
+            self.peers[message.node_id] = PeerView(message.node_id, addr, phase, time.monotonic(), offer, group,
+                                                   tuple(str(h) for h in body.get("holds") or ()))
 
     def _on_join_request(self, message: Message, src_ip: str) -> None:
         addr = str(message.body["addr"])
@@ -157,7 +159,13 @@ class Agent:
                 body["offer"] = state.offer.to_wire()
             if state.phase == "member" and state.group is not None:
                 body["group"] = self._current_group().to_wire()
+                body["holds"] = list(self._holdings())
         return body
+
+    def _holdings(self) -> tuple[str, ...]:
+        """What our group's state holds that a merge would lose (split.py); nothing before consensus runs."""
+        consensus = self.consensus
+        return consensus.cluster.read(holdings) if consensus is not None else ()
 
     def _current_group(self) -> Group:
         """The group as it is now: formation's group id, consensus's live member list."""
@@ -342,20 +350,29 @@ class Agent:
         another group id is this cluster split in two: halves of a rack that
         each reached bootstrap_expect while cut apart (issue 11, item 4).
         """
+        return {view.group_id: members for view, members in self._other_group_views(now)}
+
+    def _other_group_views(self, now: float) -> list[tuple[GroupView, list[str]]]:
+        """other_groups, each with what its members say it holds."""
         group = self.formation.group
         if group is None:
-            return {}
+            return []
         with self._lock:
-            seen = {p.group.group_id: p.group for p in self.peers.values()
+            seen = {p.group.group_id: (p.group, p.holds) for p in self.peers.values()
                     if now - p.seen_at <= self.params.peer_timeout and p.phase == "member"
                     and p.group is not None and p.group.group_id != group.group_id}
-        return {group_id: sorted(other.node_ids()) for group_id, other in sorted(seen.items())}
+        return [(GroupView(group_id, len(other.members), holds), sorted(other.node_ids()))
+                for group_id, (other, holds) in sorted(seen.items())]
 
     def _split_tick(self, now: float) -> None:
         """Report a second group of our cluster: this node's log, `status`, and the lease holder's event, once each."""
         if now - self._split_checked < 1.0:
             return
         self._split_checked = now
+        dissolved_into = self._dissolved()
+        if dissolved_into is not None:
+            self._leave_to_rejoin(dissolved_into)
+            return
         others = self.other_groups(now)
         if set(others) != self._split_logged:
             log.event("cluster.split" if others else "cluster.split_gone", level="error" if others else "info",
@@ -366,12 +383,32 @@ class Agent:
             return
         recorded = consensus.cluster.read(lambda s: {str(e.get("detail", "")).split(" ", 2)[1] for e in s.events
                                                      if e["kind"] == "cluster.split"})
-        for group_id, members in others.items():
-            if group_id not in recorded and self._split_proposals.allow(group_id)[0]:
+        views = self._other_group_views(now)
+        for view, members in views:
+            if view.group_id not in recorded and self._split_proposals.allow(view.group_id)[0]:
                 consensus.submit({"op": "event", "now": time.time(), "kind": "cluster.split",
-                                  "detail": f"group {group_id} of this cluster runs apart from this one, members "
-                                            f"{', '.join(members)}: formed while the rack was cut in two; nothing is "
-                                            f"merged automatically"})
+                                  "detail": f"group {view.group_id} of this cluster runs apart from this one, members "
+                                            f"{', '.join(members)}, holding {', '.join(view.holds) or 'nothing'}: "
+                                            f"formed while the rack was cut in two"})
+        self._maybe_dissolve(consensus, [view for view, _ in views])
+
+    def _maybe_dissolve(self, consensus: Consensus, others: list[GroupView]) -> None:
+        """Lease holder: a group that holds nothing joins the other group (split.py), once decided."""
+        assert self.formation.group is not None
+        ours = GroupView(self.formation.group.group_id, len(consensus.member_addrs()), self._holdings())
+        target = group_to_join(ours, others)
+        if target is None or not self._dissolve_proposals.allow(target.group_id)[0]:
+            return
+        log.event("cluster.dissolving", level="warning", ours=ours.group_id, into=target.group_id,
+                  their_holdings=list(target.holds), their_members=target.members, our_members=ours.members)
+        consensus.submit({"op": "group_dissolve", "now": time.time(), "into": target.group_id, "term": consensus.term(),
+                          "reason": f"group {target.group_id} holds {', '.join(target.holds) or 'nothing either'} "
+                                    f"and has {target.members} members, this one {ours.members}"})
+
+    def _dissolved(self) -> str | None:
+        """The group ours dissolved into, once the state says so: every member leaves."""
+        assert self.consensus is not None
+        return self.consensus.cluster.read(lambda s: s.dissolved_into)
 
     def _registration_tick(self, now: float) -> None:
         """Make sure the replicated state knows this node (and that it is up)."""
@@ -421,11 +458,17 @@ class Agent:
                      and p.phase == "member" and p.group is not None and p.group.group_id == group.group_id]
         return bool(views) and all(self.raft_addr not in {m.addr for m in view.members} for view in views)
 
-    def _leave_to_rejoin(self) -> None:
-        """Set the old member's Raft files aside and join again as a new member (formation's join path)."""
+    def _leave_to_rejoin(self, dissolved_into: str | None = None) -> None:
+        """Set the old member's Raft files aside and join again as a new member (formation's join path):
+        of our group, or, when it dissolved (split.py), of the group it dissolved into."""
         assert self.consensus is not None and self.formation.group is not None
-        log.event("raft.removed_from_group", level="warning", group=self.formation.group.group_id,
-                  detail="no member of the group lists this node: joining again as a new member")
+        left = self.formation.group.group_id
+        if dissolved_into is None:
+            log.event("raft.removed_from_group", level="warning", group=left,
+                      detail="no member of the group lists this node: joining again as a new member")
+        else:
+            log.event("raft.group_dissolved", level="warning", group=left, into=dissolved_into,
+                      detail="this group held nothing a merge would lose: joining the other group as a new member")
         if self.services is not None:
             self.services.detach()
         self.consensus.stop(wait=True)
@@ -436,7 +479,8 @@ class Agent:
             if path.exists() or path.is_symlink():
                 path.rename(self.state_dir / f"{name}.removed-{stamp}")  # kept for a post-mortem, never read again
         with self._lock:
-            self.formation = FormationState(self.node_id, self.raft_addr)
+            self.formation = FormationState(self.node_id, self.raft_addr,
+                                            leaving=left if dissolved_into is not None else None)
         self._persisted_members = []
         self._cluster_initialised = False
         self.predecessor = PredecessorSilence(self.config.timing.raft_min_timeout)
@@ -583,8 +627,11 @@ class Agent:
         if self._removed_from_group(now):
             self._leave_to_rejoin()
             return
+
         self._membership_tick()
         self._split_tick(now)
+        if self.consensus is None:  # left a dissolved group
+            return
         self._registration_tick(now)
         if self._may_act:
             self._leader_duties(now)
@@ -769,6 +816,7 @@ class Agent:
     _duplicate_log = log.RateLimiter(period=10.0, burst=3)
     _duplicate_proposals = log.RateLimiter(period=60.0, burst=1)
     _split_proposals = log.RateLimiter(period=60.0, burst=1)
+    _dissolve_proposals = log.RateLimiter(period=5.0, burst=1)
 
     def _on_own_id_elsewhere(self, message: Message, src_ip: str) -> None:
         """Another machine announces this node's id: one of the two has a copied state dir and must leave."""

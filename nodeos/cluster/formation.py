@@ -81,6 +81,7 @@ class PeerView:
     seen_at: float
     offer: Offer | None = None
     group: Group | None = None
+    holds: tuple[str, ...] = ()  # a member's group: what a merge would lose (split.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class FormationState:
     group: Group | None = None
     view: frozenset[str] = frozenset()  # fresh candidate ids seen at view_since
     view_since: float = 0.0
+    leaving: str | None = None  # the group id we left (dissolved): never joined again by us
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def step(state: FormationState, peers: dict[str, PeerView], now: float, params: 
         return Decision(state)
     live = {p.node_id: p for p in peers.values() if now - p.seen_at <= params.peer_timeout and p.node_id != state.node_id}
 
-    existing = _existing_group(live)
+    existing = _existing_group(live, state.leaving)
     if existing is not None and state.phase != "offering":
         return _follow_existing_group(state, existing, live)
     if state.phase == "offering":
@@ -130,9 +132,11 @@ def step(state: FormationState, peers: dict[str, PeerView], now: float, params: 
     return _step_waiting(state, live, now, params, new_offer_id)
 
 
-def _existing_group(live: dict[str, PeerView]) -> Group | None:
-    """The group that running members announce (the lowest id if, impossibly, several)."""
-    groups = {p.group.group_id: p.group for p in live.values() if p.phase == "member" and p.group is not None}
+def _existing_group(live: dict[str, PeerView], leaving: str | None = None) -> Group | None:
+    """The group that running members announce (the lowest id if several: a split rack, split.py),
+    never the one we left: its members that have not left yet still list us."""
+    groups = {p.group.group_id: p.group for p in live.values()
+              if p.phase == "member" and p.group is not None and p.group.group_id != leaving}
     if not groups:
         return None
     return groups[min(groups)]

@@ -20,6 +20,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .split import holdings
+
 MAX_EVENTS = 1000
 NODE_STATUSES = ("up", "lost")
 
@@ -81,6 +83,9 @@ class ClusterState:
         self.nodes: dict[str, NodeRecord] = {}
         self.catalog: dict[str, Any] | None = None
         self.catalog_version: int = 0
+        self.catalog_source: str | None = None  # "operator" (nodeos catalog apply) or "config" (the image's)
+        # Set when this group dissolved into another group of the cluster (split.py): members leave.
+        self.dissolved_into: str | None = None
         self.services: dict[str, ServiceRecord] = {}
         self.retired: dict[str, list[str]] = {}  # removed service -> nodes that may still run it
         # Owned by nodeos.storage (its ops are registered there); holds secrets
@@ -166,6 +171,8 @@ class ClusterState:
             "monitor_term": self.monitor_term,
             "nodes": {n: vars(r).copy() for n, r in sorted(self.nodes.items())},
             "catalog_version": self.catalog_version,
+            "catalog_source": self.catalog_source,
+            "dissolved_into": self.dissolved_into,
             "services": {s: _service_dict(r) for s, r in sorted(self.services.items())},
             "storage": {k: copy.deepcopy(v) for k, v in sorted(self.storage.items()) if k != "keys"},
             "cloud": {k: copy.deepcopy(v) for k, v in sorted(self.cloud.items()) if k != "keys"},
@@ -262,6 +269,19 @@ def _op_event(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _op_group_dissolve(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
+    """This group holds nothing a merge would lose: its members leave it and join group `into` (split.py)."""
+    into = _require(op, "into", str)
+    held = holdings(state)
+    if held:  # checked here too: the Monitor decided on a state that may have changed since
+        raise OpError(f"this group holds {', '.join(held)}: it is not dissolved")
+    if state.dissolved_into is None:
+        state.dissolved_into = into
+        state.add_event(op["now"], "cluster.dissolved", reason=op.get("reason"),
+                        detail=f"this group holds nothing a merge would lose: its members join group {into}")
+    return {}
+
+
 Handler = Callable[[ClusterState, dict[str, Any]], dict[str, Any] | None]
 _HANDLERS: dict[str, Handler] = {
     "init_cluster": _op_init_cluster,
@@ -269,6 +289,7 @@ _HANDLERS: dict[str, Handler] = {
     "node_join": _op_node_join,
     "node_status": _op_node_status,
     "event": _op_event,
+    "group_dissolve": _op_group_dissolve,
 }
 
 

@@ -31,6 +31,7 @@ from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_ar
 from nodeos.cloud.layer import CloudLayer, ceph_clients, uses_cloud
 from nodeos.storage.layer import StorageLayer
 from nodeos.storage.node_volumes import NodeVolumes
+from nodeos.cluster.split import OPERATOR_CATALOG
 from nodeos.cluster.state import ClusterState, ServiceRecord
 from .vip import VipManager, VipRangeError, candidate_vips, parse_vip_range
 
@@ -358,7 +359,8 @@ class ServicesLayer:
             catalog = parse_catalog(text, source)
         except CatalogError as exc:
             return 400, {"error": str(exc)}
-        return self._sync({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"operator ({source})"})
+        return self._sync({"op": "catalog_set", "now": time.time(), "catalog": catalog.to_dict(), "reason": f"operator ({source})",
+                           "source": OPERATOR_CATALOG})
 
     def _lookup(self, params: dict[str, Any]) -> tuple[ClusterState, ServiceRecord]:
         """The state and the named service's record; Refused when there is none."""

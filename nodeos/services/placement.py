@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .catalog import Catalog, CatalogError
+from nodeos.cluster.split import OPERATOR_CATALOG
 from nodeos.cluster.state import ClusterState, OpError, ServiceRecord, _require, register
 
 HEALTH_STATES = ("starting", "healthy", "unhealthy", "failed", "stopped")
@@ -109,6 +110,7 @@ def _op_catalog_set(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]:
     now = op["now"]
     state.catalog = catalog.to_dict()
     state.catalog_version += 1
+    state.catalog_source = OPERATOR_CATALOG if op.get("source") == OPERATOR_CATALOG else "config"
     for spec in catalog:
         record = state.services.get(spec.name)
         if record is None or record.placement != spec.placement:

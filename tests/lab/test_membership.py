@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nodeos.lab.lab import Lab
+from nodeos.services.catalog import packaged_catalog
 
 from .cluster_helpers import cli, is_root, status_json, wait_until
 
@@ -105,8 +106,8 @@ def test_operator_removal_refuses_a_live_node_and_takes_out_a_dead_one(lab_facto
                for e in events(lab, others[0]))
 
 
-def test_a_rack_formed_in_two_halves_reports_the_split_on_every_node(lab_factory):
-    """Issue 11, item 4: two groups of one cluster (each half reached bootstrap_expect while cut apart)."""
+def split_rack(lab_factory) -> tuple[Lab, tuple[list[str], list[str]], list[str]]:
+    """4 nodes with bootstrap_expect 2 started while cut in two: two groups of one cluster."""
     lab = lab_factory(4, expect=2, start=False)
     lab.partition(["n1", "n2"])
     lab.start_all()
@@ -115,6 +116,20 @@ def test_a_rack_formed_in_two_halves_reports_the_split_on_every_node(lab_factory
     groups = [status_json(lab, half[0])["group_id"] for half in halves]
     assert groups[0] != groups[1] and all(v["formed"] for v in views)
     assert all(status_json(lab, n)["other_groups"] == {} for n in sorted(lab.spec.nodes))  # cut apart: nobody knows
+    return lab, halves, groups
+
+
+def apply_operator_catalog(lab: Lab, node: str) -> None:
+    """A catalog an operator applied: something a merge would lose (nodeos/cluster/split.py)."""
+    result = cli("catalog", "apply", str(packaged_catalog("lab")), "--lab", lab.spec.name, "--lab-node", node)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_rack_formed_in_two_halves_reports_the_split_on_every_node(lab_factory):
+    """Issue 11, item 4: two groups of one cluster that both hold something stay apart and report it."""
+    lab, halves, groups = split_rack(lab_factory)
+    for half in halves:
+        apply_operator_catalog(lab, half[0])
 
     lab.heal()
 
@@ -125,9 +140,29 @@ def test_a_rack_formed_in_two_halves_reports_the_split_on_every_node(lab_factory
     ids = {n: status_json(lab, n)["node_id"] for n in sorted(lab.spec.nodes)}
     assert sorted(status_json(lab, "n1")["other_groups"][groups[1]]) == sorted([ids["n3"], ids["n4"]])
     for half, other in ((halves[0], groups[1]), (halves[1], groups[0])):
-        wait_until(lambda: any(e["kind"] == "cluster.split" and other in e["detail"] for e in events(lab, half[0])), 20,
-                   f"the split recorded in the event log of {half}")
+        wait_until(lambda: any(e["kind"] == "cluster.split" and other in e["detail"] and "operator catalog" in e["detail"]
+                               for e in events(lab, half[0])), 20, f"the split recorded in the event log of {half}")
         assert "SPLIT" in cli("status", "--lab-node", half[0], "--lab", lab.spec.name).stdout
     # Nothing is merged: each half keeps its own group and members.
     assert [status_json(lab, half[0])["group_id"] for half in halves] == groups
     assert all(len(status_json(lab, n)["members"]) == 2 for n in sorted(lab.spec.nodes))
+
+
+def test_a_half_that_holds_nothing_dissolves_into_the_other(lab_factory):
+    """Issue 11, item 4: the group without data joins the one with data, no operator step."""
+    lab, halves, groups = split_rack(lab_factory)
+    apply_operator_catalog(lab, halves[0][0])  # the first half holds something, the second nothing
+
+    lab.heal()
+
+    def merged() -> bool:
+        views = [status_json(lab, n) for n in sorted(lab.spec.nodes)]
+        return all(v["group_id"] == groups[0] and len(v["members"]) == 4 and not v["other_groups"] for v in views)
+    wait_until(merged, 60, "all four nodes members of the first half's group")
+    log = "\n".join((Path(lab.node(n).state_dir) / "agent.log").read_text() for n in halves[1])
+    assert log.count('"raft.group_dissolved"') == 2, "both nodes of the second half left their group"
+    ids = {n: status_json(lab, n)["node_id"] for n in sorted(lab.spec.nodes)}
+    joined = {e.get("node") for e in events(lab, "n1") if e["kind"] == "node.joined"}
+    assert {ids["n3"], ids["n4"]} <= joined
+    # The second half's old journals were set aside, not deleted.
+    assert all(list(Path(lab.node(n).state_dir).glob("raft.journal.removed-*")) for n in halves[1])
