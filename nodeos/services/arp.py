@@ -12,6 +12,7 @@ import ipaddress
 import re
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -176,15 +177,44 @@ def send_gratuitous(ifname: str, ip: str, count: int = 2, interval: float = 0.05
     """Announce `ip` at this interface's MAC: a request-style and a reply-style
     gratuitous ARP per round. Linux neighbours override an existing entry on
     either (reply-style needs target MAC == sender MAC)."""
-    mac = interface_mac(ifname)
-    announce = build_arp(ARP_REQUEST, mac, ip, ZERO_MAC, ip)
-    reply = build_arp(ARP_REPLY, mac, ip, mac, ip, eth_dst=BROADCAST_MAC)
-    with _open(ifname) as sock:
-        for round_number in range(count):
-            if round_number:
-                time.sleep(interval)
-            sock.send(announce)
-            sock.send(reply)
+    announcer = Announcer(ifname)
+    try:
+        announcer.announce(ip, count, interval)
+    finally:
+        announcer.close()
+
+
+class Announcer:
+    """Gratuitous ARP (send_gratuitous) for one interface, its socket and MAC kept between calls: the node
+    re-announces each VIP every second, and opening a packet socket each time was a
+    visible part of an idle agent's CPU (profiled). Reopened after an error."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._mac: str | None = None
+
+    def announce(self, ip: str, count: int = 2, interval: float = 0.05) -> None:
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._mac, self._sock = interface_mac(self.ifname), _open(self.ifname)
+                announce = build_arp(ARP_REQUEST, self._mac, ip, ZERO_MAC, ip)
+                reply = build_arp(ARP_REPLY, self._mac, ip, self._mac, ip, eth_dst=BROADCAST_MAC)
+                for round_number in range(count):
+                    if round_number:
+                        time.sleep(interval)
+                    self._sock.send(announce)
+                    self._sock.send(reply)
+            except OSError:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        sock, self._sock, self._mac = self._sock, None, None
+        if sock is not None:
+            sock.close()
 
 
 def probe_in_use(ifname: str, ip: str, timeout: float = 0.3) -> bool:

@@ -26,7 +26,7 @@ from nodeos.cluster.state import ClusterState
 from nodeos.storage.decide import volume_ready
 from nodeos.storage.node_volumes import NodeVolumes
 from nodeos.storage.volume_spec import VolumeError
-from .vip import VipError, VipManager
+from .vip import PRESENT_TTL, VipError, VipManager
 
 REPORT_MIN_INTERVAL = 0.2
 # The holder re-announces its VIPs this often: clients that learned another
@@ -135,6 +135,7 @@ class NodeServices:
         self.submit = submit
         self.gate = gate
         self._announced: dict[str, float] = {}
+        self._announcer = arp.Announcer(vips.ifname)
         self._seen = -1  # log position of the state this pass acts on
         self.local: dict[str, Local] = {}
         self._reported: dict[str, tuple[str, int]] = {}
@@ -262,7 +263,7 @@ class NodeServices:
     def _add_vip(self, vip: str) -> bool:
         """Claim (the guard must confirm a valid grant), add, then announce if still valid."""
         if not self.gate.claim_vip(self.vips.ifname, vip, 32):
-            if vip not in self._present_vips():
+            if vip not in self._present_vips(max_age=0.0):
                 self.gate.release_vip(self.vips.ifname, vip, 32)  # nothing taken: nothing to answer for
             return False
         try:
@@ -286,7 +287,7 @@ class NodeServices:
         if not self.gate.still_valid():
             return
         try:
-            arp.send_gratuitous(self.vips.ifname, vip, count=count or self.vips.announce_count)
+            self._announcer.announce(vip, count=count or self.vips.announce_count)
             self._announced[vip] = now
         except OSError as exc:
             log.event("vip.announce_failed", level="warning", vip=vip, error=str(exc))
@@ -297,9 +298,9 @@ class NodeServices:
             if vip and vip in held and now - self._announced.get(vip, float("-inf")) >= REANNOUNCE_INTERVAL:
                 self._announce(vip, now, count=1)
 
-    def _present_vips(self) -> set[str]:
+    def _present_vips(self, max_age: float = PRESENT_TTL) -> set[str]:
         try:
-            return self.vips.present()
+            return self.vips.present(max_age)
         except VipError:
             return set()
 

@@ -99,6 +99,9 @@ class ProcessRuntime:
         self.enter = list(enter)
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # started by THIS instance
         self._lock = threading.RLock()
+        # The last pid record read per service, by its file's identity: the node pass asks
+        # 20 times a second, the record changes only when the service starts.
+        self._records: dict[str, tuple[tuple[int, int, int], PidRecord | None]] = {}
 
     def run_dir(self, name: str) -> Path:
         return self.run_root / name
@@ -148,11 +151,13 @@ class ProcessRuntime:
     def main_pid(self, name: str) -> int | None:
         with self._lock:
             child = self._children.get(name)
-            if child is not None:
-                child.poll()  # reaps our own dead child, so it is not a zombie
+            alive = child is not None and child.poll() is None  # reaps our own dead child, so it is not a zombie
             record = self._read_record(name)
             if record is None:
                 return None
+            if child is not None and child.pid == record.pid:
+                # Our own child: waitpid knows whether it lives, and its pid is not reused before we reap it.
+                return record.pid if alive else None
             proc = _live_process(record.pid)
             return record.pid if proc is not None and record.matches(proc) else None
 
@@ -214,6 +219,22 @@ class ProcessRuntime:
 
     def _read_record(self, name: str) -> PidRecord | None:
         path = self.run_dir(name) / PID_FILE
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            info = None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size) if info is not None else None
+        cached = self._records.get(name)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        record = self._parse_record(name, path)
+        if key is not None:
+            self._records[name] = (key, record)
+        return record
+
+    def _parse_record(self, name: str, path: Path) -> PidRecord | None:
         try:
             data = json.loads(path.read_text())
             pid, create_time = data["pid"], data["create_time"]
