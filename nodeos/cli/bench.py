@@ -5,6 +5,7 @@
     nodeos bench failover  --rounds 10     per fault: detection and VIP serving again
     nodeos bench failover  --stateful      MariaDB on a Ceph volume: its node failed -> writes again
     nodeos bench load      --seconds 600   false failovers and loop lag, idle vs. `load all`
+    nodeos bench idle      --minutes 60    an idle lab's CPU, RSS (and its growth) and journal size: a soak
     nodeos bench cloud     --rounds 5      the OpenStack APIs' unavailability per fault, the control plane's RSS
 """
 
@@ -36,6 +37,14 @@ def _cmd(args: argparse.Namespace) -> int:
             results = bench_load(args.seconds, args.idle_seconds)
             print_load(results)
             path = write_results("load", {"bench": "load", "at": time.time(), "results": results}, args.out)
+            print(f"\nwrote {path}")
+            return 0
+        elif args.bench == "idle":
+            from nodeos.bench.idle import bench_idle, print_idle
+
+            results = bench_idle(args.minutes, args.every, args.nodes)
+            print_idle(results)
+            path = write_results("idle", {"bench": "idle", "at": time.time(), "results": results}, args.out)
             print(f"\nwrote {path}")
             return 0
         elif args.bench == "cloud":
@@ -82,6 +91,13 @@ def register(sub: Any) -> None:
     load.add_argument("--idle-seconds", type=float, default=60.0, help="idle baseline first (default: %(default)s)")
     load.add_argument("--out", help="JSON output path (default: bench-results/load.json)")
     load.set_defaults(func=_cmd)
+    idle = bench_sub.add_parser("idle", help="an idle lab's cost over time (a soak): agents' and guards' CPU, RSS and "
+                                             "its growth per hour, the Raft journal's size")
+    idle.add_argument("--minutes", type=float, default=10.0, help="how long it runs idle (default: %(default)s)")
+    idle.add_argument("--every", type=float, default=60.0, help="seconds between samples (default: %(default)s)")
+    idle.add_argument("--nodes", type=int, default=3, help="lab size (default: %(default)s)")
+    idle.add_argument("--out", help="JSON output path (default: bench-results/idle.json)")
+    idle.set_defaults(func=_cmd)
     cloud = bench_sub.add_parser("cloud", help="the OpenStack APIs (catalog lab-cloud): unavailability per fault "
                                               "(keystone-kill mariadb-kill mariadb-node-crash monitor-crash), RSS")
     cloud.add_argument("--faults", nargs="+", default=None, help="faults to measure (default: all)")
