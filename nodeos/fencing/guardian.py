@@ -26,7 +26,9 @@ from nodeos import log
 from .fencer import Fencer
 from .policy import Holdings, Vip
 
-PERIOD = 0.05
+# Grants are about 1 s ahead of now, so 10 a second leave the guard ample notice; a dead
+# guard is seen at the next call (then the agent fences at once).
+PERIOD = 0.1
 # The guard's answer: a third of the default fence margin; slower machines set a
 # larger timing.fence_margin and get guard_timeout_for() of it.
 GUARD_TIMEOUT = 0.1

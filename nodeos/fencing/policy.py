@@ -8,7 +8,7 @@ what this module decides.
 Holdings are what a node may have to give up: VIPs on an interface and
 singleton services (their kill targets). A *grant* is "this node may hold them
 until `until`", where `until` = the last quorum evidence + `fence_after`
-(nodeos/cluster/lease.py's FenceClock). The agent sends a grant at least every 50 ms and,
+(nodeos/cluster/lease.py's FenceClock). The agent sends a grant at least every 100 ms and,
 before it takes a new holding, a grant that names it (intent first).
 
 Safety argument (invariant 2 of DESIGN.md), next to the lease's in nodeos/cluster/lease.py.
