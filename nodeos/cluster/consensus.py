@@ -120,6 +120,9 @@ class ReplicatedCluster(SyncObjConsumer):
         # Attributes set before SyncObjConsumer.__init__ are not serialized.
         self._lock = threading.RLock()
         self.on_heartbeat_applied: Callable[[], None] | None = None
+        # Any other op applied (a decision, a report, a node's status): the services layer's
+        # passes act on it at once instead of at their next turn.
+        self.on_changed: Callable[[], None] | None = None
         super().__init__()
         self.state = ClusterState()
 
@@ -127,8 +130,12 @@ class ReplicatedCluster(SyncObjConsumer):
     def apply_op(self, op: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             result = self.state.apply(op)
-        if result.get("ok") and isinstance(op, dict) and op.get("op") == "heartbeat" and self.on_heartbeat_applied is not None:
-            self.on_heartbeat_applied()  # local observation only: never feeds back into the state
+        if result.get("ok") and isinstance(op, dict):  # local observations only: never fed back into the state
+            if op.get("op") == "heartbeat":
+                if self.on_heartbeat_applied is not None:
+                    self.on_heartbeat_applied()
+            elif self.on_changed is not None:
+                self.on_changed()
         return result
 
     def read(self, reader: Callable[[ClusterState], Any]) -> Any:

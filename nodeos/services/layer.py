@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from nodeos.cluster.agent import Agent
     from nodeos.cluster.consensus import Consensus
 
-# Node and Monitor passes 10 times a second: a decision or a state change is acted on
-# within 0.1 s; 20 passes a second cost an idle agent a third of its CPU (issue 11, item 5).
+# Node and Monitor passes 10 times a second, and at once when an op other than a heartbeat
+# is applied (a decision, a node lost, a report): 20 timed passes a second cost an idle agent
+# a third of its CPU (issue 11, item 5) and still lagged a decision by up to 50 ms.
 PASS = 0.1
 DECISION_RETRY = 2.0  # re-propose a decision whose commit we never saw
 PROBE_INTERVAL = 0.5
@@ -91,12 +92,13 @@ class ServicesLayer:
         self.node.add_check_values(self.cloud.check_values())
         self.consensus: "Consensus | None" = None
         self._stop = threading.Event()
+        self._wake = {"services": threading.Event(), "monitor": threading.Event()}  # the state changed: pass now
         # Two threads: a node stuck stopping one of its services must not stall
         # the Monitor's decisions for the whole cluster (and the other way round).
-        self._threads = [threading.Thread(target=self._loop, args=(self.node_pass, "services.pass_failed"), name="services",
-                                          daemon=True),
-                         threading.Thread(target=self._loop, args=(self.monitor_pass, "monitor.pass_failed"), name="monitor",
-                                          daemon=True)]
+        self._threads = [threading.Thread(target=self._loop, args=(self.node_pass, "services.pass_failed",
+                                                                        self._wake["services"]), name="services", daemon=True),
+                         threading.Thread(target=self._loop, args=(self.monitor_pass, "monitor.pass_failed",
+                                                                        self._wake["monitor"]), name="monitor", daemon=True)]
         self._catalog: tuple[int, Catalog | None] = (-1, None)
         self._inflight: dict[tuple[str, str], float] = {}
         self._inflight_lock = threading.Lock()
@@ -112,16 +114,25 @@ class ServicesLayer:
     def attach(self, consensus: "Consensus") -> None:
         """Consensus started: the passes begin (again, after a rejoin: the threads already turn)."""
         self.consensus = consensus
+        consensus.cluster.on_changed = self._state_changed
         for thread in self._threads:
             if not thread.is_alive():
                 thread.start()
 
     def detach(self) -> None:
         """The node left its Raft group to join again (agent._leave_to_rejoin): passes idle, fenced."""
+        if self.consensus is not None:
+            self.consensus.cluster.on_changed = None
         self.consensus = None
+
+    def _state_changed(self) -> None:
+        """pysyncobj's thread applied an op other than a heartbeat: both passes run now."""
+        for event in self._wake.values():
+            event.set()
 
     def shutdown(self) -> None:
         self._stop.set()
+        self._state_changed()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=10)
@@ -144,14 +155,15 @@ class ServicesLayer:
         assert self.consensus is not None
         return self.consensus.submit_sync(op, timeout=5.0)
 
-    def _loop(self, step: Callable[[float], None], failure: str) -> None:
+    def _loop(self, step: Callable[[float], None], failure: str, wake: threading.Event) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            wake.clear()  # before the pass: a change applied during it brings the next one at once
             try:
                 step(started)
             except Exception as exc:  # keep going; one bad pass must not end the thread
                 log.event(failure, level="error", error=repr(exc))
-            self._stop.wait(max(0.0, PASS - (time.monotonic() - started)))
+            wake.wait(max(0.0, PASS - (time.monotonic() - started)))
 
     def _snapshot(self) -> ClusterState:
         assert self.consensus is not None
