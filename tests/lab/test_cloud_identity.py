@@ -60,15 +60,15 @@ def keystone_healthy(lab: Lab) -> dict[str, Any] | None:
     return healthy_at_vip(lab, "keystone")
 
 
-def catalog_for(service: str, path: Path) -> str:
-    """lab-cloud trimmed to Ceph, `service` and what it depends on, written to `path`.
+def catalog_for(service: str | tuple[str, ...], path: Path) -> str:
+    """lab-cloud trimmed to Ceph, `service` (or several) and what it depends on, written to `path`.
 
     Each API's own module needs no other API: on 2 cores every extra service's jobs and
     start cost a minute or more of the module's set-up. This module keeps the whole cloud."""
     data = yaml.safe_load(packaged_catalog("lab-cloud").read_text())
     services = data["services"]
     wanted = {name for name in services if name.startswith("ceph-")}
-    todo = [service]
+    todo = [service] if isinstance(service, str) else list(service)
     while todo:
         name = todo.pop()
         if name not in wanted:
