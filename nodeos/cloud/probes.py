@@ -357,22 +357,24 @@ def _judged(judge: Judge | None, body: Any, read_detail: str) -> Probe:
     return (True, f"{read_detail}; {verdict}") if ok else (False, verdict)
 
 
-def nova_service_state(answer: Any, binary: str, host: str, now: float, started: float | None = None) -> Probe:
-    """Whether nova's service list (GET /v2.1/os-services) has `binary` on `host` up.
+def service_state(answer: Any, binary: str, host: str, now: float, started: float | None = None,
+                  api: str = "nova") -> Probe:
+    """Whether `api`'s service list (nova's GET /v2.1/os-services, cinder's GET /v3/os-services)
+    has `binary` on `host` up.
 
-    nova calls a service up while its last report (a write every report_interval, through
-    the conductor for all but the conductor itself) is younger than service_down_time: so
-    "up" proves the service's RPC and database path, which a live process or an open
-    connection does not. `started`: when the process began; a report from before it (the
-    killed predecessor's, still "up" for a while) does not count. Times are wall-clock
-    (nova's updated_at is UTC, stored to the second).
+    nova and cinder call a service up while its last report (a write every report_interval;
+    nova's through the conductor for all but the conductor itself) is younger than
+    service_down_time: so "up" proves the service's RPC and database path, which a live
+    process or an open connection does not. `started`: when the process began; a report from
+    before it (the killed predecessor's, still "up" for a while) does not count. Times are
+    wall-clock (updated_at is UTC, stored to the second).
     """
     try:
         services = [s for s in answer["services"] if s.get("binary") == binary and s.get("host") == host]
     except (KeyError, TypeError, AttributeError):
-        return False, "service list: not nova's answer (no 'services' list)"
+        return False, f"service list: not {api}'s answer (no 'services' list)"
     if not services:
-        return False, f"service {binary} on {host} is not in nova's service list (it never reported)"
+        return False, f"service {binary} on {host} is not in {api}'s service list (it never reported)"
     service = max(services, key=lambda s: s.get("updated_at") or "")
     age = _report_age(service.get("updated_at"), now)
     last = "never reported" if age is None else f"last report {age:.0f} s ago"
@@ -386,7 +388,7 @@ def nova_service_state(answer: Any, binary: str, host: str, now: float, started:
 
 
 def _report_age(updated_at: Any, now: float) -> float | None:
-    """Seconds since nova's updated_at ("2026-12-01T01:02:03.000000", UTC), None if absent or unreadable."""
+    """Seconds since the service list's updated_at ("2026-12-01T01:02:03.000000", UTC), None if absent or unreadable."""
     if not isinstance(updated_at, str):
         return None
     try:

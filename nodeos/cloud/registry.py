@@ -45,6 +45,23 @@ CEPH_CLIENTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 
 
 @dataclass(frozen=True)
+class ServiceList:
+    """An OpenStack API's list of its workers and their last reports (`os-services`), read by the
+    `service-list` check through the API's VIP."""
+
+    vip_of: str  # the catalog service whose VIP answers
+    read: str  # the path read
+    version: str  # the OpenStack-API-Version header: a base microversion, every field read is in it
+    daemons: dict[str, str]  # binary -> the host it reports as ("": the node's id, `host` in its config)
+
+
+SERVICE_LISTS: dict[str, ServiceList] = {
+    "nova": ServiceList("nova-api", "/v2.1/os-services", "compute 2.1",
+                        {"nova-conductor": "", "nova-scheduler": ""}),
+}
+
+
+@dataclass(frozen=True)
 class JobDef:
     """A one-time step: run once on one node, recorded in the replicated log (nodeos/cloud/jobs.py)."""
 

@@ -402,7 +402,8 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
           placement-api: {placement: singleton, port: 8778, start: {command: [x]}, health: [{type: placement}]}
         """)["placement-api"].health[0]
     assert (placement.port, placement.path) == (8778, "/resource_providers")
-    assert "only allowed for http and keystone and glance and placement and nova and nova-service checks" in error_of("""
+    assert "only allowed for http and keystone and glance and placement and nova and service-list checks" \
+        in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
         """)
@@ -422,25 +423,26 @@ def test_nova_checks_read_servers_and_the_service_list_of_a_named_daemon() -> No
           nova-api: {placement: singleton, port: 8774, start: {command: [x]}, health: [{type: nova}]}
         """)["nova-api"].health[0]
     assert (api.type, api.port, api.path) == ("nova", 8774, "/v2.1/servers")
-    # The conductor has no port of its own: its check names nova-api's, and which daemon to find.
+    # The conductor has no port of its own: its check names nova-api's, whose list, and which daemon to find.
     conductor = parse("""
         services:
           nova-conductor:
             placement: singleton
             vip: false
             start: {command: [x]}
-            health: [{type: nova-service, daemon: nova-conductor, port: 8774}]
+            health: [{type: service-list, api: nova, daemon: nova-conductor, port: 8774}]
         """)["nova-conductor"].health[0]
-    assert (conductor.port, conductor.path, conductor.daemon) == (8774, "/v2.1/os-services", "nova-conductor")
-    assert "a nova-service check needs 'daemon': one of nova-conductor, nova-scheduler, got 'nova-compute'" in error_of("""
+    assert (conductor.port, conductor.path, conductor.api, conductor.daemon) == \
+        (8774, "/v2.1/os-services", "nova", "nova-conductor")
+    assert "a service-list check needs 'daemon': one of nova-conductor, nova-scheduler, got 'nova-compute'" in error_of("""
         services:
-          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: nova-service, daemon: nova-compute, port: 8774}]}
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: nova, daemon: nova-compute, port: 8774}]}
         """)
-    assert "a nova-service check needs 'port'" in error_of("""
+    assert "a service-list check needs 'port'" in error_of("""
         services:
-          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: nova-service, daemon: nova-conductor}]}
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: nova, daemon: nova-conductor}]}
         """)
-    assert "only allowed for ceph and nova-service checks" in error_of("""
+    assert "only allowed for ceph and service-list checks" in error_of("""
         services:
           api: {placement: singleton, port: 8774, start: {command: [x]}, health: [{type: nova, daemon: nova-conductor}]}
         """)
@@ -455,6 +457,7 @@ def test_the_lab_cloud_catalog_runs_novas_control_plane_after_its_dependencies()
     assert catalog["nova-api"].vip and catalog["nova-api"].port == 8774
     assert not catalog["nova-conductor"].vip and catalog["nova-conductor"].singleton
     assert {spec.config for spec in (catalog["nova-api"], catalog["nova-conductor"], catalog["nova-scheduler"])} == {"nova"}
-    daemons = {name: [c.daemon for c in catalog[name].health if c.type == "nova-service"]
+    daemons = {name: [(c.api, c.daemon) for c in catalog[name].health if c.type == "service-list"]
                for name in ("nova-conductor", "nova-scheduler")}
-    assert daemons == {"nova-conductor": ["nova-conductor"], "nova-scheduler": ["nova-scheduler"]}
+    assert daemons == {"nova-conductor": [("nova", "nova-conductor")], "nova-scheduler": [("nova", "nova-scheduler")]}
+
