@@ -27,6 +27,7 @@ KEYSTONE_PORT = 5000  # where the API checks get their token, at keystone's VIP
 # placement answers without the header too (as 1.0), but a client always names the microversion it speaks.
 PLACEMENT_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "placement 1.0"}
 COMPUTE_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "compute 2.1"}  # the base: every field read is in it
+VOLUME_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "volume 3.0"}  # likewise
 wall_clock: Callable[[], float] = time.time  # the service lists' updated_at is wall-clock time (UTC)
 
 
@@ -175,6 +176,11 @@ def _check_nova(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     return _check_api(spec, target, "/v2.1/servers", COMPUTE_VERSION)
 
 
+def _check_cinder(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared), then GET /v3/volumes through cinder-api's VIP (its database)."""
+    return _check_api(spec, target, "/v3/volumes", VOLUME_VERSION)
+
+
 def _check_service_list(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     """A worker (spec.daemon: nova-conductor, cinder-volume ...) of this node "up" in its API's
     (spec.api) own service list, read with a keystone token through that API's VIP: its reports
@@ -259,6 +265,7 @@ _CHECKS = {
     "glance": _check_glance,
     "placement": _check_placement,
     "nova": _check_nova,
+    "cinder": _check_cinder,
     "service-list": _check_service_list,
     "rabbitmq": _check_rabbitmq,
 }

@@ -364,7 +364,7 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, got 'neutron'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, cinder, got 'neutron'" in error_of("""
         services:
           api: {placement: singleton, vip: false, start: {command: [x]}, config: neutron}
         """)
@@ -402,7 +402,7 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
           placement-api: {placement: singleton, port: 8778, start: {command: [x]}, health: [{type: placement}]}
         """)["placement-api"].health[0]
     assert (placement.port, placement.path) == (8778, "/resource_providers")
-    assert "only allowed for http and keystone and glance and placement and nova and service-list checks" \
+    assert "only allowed for http and keystone and glance and placement and nova and cinder and service-list checks" \
         in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
@@ -448,6 +448,40 @@ def test_nova_checks_read_servers_and_the_service_list_of_a_named_daemon() -> No
         """)
 
 
+def test_cinder_checks_read_volumes_and_cinders_service_list() -> None:
+    api = parse("""
+        services:
+          cinder-api: {placement: singleton, port: 8776, start: {command: [x]}, health: [{type: cinder}]}
+        """)["cinder-api"].health[0]
+    assert (api.type, api.port, api.path) == ("cinder", 8776, "/v3/volumes")
+    volume = parse("""
+        services:
+          cinder-volume:
+            placement: singleton
+            vip: false
+            start: {command: [x]}
+            health: [{type: service-list, api: cinder, daemon: cinder-volume, port: 8776}]
+        """)["cinder-volume"].health[0]
+    assert (volume.path, volume.api, volume.daemon) == ("/v3/os-services", "cinder", "cinder-volume")
+    # Each list has its own workers: cinder's has no conductor.
+    assert "a service-list check needs 'daemon': one of cinder-scheduler, cinder-volume, got 'nova-conductor'" in error_of("""
+        services:
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: cinder, daemon: nova-conductor, port: 8776}]}
+        """)
+    assert "a service-list check needs 'api': one of nova, cinder, got 'neutron'" in error_of("""
+        services:
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: neutron, daemon: x, port: 9696}]}
+        """)
+    assert "a service-list check needs 'api': one of nova, cinder, got None" in error_of("""
+        services:
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, daemon: cinder-volume, port: 8776}]}
+        """)
+    assert "only allowed for service-list checks" in error_of("""
+        services:
+          api: {placement: singleton, port: 8776, start: {command: [x]}, health: [{type: cinder, api: cinder}]}
+        """)
+
+
 def test_the_lab_cloud_catalog_runs_novas_control_plane_after_its_dependencies() -> None:
     catalog = load_catalog(packaged_catalog("lab-cloud"))
     assert Catalog.from_dict(catalog.to_dict()) == catalog  # the state's copy keeps which daemon a check looks for
@@ -461,3 +495,15 @@ def test_the_lab_cloud_catalog_runs_novas_control_plane_after_its_dependencies()
                for name in ("nova-conductor", "nova-scheduler")}
     assert daemons == {"nova-conductor": [("nova", "nova-conductor")], "nova-scheduler": [("nova", "nova-scheduler")]}
 
+
+def test_the_lab_cloud_catalog_runs_cinder_after_its_dependencies() -> None:
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    order = catalog.start_order()
+    assert order.index("keystone") < order.index("cinder-api") < order.index("cinder-scheduler")
+    assert order.index("cinder-api") < order.index("cinder-volume")
+    assert catalog["cinder-api"].vip and catalog["cinder-api"].port == 8776
+    assert catalog["cinder-api"].jobs == ("cinder-db-sync", "keystone-register-cinder")
+    for name in ("cinder-scheduler", "cinder-volume"):
+        spec = catalog[name]
+        assert spec.singleton and not spec.vip and spec.config == "cinder" and "cinder-api" in spec.depends_on
+        assert [(c.api, c.daemon) for c in spec.health if c.type == "service-list"] == [("cinder", name)]

@@ -605,3 +605,55 @@ def test_service_state_reads_nova_s_answer() -> None:
         (False, "service list: not nova's answer (no 'services' list)")
     assert service_state([], "nova-conductor", "n2", NOW)[0] is False
 
+
+# -- cinder (a stand-in answering as cinder-api does) ------------------------------------------------------
+
+@pytest.fixture
+def cinder() -> Iterator[Callable[..., int]]:
+    """cinder-api: GET /v3/volumes and /v3/os-services (microversion volume 3.0, no project in the path)."""
+    yield from _api_fixture("volume 3.0", lambda services: {"/v3/volumes": {"volumes": []},
+                                                            "/v3/os-services": {"services": services}},
+                            "Policy doesn't allow volume_extension:services:index to be performed.")
+
+
+def cinder_service(binary: str, host: str, state: str = "up", seconds_ago: float = 3.0) -> dict:
+    """As cinder lists it: no id, a zone, updated_at as nova writes it."""
+    return {"binary": binary, "host": host, "zone": "nova", "status": "enabled", "state": state,
+            "updated_at": nova_time(seconds_ago)}
+
+
+def test_the_cinder_api_check_lists_volumes_with_the_base_microversion(
+        keystone: Callable[..., str], cinder: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = cinder()
+    ok, detail = api_check("cinder", keystone(), port, monkeypatch, "cinder-api")
+    assert ok and detail == f"token issued, read http://127.0.0.1:{port}/v3/volumes: HTTP 200", detail
+    ok, detail = api_check("cinder", keystone(), cinder(read_status=403), monkeypatch, "cinder-api")
+    assert not ok and "HTTP 403 Policy doesn't allow" in detail
+
+
+def test_the_service_list_check_finds_cinder_volume_under_its_fixed_host_and_the_scheduler_under_the_node(
+        keystone: Callable[..., str], cinder: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodeos.cloud.registry import CINDER_VOLUME_HOST
+
+    port = cinder([cinder_service("cinder-scheduler", "n2", seconds_ago=2.0),
+                   cinder_service("cinder-volume", CINDER_VOLUME_HOST, seconds_ago=3.0),
+                   cinder_service("cinder-volume", "n2", "down", 900.0)])  # a record of another naming: not ours
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-scheduler", api="cinder")
+    assert ok and detail.endswith("; cinder-scheduler on n2 up (last report 2 s ago)"), detail
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", api="cinder")
+    assert ok and detail.endswith(f"; cinder-volume on {CINDER_VOLUME_HOST} up (last report 3 s ago)"), detail
+    # cinder-volume moved here 0.5 s ago: the report is its predecessor's (on another node, the same host name).
+    from nodeos.services import health
+
+    monkeypatch.setattr(health, "_started", lambda pid: NOW - 0.5 if pid == 4242 else None)
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", pid=4242,
+                           api="cinder")
+    assert not ok and detail == f"service cinder-volume on {CINDER_VOLUME_HOST} has not reported since it started " \
+                                "0 s ago (last report 3 s ago)"
+    ok, detail = api_check("service-list", keystone(), cinder([]), monkeypatch, "cinder-api", "cinder-volume",
+                           api="cinder")
+    assert not ok and detail == f"service cinder-volume on {CINDER_VOLUME_HOST} is not in cinder's service list " \
+                                "(it never reported)"
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", api_vip=None,
+                           api="cinder")
+    assert not ok and detail == "read: cinder-api has no VIP"
