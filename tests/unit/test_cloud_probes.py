@@ -600,6 +600,10 @@ def test_service_state_reads_nova_s_answer() -> None:
     assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 2.5) == \
         (False, "service nova-conductor on n2 has not reported since it started 2 s ago (last report 4 s ago)")
     assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 4.6)[0]  # updated_at: whole seconds
+    # A report in the very second the process started may be its predecessor's (or a worker it left): not counted.
+    assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 4.0)[1] == \
+        "service nova-conductor on n2 has not reported since it started 4 s ago (last report 4 s ago)"
+    assert not service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 3.1)[0]
     assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 30.0)[0]
     assert service_state({"servers": []}, "nova-conductor", "n2", NOW) == \
         (False, "service list: not nova's answer (no 'services' list)")
