@@ -36,7 +36,10 @@ DAEMONS = ("nova-conductor", "nova-scheduler")
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    for lab in cloud_lab("nova-api", catalog_for("nova-scheduler", tmp_path_factory.mktemp("catalog") / "catalog.yaml")):
+    # glance too: nova.conf names glance's VIP ([glance] endpoint_override), so nova's jobs and
+    # services wait for it; without glance-api in the catalog they would wait for ever.
+    catalog = catalog_for(("nova-scheduler", "glance-api"), tmp_path_factory.mktemp("catalog") / "catalog.yaml")
+    for lab in cloud_lab("nova-api", catalog):
         started = time.monotonic()
         wait_until(lambda: all(healthy(lab, daemon) for daemon in DAEMONS), 180,
                    "nova-conductor and nova-scheduler healthy", interval=1.0)
