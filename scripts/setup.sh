@@ -48,15 +48,21 @@ nova-common nova/configure_neutron boolean false
 nova-common nova/configure_placement boolean false
 nova-api novaapi/configure_db boolean false
 nova-api nova/configure_api-endpoint boolean false
+cinder-common cinder/configure_db boolean false
+cinder-common cinder/configure_rabbit boolean false
+cinder-common cinder/configure_ksat boolean false
+cinder-api cinder/configure_api-endpoint boolean false
 PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
 if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 
 # Daemons from the lab catalog are started by the agents, not by the host.
-# (RabbitMQ: its epmd too, which Erlang's package starts by socket activation.)
+# (RabbitMQ: its epmd too, which Erlang's package starts by socket activation;
+# tgt or open-iscsi: cinder-volume's iSCSI target or initiator, pulled in by the package, unused with RBD.)
 for unit in memcached nginx ceph-crash mariadb keystone glance-api placement-api nova-api nova-api-metadata \
-            nova-conductor nova-scheduler rabbitmq-server epmd.socket epmd; do
+            nova-conductor nova-scheduler cinder-api cinder-scheduler cinder-volume tgt iscsid.socket iscsid \
+            rabbitmq-server epmd.socket epmd; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

@@ -27,7 +27,7 @@ from nodeos.storage.ops import service_key
 from . import rabbitmq
 from .credentials import DEFAULT_REGION
 from .probes import mariadb_health_sql
-from .registry import CEPH_CLIENTS
+from .registry import CEPH_CLIENTS, CINDER_BACKEND, CINDER_BACKEND_HOST
 from .secrets import db_password, erlang_cookie, health_password, mq_password, mq_password_salt, service_password
 
 _TEMPLATES = jinja2.Environment(
@@ -38,12 +38,13 @@ _TEMPLATES = jinja2.Environment(
 )
 
 MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292  # RabbitMQ's: rabbitmq.py
-PLACEMENT_PORT, NOVA_PORT = 8778, 8774
+PLACEMENT_PORT, NOVA_PORT, CINDER_PORT = 8778, 8774, 8776
 MARIADB_DATADIR = "/var/lib/mysql/data"
 # The OpenStack services that keep a database, by the configuration that uses it; the
 # configuration's name is also its database user's (nova: one user for its three databases).
 DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",),
-                                         "placement": ("placement",), "nova": ("nova_api", "nova", "nova_cell0")}
+                                         "placement": ("placement",), "nova": ("nova_api", "nova", "nova_cell0"),
+                                         "cinder": ("cinder",)}
 SERVICE_PROJECT = "service"  # where the services' keystone users have the admin role
 
 
@@ -141,27 +142,33 @@ def _keystone(ctx: CloudContext) -> list[ConfigFile]:
 
 def _glance(ctx: CloudContext) -> list[ConfigFile]:
     """glance-api under uWSGI, images in Ceph (glance_store's rbd driver as client.glance)."""
-    _, pools = CEPH_CLIENTS["glance"]
-    ceph = ctx.ceph
-    if not ceph:
-        raise ConfigError("Ceph is not initialized yet")
-    if "glance" not in ceph["keys"]:
-        raise ConfigError(f"{service_entity('glance')} is not registered with Ceph yet")
-    if any(pool not in ceph["pools"] for pool in pools):
-        raise ConfigError(f"Ceph pool {pools[0]} is not created yet")
-    keyring = f"/etc/ceph/ceph.{service_entity('glance')}.keyring"
+    ceph_files, pool = _ceph_client(ctx, "glance")
     keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
     conf = _TEMPLATES.get_template("glance-api.conf.j2").render(
         port=GLANCE_PORT, mariadb=ctx.vip("mariadb"), db_password=db_password(ctx.identity, "glance"),
         keystone=keystone, memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
-        password=service_password(ctx.identity, "glance"), pool=pools[0], user="glance",
+        password=service_password(ctx.identity, "glance"), pool=pool, user="glance",
         ceph_conf="/etc/ceph/ceph.conf")
     uwsgi = _TEMPLATES.get_template("glance-uwsgi.ini.j2").render(
         port=GLANCE_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8)
     return [ConfigFile("/etc/glance/glance-api.conf", conf, mode=0o640, group="glance"),
-            ConfigFile("/etc/glance/nodeos-uwsgi.ini", uwsgi),
-            ConfigFile("/etc/ceph/ceph.conf", render_client_conf(ceph["fsid"], ceph["mons"])),
-            ConfigFile(keyring, service_keyring("glance", ceph["keys"]["glance"]), mode=0o640, group="glance")]
+            ConfigFile("/etc/glance/nodeos-uwsgi.ini", uwsgi), *ceph_files]
+
+
+def _ceph_client(ctx: CloudContext, name: str) -> tuple[list[ConfigFile], str]:
+    """ceph.conf and client.<name>'s keyring (readable by the service's group `name`), and its
+    first pool; ConfigError until the Monitor registered the client and made the pool."""
+    _, pools = CEPH_CLIENTS[name]
+    ceph = ctx.ceph
+    if not ceph:
+        raise ConfigError("Ceph is not initialized yet")
+    if name not in ceph["keys"]:
+        raise ConfigError(f"{service_entity(name)} is not registered with Ceph yet")
+    if any(pool not in ceph["pools"] for pool in pools):
+        raise ConfigError(f"Ceph pool {pools[0]} is not created yet")
+    keyring = f"/etc/ceph/ceph.{service_entity(name)}.keyring"
+    return [ConfigFile("/etc/ceph/ceph.conf", render_client_conf(ceph["fsid"], ceph["mons"])),
+            ConfigFile(keyring, service_keyring(name, ceph["keys"][name]), mode=0o640, group=name)], pools[0]
 
 
 def _placement(ctx: CloudContext) -> list[ConfigFile]:
@@ -199,6 +206,27 @@ def _nova(ctx: CloudContext) -> list[ConfigFile]:
             ConfigFile("/etc/nova/nodeos-uwsgi.ini", uwsgi)]
 
 
+def _cinder(ctx: CloudContext) -> list[ConfigFile]:
+    """cinder-api (under uWSGI), cinder-scheduler and cinder-volume read the same cinder.conf; each
+    node renders its own (`host` and `my_ip` are the node's). cinder-volume's RBD backend writes
+    its volumes as client.cinder to the pool `cinder`, under one fixed backend host."""
+    if not ctx.node_id or not ctx.node_ip:
+        raise ConfigError("this node's address is not in the state yet")
+    ceph_files, pool = _ceph_client(ctx, "cinder")
+    keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
+    conf = _TEMPLATES.get_template("cinder.conf.j2").render(
+        host=ctx.node_id, my_ip=ctx.node_ip,
+        transport_url=rabbitmq.transport_url(ctx.vip("rabbitmq"), mq_password(ctx.identity)),
+        connection=f"mysql+pymysql://cinder:{db_password(ctx.identity, 'cinder')}@{ctx.vip('mariadb')}/cinder",
+        keystone=keystone, memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
+        password=service_password(ctx.identity, "cinder"), backend=CINDER_BACKEND, backend_host=CINDER_BACKEND_HOST,
+        pool=pool, user="cinder", ceph_conf="/etc/ceph/ceph.conf")
+    uwsgi = _TEMPLATES.get_template("cinder-api-uwsgi.ini.j2").render(
+        port=CINDER_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8)
+    return [ConfigFile("/etc/cinder/cinder.conf", conf, mode=0o640, group="cinder"),
+            ConfigFile("/etc/cinder/nodeos-uwsgi.ini", uwsgi), *ceph_files]
+
+
 def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
     """Needs nothing from the state but the secret: clients find the broker at its VIP."""
     conf = _TEMPLATES.get_template("rabbitmq.conf.j2").render(
@@ -222,7 +250,7 @@ def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
 
 _RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {
     "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq, "placement": _placement,
-    "nova": _nova}
+    "nova": _nova, "cinder": _cinder}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

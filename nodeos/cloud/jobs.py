@@ -31,6 +31,7 @@ SCHEMA_SYNCS: dict[str, tuple[str, ...]] = {
     "placement-db-sync": ("placement", "placement-manage", "db", "sync"),
     "nova-api-db-sync": ("nova", "nova-manage", "api_db", "sync"),
     "nova-db-sync": ("nova", "nova-manage", "db", "sync"),  # cell1's database and cell0's
+    "cinder-db-sync": ("cinder", "cinder-manage", "db", "sync"),  # also makes the default volume type
 }
 # nova's cell mappings as templates nova fills from nova.conf ([database] connection,
 # transport_url) when it loads them: no password or VIP is copied into nova_api, and the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import math
 import secrets
 import socket
 import threading
@@ -357,43 +358,58 @@ def _judged(judge: Judge | None, body: Any, read_detail: str) -> Probe:
     return (True, f"{read_detail}; {verdict}") if ok else (False, verdict)
 
 
-def nova_service_state(answer: Any, binary: str, host: str, now: float, started: float | None = None) -> Probe:
-    """Whether nova's service list (GET /v2.1/os-services) has `binary` on `host` up.
+def service_state(answer: Any, binary: str, host: str, now: float, started: float | None = None,
+                  api: str = "nova") -> Probe:
+    """Whether `api`'s service list (nova's GET /v2.1/os-services, cinder's GET /v3/os-services)
+    has `binary` on `host` up.
 
-    nova calls a service up while its last report (a write every report_interval, through
-    the conductor for all but the conductor itself) is younger than service_down_time: so
-    "up" proves the service's RPC and database path, which a live process or an open
-    connection does not. `started`: when the process began; a report from before it (the
-    killed predecessor's, still "up" for a while) does not count. Times are wall-clock
-    (nova's updated_at is UTC, stored to the second).
+    nova and cinder call a service up while its last report (a write every report_interval;
+    nova's through the conductor for all but the conductor itself) is younger than
+    service_down_time: so "up" proves the service's RPC and database path, which a live
+    process or an open connection does not. `started`: when the process began; a report from
+    before it (the killed predecessor's, still "up" for a while) does not count. Times are
+    wall-clock (updated_at is UTC, stored to the second).
     """
     try:
         services = [s for s in answer["services"] if s.get("binary") == binary and s.get("host") == host]
     except (KeyError, TypeError, AttributeError):
-        return False, "service list: not nova's answer (no 'services' list)"
+        return False, f"service list: not {api}'s answer (no 'services' list)"
     if not services:
-        return False, f"service {binary} on {host} is not in nova's service list (it never reported)"
+        return False, f"service {binary} on {host} is not in {api}'s service list (it never reported)"
     service = max(services, key=lambda s: s.get("updated_at") or "")
-    age = _report_age(service.get("updated_at"), now)
+    reported = _report_time(service.get("updated_at"))
+    age = None if reported is None else max(0.0, now - reported)  # a clock ahead of ours: 0
     last = "never reported" if age is None else f"last report {age:.0f} s ago"
     if service.get("forced_down"):
         return False, f"service {binary} on {host} is forced down ({last})"
     if service.get("state") != "up":
         return False, f"service {binary} on {host} is {service.get('state') or 'in no state'} ({last})"
-    if started is not None and age is not None and now - age < started - 1.0:  # 1 s: updated_at has no fraction
+    if started is not None and reported is not None and not _reported_since(reported, started):
         return False, f"service {binary} on {host} has not reported since it started {now - started:.0f} s ago ({last})"
     return True, f"{binary} on {host} up ({last})"
 
 
-def _report_age(updated_at: Any, now: float) -> float | None:
-    """Seconds since nova's updated_at ("2026-12-01T01:02:03.000000", UTC), None if absent or unreadable."""
+def _reported_since(reported: float, started: float) -> bool:
+    """Whether a report stamped `reported` was written by a process started at `started`.
+
+    updated_at is stored to the whole second (cut, not rounded: MariaDB's DATETIME), so a
+    report in the second the process started cannot be told from its predecessor's last one:
+    only a later second counts. A predecessor's worker outlives it by a moment (cinder-volume's
+    forked child reports until its group is stopped, just before the new start), and the new
+    process's first report comes seconds after its start (imports, connections), never in it.
+    """
+    return reported >= math.floor(started) + 1
+
+
+def _report_time(updated_at: Any) -> float | None:
+    """The service list's updated_at ("2026-12-01T01:02:03.000000", UTC) as a timestamp, None if absent or unreadable."""
     if not isinstance(updated_at, str):
         return None
     try:
         stamp = datetime.datetime.fromisoformat(updated_at.removesuffix("Z"))
     except ValueError:
         return None
-    return max(0.0, now - stamp.replace(tzinfo=datetime.timezone.utc).timestamp())
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _v3_base(auth_url: str) -> str:

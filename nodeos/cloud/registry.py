@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova")
+CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ KEYSTONE_SERVICES: dict[str, KeystoneService] = {
                         description="OpenStack Placement"),
         KeystoneService("nova", "nova", "compute", vip_of="nova-api", port=8774, path="/v2.1",
                         description="OpenStack Compute"),
+        # Debian's names (cinder-api's own registration): cinderv3, type volumev3, which cinderclient
+        # (and so `openstack volume ...`) looks up; keystone fills in the token's project.
+        KeystoneService("cinder", "cinderv3", "volumev3", vip_of="cinder-api", port=8776, path="/v3/%(project_id)s",
+                        description="OpenStack Block Storage"),
     )
 }
 
@@ -41,6 +45,35 @@ KEYSTONE_SERVICES: dict[str, KeystoneService] = {
 # here; nodeos/cloud/layer.py turns them into nodeos.storage.clients.ServiceClient.
 CEPH_CLIENTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "glance": ({"mon": "profile rbd", "osd": "profile rbd pool=images"}, ("images",)),
+    # cinder's volumes in its own pool (`volumes` is nodeos's, for the services' own volumes);
+    # glance's images read-only, so a volume made from an image can be a copy-on-write clone.
+    "cinder": ({"mon": "profile rbd", "osd": "profile rbd pool=cinder, profile rbd-read-only pool=images"},
+               ("cinder",)),
+}
+
+# cinder-volume reports as (and its volumes belong to) `backend_host@backend`, one fixed name
+# whatever node runs it: a cinder-volume moved to another node manages the volumes its
+# predecessor made (active/passive; nodeos runs at most one, so no cinder cluster is needed).
+CINDER_BACKEND, CINDER_BACKEND_HOST = "rbd", "cinder"
+CINDER_VOLUME_HOST = f"{CINDER_BACKEND_HOST}@{CINDER_BACKEND}"
+
+
+@dataclass(frozen=True)
+class ServiceList:
+    """An OpenStack API's list of its workers and their last reports (`os-services`), read by the
+    `service-list` check through the API's VIP."""
+
+    vip_of: str  # the catalog service whose VIP answers
+    read: str  # the path read
+    version: str  # the OpenStack-API-Version header: a base microversion, every field read is in it
+    daemons: dict[str, str]  # binary -> the host it reports as ("": the node's id, `host` in its config)
+
+
+SERVICE_LISTS: dict[str, ServiceList] = {
+    "nova": ServiceList("nova-api", "/v2.1/os-services", "compute 2.1",
+                        {"nova-conductor": "", "nova-scheduler": ""}),
+    "cinder": ServiceList("cinder-api", "/v3/os-services", "volume 3.0",
+                          {"cinder-scheduler": "", "cinder-volume": CINDER_VOLUME_HOST}),
 }
 
 
@@ -74,6 +107,8 @@ JOBS: dict[str, JobDef] = {
         JobDef("nova-cell0-map", config="nova", after_jobs=("nova-api-db-sync",)),
         JobDef("nova-cell1-create", config="nova", after_jobs=("nova-cell0-map",)),
         JobDef("nova-db-sync", config="nova", after_jobs=("nova-cell1-create",)),
+        JobDef("cinder-db", config="mariadb", after_services=("mariadb",)),
+        JobDef("cinder-db-sync", config="cinder", after_jobs=("cinder-db",)),
         *(JobDef(f"keystone-register-{user}", config=user, after_services=("keystone",),
                  after_jobs=("keystone-bootstrap",)) for user in KEYSTONE_SERVICES),
     )

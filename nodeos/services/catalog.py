@@ -27,14 +27,12 @@ CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
 # The service's own signal (nodeos/cloud/probes.py), not a port check.
-CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "nova-service")
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "service-list")
 CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
 # An API checked with a keystone token: the read its check does by default.
 API_READS = {"keystone": "/v3/projects", "glance": "/v2/images", "placement": "/resource_providers",
-             "nova": "/v2.1/servers", "nova-service": "/v2.1/os-services"}
+             "nova": "/v2.1/servers", "cinder": "/v3/volumes"}  # service-list: its API's (SERVICE_LISTS)
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
-# The `nova-service` check finds this node's daemon "up" in nova's service list (through nova-api).
-NOVA_DAEMONS = ("nova-conductor", "nova-scheduler")
 # root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
 TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")
 # The process runtime keeps its own bookkeeping in the run dir.
@@ -69,7 +67,8 @@ class HealthCheckSpec:
     expect_status: int | None = None  # http
     expect_body: str | None = None  # http, substring
     command: tuple[str, ...] | None = None  # command; exit 0 = healthy
-    daemon: str | None = None  # ceph: mon | mgr | osd; nova-service: nova-conductor | nova-scheduler
+    daemon: str | None = None  # ceph: mon | mgr | osd; service-list: the binary (nova-conductor, cinder-volume ...)
+    api: str | None = None  # service-list: whose list (nova | cinder), read through that API's VIP
     start_period: float = 0.0  # seconds after a start in which failures do not count until a pass
 
 
@@ -401,15 +400,16 @@ MIN_VOLUME = 64 << 20
 _START_KEYS = ("unit", "command")
 _CHECK_KEYS = (
     "type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "expect_body", "command",
-    "daemon", "start_period",
+    "daemon", "start_period", "api",
 )
 _CHECK_ONLY_FOR = {
     "port": ("tcp", "http", *CLOUD_CHECKS),
-    "path": ("http", *API_READS),
+    "path": ("http", *API_READS, "service-list"),
     "expect_status": ("http",),
     "expect_body": ("http",),
     "command": ("command",),
-    "daemon": ("ceph", "nova-service"),
+    "daemon": ("ceph", "service-list"),
+    "api": ("service-list",),
 }
 _RESTART_KEYS = ("max_restarts", "backoff_initial", "backoff_max", "reset_after")
 _RESOURCE_KEYS = ("cpu", "memory_mb")
@@ -585,11 +585,11 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         if data.get("port") is None and service_port is None:
             raise where.error(path, f"a {kind} check needs 'port' (the service has none)")
         port = service_port if data.get("port") is None else _int(where, data["port"], path + ("port",), 1, 65535)
+        if kind == "service-list":
+            return _service_list_check(where, data, path, port, common)
         read = _string(where, data.get("path", API_READS[kind]), path + ("path",)) if kind in API_READS else None
         if read is not None and not read.startswith("/"):
             raise where.error(path + ("path",), f"must start with '/', got {_describe(read)}")
-        if kind == "nova-service":
-            return HealthCheckSpec(port=port, path=read, daemon=_daemon(where, data, path, NOVA_DAEMONS), **common)
         return HealthCheckSpec(port=port, path=read, **common)
     if kind in ("tcp", "http"):
         if data.get("port") is None and service_port is None:
@@ -618,6 +618,24 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
     if kind == "ceph":
         return HealthCheckSpec(daemon=_daemon(where, data, path, CEPH_DAEMONS), **common)
     return HealthCheckSpec(**common)
+
+
+def _service_list_check(where: _Where, data: dict[str, Any], path: PathKey, port: int,
+                        common: dict[str, Any]) -> HealthCheckSpec:
+    """A worker (`daemon`) "up" in its API's (`api`) own service list: which lists and workers
+    there are is the cloud registry's (nodeos/cloud/registry.py)."""
+    from nodeos.cloud.registry import SERVICE_LISTS
+
+    api = data.get("api")
+    if api not in SERVICE_LISTS:
+        raise where.error(path + ("api",), f"a service-list check needs 'api': one of {', '.join(SERVICE_LISTS)}, "
+                                           f"got {_describe(api)}")
+    listing = SERVICE_LISTS[api]
+    read = _string(where, data.get("path", listing.read), path + ("path",))
+    if not read.startswith("/"):
+        raise where.error(path + ("path",), f"must start with '/', got {_describe(read)}")
+    return HealthCheckSpec(port=port, path=read, api=api, daemon=_daemon(where, data, path, tuple(listing.daemons)),
+                           **common)
 
 
 def _daemon(where: _Where, data: dict[str, Any], path: PathKey, daemons: tuple[str, ...]) -> str:
@@ -753,6 +771,7 @@ def _check_to_dict(check: HealthCheckSpec) -> dict[str, Any]:
         "expect_body": check.expect_body,
         "command": None if check.command is None else list(check.command),
         "daemon": check.daemon,
+        "api": check.api,
     }
     out.update({key: value for key, value in optional.items() if value is not None})
     return out

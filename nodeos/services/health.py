@@ -27,8 +27,8 @@ KEYSTONE_PORT = 5000  # where the API checks get their token, at keystone's VIP
 # placement answers without the header too (as 1.0), but a client always names the microversion it speaks.
 PLACEMENT_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "placement 1.0"}
 COMPUTE_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "compute 2.1"}  # the base: every field read is in it
-NOVA_API = "nova-api"  # the catalog service whose VIP the nova-service checks read through
-wall_clock: Callable[[], float] = time.time  # nova's updated_at is wall-clock time (UTC)
+VOLUME_VERSION: Mapping[str, str] = {"OpenStack-API-Version": "volume 3.0"}  # likewise
+wall_clock: Callable[[], float] = time.time  # the service lists' updated_at is wall-clock time (UTC)
 
 
 @dataclass(frozen=True)
@@ -176,23 +176,32 @@ def _check_nova(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     return _check_api(spec, target, "/v2.1/servers", COMPUTE_VERSION)
 
 
-def _check_nova_service(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
-    """nova-conductor or nova-scheduler (spec.daemon) on this node "up" in nova's service list,
-    read with a keystone token through nova-api's VIP: its reports are fresh, so its RPC and
-    database path works (a process check cannot see a conductor that lost its broker).
-    nova knows this node by its id (nova.conf's `host`)."""
-    from nodeos.cloud.probes import nova_service_state
+def _check_cinder(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared), then GET /v3/volumes through cinder-api's VIP (its database)."""
+    return _check_api(spec, target, "/v3/volumes", VOLUME_VERSION)
 
-    api = target.vips.get(NOVA_API)
+
+def _check_service_list(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A worker (spec.daemon: nova-conductor, cinder-volume ...) of this node "up" in its API's
+    (spec.api) own service list, read with a keystone token through that API's VIP: its reports
+    are fresh, so its RPC and database path works (a process check cannot see a conductor that
+    lost its broker). The worker reports as this node's id (`host` in its config) or, where the
+    registry says so, as one fixed name (cinder-volume: its volumes belong to that name)."""
+    from nodeos.cloud.probes import service_state
+    from nodeos.cloud.registry import SERVICE_LISTS
+
+    listing = SERVICE_LISTS[spec.api or ""]
+    api = target.vips.get(listing.vip_of)
     if not api:
-        return False, f"read: {NOVA_API} has no VIP"
-    binary, host = spec.daemon or "", target.values.get("node_id", "")
+        return False, f"read: {listing.vip_of} has no VIP"
+    binary = spec.daemon or ""
+    host = listing.daemons.get(binary) or target.values.get("node_id", "")
     started = _started(target.pid)
 
     def judge(answer: Any) -> tuple[bool, str]:
-        return nova_service_state(answer, binary, host, wall_clock(), started)
+        return service_state(answer, binary, host, wall_clock(), started, api=spec.api or "")
 
-    return _check_api(spec, target, "/v2.1/os-services", COMPUTE_VERSION, host=api, judge=judge)
+    return _check_api(spec, target, listing.read, {"OpenStack-API-Version": listing.version}, host=api, judge=judge)
 
 
 def _started(pid: int | None) -> float | None:
@@ -256,7 +265,8 @@ _CHECKS = {
     "glance": _check_glance,
     "placement": _check_placement,
     "nova": _check_nova,
-    "nova-service": _check_nova_service,
+    "cinder": _check_cinder,
+    "service-list": _check_service_list,
     "rabbitmq": _check_rabbitmq,
 }
 

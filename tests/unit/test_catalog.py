@@ -364,7 +364,7 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, got 'neutron'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, cinder, got 'neutron'" in error_of("""
         services:
           api: {placement: singleton, vip: false, start: {command: [x]}, config: neutron}
         """)
@@ -402,7 +402,8 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
           placement-api: {placement: singleton, port: 8778, start: {command: [x]}, health: [{type: placement}]}
         """)["placement-api"].health[0]
     assert (placement.port, placement.path) == (8778, "/resource_providers")
-    assert "only allowed for http and keystone and glance and placement and nova and nova-service checks" in error_of("""
+    assert "only allowed for http and keystone and glance and placement and nova and cinder and service-list checks" \
+        in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
         """)
@@ -422,27 +423,62 @@ def test_nova_checks_read_servers_and_the_service_list_of_a_named_daemon() -> No
           nova-api: {placement: singleton, port: 8774, start: {command: [x]}, health: [{type: nova}]}
         """)["nova-api"].health[0]
     assert (api.type, api.port, api.path) == ("nova", 8774, "/v2.1/servers")
-    # The conductor has no port of its own: its check names nova-api's, and which daemon to find.
+    # The conductor has no port of its own: its check names nova-api's, whose list, and which daemon to find.
     conductor = parse("""
         services:
           nova-conductor:
             placement: singleton
             vip: false
             start: {command: [x]}
-            health: [{type: nova-service, daemon: nova-conductor, port: 8774}]
+            health: [{type: service-list, api: nova, daemon: nova-conductor, port: 8774}]
         """)["nova-conductor"].health[0]
-    assert (conductor.port, conductor.path, conductor.daemon) == (8774, "/v2.1/os-services", "nova-conductor")
-    assert "a nova-service check needs 'daemon': one of nova-conductor, nova-scheduler, got 'nova-compute'" in error_of("""
+    assert (conductor.port, conductor.path, conductor.api, conductor.daemon) == \
+        (8774, "/v2.1/os-services", "nova", "nova-conductor")
+    assert "a service-list check needs 'daemon': one of nova-conductor, nova-scheduler, got 'nova-compute'" in error_of("""
         services:
-          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: nova-service, daemon: nova-compute, port: 8774}]}
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: nova, daemon: nova-compute, port: 8774}]}
         """)
-    assert "a nova-service check needs 'port'" in error_of("""
+    assert "a service-list check needs 'port'" in error_of("""
         services:
-          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: nova-service, daemon: nova-conductor}]}
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: nova, daemon: nova-conductor}]}
         """)
-    assert "only allowed for ceph and nova-service checks" in error_of("""
+    assert "only allowed for ceph and service-list checks" in error_of("""
         services:
           api: {placement: singleton, port: 8774, start: {command: [x]}, health: [{type: nova, daemon: nova-conductor}]}
+        """)
+
+
+def test_cinder_checks_read_volumes_and_cinders_service_list() -> None:
+    api = parse("""
+        services:
+          cinder-api: {placement: singleton, port: 8776, start: {command: [x]}, health: [{type: cinder}]}
+        """)["cinder-api"].health[0]
+    assert (api.type, api.port, api.path) == ("cinder", 8776, "/v3/volumes")
+    volume = parse("""
+        services:
+          cinder-volume:
+            placement: singleton
+            vip: false
+            start: {command: [x]}
+            health: [{type: service-list, api: cinder, daemon: cinder-volume, port: 8776}]
+        """)["cinder-volume"].health[0]
+    assert (volume.path, volume.api, volume.daemon) == ("/v3/os-services", "cinder", "cinder-volume")
+    # Each list has its own workers: cinder's has no conductor.
+    assert "a service-list check needs 'daemon': one of cinder-scheduler, cinder-volume, got 'nova-conductor'" in error_of("""
+        services:
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: cinder, daemon: nova-conductor, port: 8776}]}
+        """)
+    assert "a service-list check needs 'api': one of nova, cinder, got 'neutron'" in error_of("""
+        services:
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, api: neutron, daemon: x, port: 9696}]}
+        """)
+    assert "a service-list check needs 'api': one of nova, cinder, got None" in error_of("""
+        services:
+          c: {placement: singleton, vip: false, start: {command: [x]}, health: [{type: service-list, daemon: cinder-volume, port: 8776}]}
+        """)
+    assert "only allowed for service-list checks" in error_of("""
+        services:
+          api: {placement: singleton, port: 8776, start: {command: [x]}, health: [{type: cinder, api: cinder}]}
         """)
 
 
@@ -455,6 +491,19 @@ def test_the_lab_cloud_catalog_runs_novas_control_plane_after_its_dependencies()
     assert catalog["nova-api"].vip and catalog["nova-api"].port == 8774
     assert not catalog["nova-conductor"].vip and catalog["nova-conductor"].singleton
     assert {spec.config for spec in (catalog["nova-api"], catalog["nova-conductor"], catalog["nova-scheduler"])} == {"nova"}
-    daemons = {name: [c.daemon for c in catalog[name].health if c.type == "nova-service"]
+    daemons = {name: [(c.api, c.daemon) for c in catalog[name].health if c.type == "service-list"]
                for name in ("nova-conductor", "nova-scheduler")}
-    assert daemons == {"nova-conductor": ["nova-conductor"], "nova-scheduler": ["nova-scheduler"]}
+    assert daemons == {"nova-conductor": [("nova", "nova-conductor")], "nova-scheduler": [("nova", "nova-scheduler")]}
+
+
+def test_the_lab_cloud_catalog_runs_cinder_after_its_dependencies() -> None:
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    order = catalog.start_order()
+    assert order.index("keystone") < order.index("cinder-api") < order.index("cinder-scheduler")
+    assert order.index("cinder-api") < order.index("cinder-volume")
+    assert catalog["cinder-api"].vip and catalog["cinder-api"].port == 8776
+    assert catalog["cinder-api"].jobs == ("cinder-db-sync", "keystone-register-cinder")
+    for name in ("cinder-scheduler", "cinder-volume"):
+        spec = catalog[name]
+        assert spec.singleton and not spec.vip and spec.config == "cinder" and "cinder-api" in spec.depends_on
+        assert [(c.api, c.daemon) for c in spec.health if c.type == "service-list"] == [("cinder", name)]

@@ -23,9 +23,9 @@ KEYS = {"fernet": [make_fernet_key(lambda n: b"a" * n), make_fernet_key(lambda n
         "credential": [make_fernet_key(lambda n: b"c" * n), make_fernet_key(lambda n: b"d" * n)]}
 VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202", "glance-api": "10.0.0.203",
         "placement-api": "10.0.0.204", "rabbitmq": "10.0.0.205", "nova-api": "10.0.0.206"}
-GLANCE_KEY = make_key(lambda n: b"g" * n)
+GLANCE_KEY, CINDER_KEY = make_key(lambda n: b"g" * n), make_key(lambda n: b"k" * n)
 CEPH = {"fsid": "0b3f3a4e-4f0e-5d5e-9c8e-111111111111", "mons": {"n1": "10.0.0.1", "n2": "10.0.0.2"},
-        "keys": {"glance": GLANCE_KEY}, "pools": ["images", "nodeos-volumes"]}
+        "keys": {"glance": GLANCE_KEY, "cinder": CINDER_KEY}, "pools": ["cinder", "images", "nodeos-volumes"]}
 
 
 def context(**changes) -> CloudContext:
@@ -100,6 +100,7 @@ def test_placement_points_at_the_vips_with_its_derived_passwords():
 @pytest.mark.parametrize("config, service, path", [
     ("placement", "placement-api", "/etc/placement/placement.conf"),
     ("nova", "nova-conductor", "/etc/nova/nova.conf"),
+    ("cinder", "cinder-volume", "/etc/cinder/cinder.conf"),
 ])
 def test_service_secrets_are_never_logged(tmp_path, monkeypatch, config, service, path):
     """prepare() logs the paths it wrote, never their content (the passwords)."""
@@ -180,6 +181,47 @@ def test_the_context_knows_this_nodes_address_from_the_state():
     ctx = context_from_state(state, catalog, IDENTITY, True, "n2")
     assert (ctx.node_id, ctx.node_ip) == ("n2", "10.0.0.2") and "nova" in ctx.configs
     assert context_from_state(state, catalog, IDENTITY, True, "n9").node_ip == ""  # not joined (yet)
+
+
+def test_cinder_points_at_the_vips_and_keeps_its_volumes_in_its_own_ceph_pool():
+    files = {f.path: f for f in render("cinder", context())}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(files["/etc/cinder/cinder.conf"].content)
+    default = conf["DEFAULT"]
+    assert (default["host"], default["my_ip"], default["enabled_backends"]) == ("n2", "10.0.0.2", "rbd")
+    assert default["transport_url"] == rabbitmq.transport_url("10.0.0.205", mq_password(IDENTITY))
+    assert (default["report_interval"], default["service_down_time"]) == ("5", "20")
+    assert "glance_api_servers" not in default  # glance is found in keystone's catalog, if the catalog has one
+    assert conf["database"]["connection"] == f"mysql+pymysql://cinder:{db_password(IDENTITY, 'cinder')}@10.0.0.200/cinder"
+    auth = conf["keystone_authtoken"]
+    assert (auth["auth_url"], auth["memcached_servers"], auth["username"], auth["password"]) == \
+        ("http://10.0.0.202:5000", "10.0.0.201:11211", "cinder", service_password(IDENTITY, "cinder"))
+    assert conf["oslo_messaging_rabbit"]["heartbeat_timeout_threshold"] == "6"
+    backend = conf["rbd"]
+    assert backend["volume_driver"] == "cinder.volume.drivers.rbd.RBDDriver"
+    # Its own pool (not nodeos's `volumes`), and one host name whatever node runs cinder-volume.
+    assert (backend["rbd_pool"], backend["rbd_user"], backend["backend_host"]) == ("cinder", "cinder", "cinder")
+    cinder_conf = files["/etc/cinder/cinder.conf"]
+    assert (cinder_conf.mode, cinder_conf.owner, cinder_conf.group) == (0o640, "root", "cinder")
+    keyring = files["/etc/ceph/ceph.client.cinder.keyring"]
+    assert (keyring.mode, keyring.group) == (0o640, "cinder") and CINDER_KEY in keyring.content
+    assert "caps" not in keyring.content and GLANCE_KEY not in keyring.content
+    uwsgi = files["/etc/cinder/nodeos-uwsgi.ini"].content
+    assert "http-socket = 0.0.0.0:8776" in uwsgi and "wsgi-file = /usr/bin/cinder-wsgi" in uwsgi
+    assert "uid = cinder" in uwsgi and "processes = 1" in uwsgi
+    # Another node renders its own host and address, the same backend host.
+    other = {f.path: f.content for f in render("cinder", context(node_id="n3", node_ip="10.0.0.3"))}
+    conf.read_string(other["/etc/cinder/cinder.conf"])
+    assert (conf["DEFAULT"]["host"], conf["rbd"]["backend_host"]) == ("n3", "cinder")
+
+
+def test_cinder_waits_for_this_nodes_address_its_ceph_client_and_pool():
+    with pytest.raises(ConfigError, match="this node's address is not in the state"):
+        render("cinder", context(node_ip=""))
+    with pytest.raises(ConfigError, match="client.cinder is not registered"):
+        render("cinder", context(ceph={**CEPH, "keys": {"glance": GLANCE_KEY}}))
+    with pytest.raises(ConfigError, match="pool cinder"):
+        render("cinder", context(ceph={**CEPH, "pools": ["images", "nodeos-volumes"]}))
 
 
 def test_glance_waits_for_its_ceph_client_and_pool():

@@ -119,7 +119,8 @@ def test_glance_jobs_database_on_mariadbs_node_then_schema_and_keystone_registra
     apply(state, {"op": "place", "now": 1.0, "service": "glance-api", "node": "a", "by": "a", "term": 1, "reason": "t"})
     healthy(state, "mariadb", "c", 3.0)
     first = {o["job"]: o["node"] for o in decide(state, 3.0) if o["op"] == "job_assign"}
-    assert first == {"keystone-db-sync": "b", "glance-db": "c", "placement-db": "c", "nova-db": "c"}  # where MariaDB runs
+    assert first == {"keystone-db-sync": "b", "glance-db": "c", "placement-db": "c", "nova-db": "c",
+                     "cinder-db": "c"}  # where MariaDB runs
     assert finish(state, "glance-db", 4.0)["node"] == "c"
     assert finish(state, "glance-db-sync", 5.0)["node"] == "a"  # glance's node: it has glance's configuration
     finish(state, "keystone-db-sync", 6.0)
@@ -231,6 +232,35 @@ def test_nova_jobs_databases_then_cells_v2_in_order_then_registration_at_its_vip
     assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
         ("http://10.0.0.206:8774/v2.1", "compute", "nova")
     assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "nova")
+
+
+def test_cinder_jobs_database_schema_and_registration_at_its_vip_with_the_project(state):
+    from nodeos.cloud.config import CloudContext
+    from nodeos.cloud.jobs import commands
+    from nodeos.cloud.secrets import service_password
+    from nodeos.cluster.identity import ClusterIdentity
+
+    apply(state, {"op": "place", "now": 1.0, "service": "mariadb", "node": "c", "by": "a", "term": 1, "reason": "t"})
+    apply(state, {"op": "place", "now": 1.0, "service": "cinder-api", "node": "b", "by": "a", "term": 1, "reason": "t"})
+    healthy(state, "mariadb", "c", 3.0)
+    assert finish(state, "cinder-db", 4.0)["node"] == "c"
+    assert finish(state, "cinder-db-sync", 5.0)["node"] == "b"  # cinder-api's node: it has cinder.conf
+    for job in ("keystone-db-sync", "keystone-bootstrap"):
+        finish(state, job, 6.0)
+    healthy(state, "keystone", "a", 7.0)
+    assert finish(state, "keystone-register-cinder", 8.0)["node"] == "b"
+    assert "job" not in " ".join(desired_here(state, CATALOG, "b", False, set())["cinder-api"].waiting_for)
+
+    identity = ClusterIdentity("cluster-1", b"s" * 32, "", "")
+    ctx = CloudContext(identity=identity, vips={"keystone": "10.0.0.202", "cinder-api": "10.0.0.207"}, keys={})
+    [sync] = commands("cinder-db-sync", ctx)
+    assert sync.argv == ("runuser", "-u", "cinder", "--", "cinder-manage", "db", "sync")
+    [register] = commands("keystone-register-cinder", ctx)
+    env = register.env
+    # Debian's names; keystone puts the token's project in the URL, where cinderclient wants it.
+    assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
+        ("http://10.0.0.207:8776/v3/%(project_id)s", "volumev3", "cinderv3")
+    assert (env["NODEOS_SERVICE_USER"], env["NODEOS_SERVICE_PASSWORD"]) == ("cinder", service_password(identity, "cinder"))
 
 
 def test_the_cell1_guard_finds_cell1_in_list_cells_output():

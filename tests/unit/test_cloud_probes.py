@@ -461,22 +461,20 @@ def nova_service(binary: str, host: str, state: str = "up", seconds_ago: float |
             "updated_at": None if seconds_ago is None else nova_time(seconds_ago), "disabled_reason": None, **extra}
 
 
-def _nova(services: list[dict], read_status: int) -> http.server.ThreadingHTTPServer:
-    """GET /v2.1/servers and /v2.1/os-services with a valid token and the base microversion; nova's fault shape."""
+def _api(version: str, reads: dict[str, Any], read_status: int, denied: str) -> http.server.ThreadingHTTPServer:
+    """An API behind keystone (nova-api, cinder-api): GET `reads` with a valid token and the base
+    microversion `version`; nova's and cinder's fault shape ({name: {code, message}})."""
     class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            version = self.headers.get("OpenStack-API-Version", "")
+            asked = self.headers.get("OpenStack-API-Version", "")
             if self.headers.get("X-Auth-Token") != "tok-1":
                 self.send_json(401, {"error": {"message": "The request you have made requires authentication."}})
-            elif version != "compute 2.1":
-                self._fault(406, "notAcceptable", f"Version {version} is not supported by the API.")
+            elif asked != version:
+                self._fault(406, "notAcceptable", f"Version {asked} is not supported by the API.")
             elif read_status != 200:
-                self._fault(read_status, "forbidden",
-                            "Policy doesn't allow os_compute_api:os-services:list to be performed.")
-            elif self.path == "/v2.1/servers":
-                self.send_json(200, {"servers": []})
-            elif self.path == "/v2.1/os-services":
-                self.send_json(200, {"services": services})
+                self._fault(read_status, "forbidden", denied)
+            elif self.path in reads:
+                self.send_json(200, reads[self.path])
             else:
                 self._fault(404, "itemNotFound", "The resource could not be found.")
 
@@ -486,12 +484,11 @@ def _nova(services: list[dict], read_status: int) -> http.server.ThreadingHTTPSe
     return serve(Handler)
 
 
-@pytest.fixture
-def nova() -> Iterator[Callable[..., int]]:
+def _api_fixture(version: str, reads: Callable[[list[dict]], dict[str, Any]], denied: str) -> Iterator[Callable[..., int]]:
     servers: list[http.server.ThreadingHTTPServer] = []
 
     def start(services: list[dict] | None = None, read_status: int = 200) -> int:
-        servers.append(_nova(services or [], read_status))
+        servers.append(_api(version, reads(services or []), read_status, denied))
         return servers[-1].server_address[1]
 
     yield start
@@ -500,23 +497,41 @@ def nova() -> Iterator[Callable[..., int]]:
         server.server_close()
 
 
-def nova_check(kind: str, keystone_url: str | None, port: int, monkeypatch: pytest.MonkeyPatch,
-               daemon: str | None = None, api_vip: str | None = "127.0.0.1", pid: int | None = None) -> tuple[bool, str]:
-    """The catalog's nova checks as the agent on node n2 runs them: keystone and nova-api at their VIPs."""
+@pytest.fixture
+def nova() -> Iterator[Callable[..., int]]:
+    """nova-api: GET /v2.1/servers and /v2.1/os-services (microversion compute 2.1)."""
+    yield from _api_fixture("compute 2.1", lambda services: {"/v2.1/servers": {"servers": []},
+                                                             "/v2.1/os-services": {"services": services}},
+                            "Policy doesn't allow os_compute_api:os-services:list to be performed.")
+
+
+def api_check(kind: str, keystone_url: str | None, port: int, monkeypatch: pytest.MonkeyPatch, api_service: str,
+              daemon: str | None = None, api_vip: str | None = "127.0.0.1", pid: int | None = None,
+              api: str | None = None) -> tuple[bool, str]:
+    """A catalog check as the agent on node n2 runs it: keystone and the API (`api_service`) at their VIPs."""
+    from nodeos.cloud.registry import SERVICE_LISTS
     from nodeos.services import health
     from nodeos.services.catalog import API_READS, HealthCheckSpec
 
-    vips = {} if api_vip is None else {"nova-api": api_vip}
+    vips = {} if api_vip is None else {api_service: api_vip}
     if keystone_url is not None:
         monkeypatch.setattr(health, "KEYSTONE_PORT", int(keystone_url.split(":")[2].split("/")[0]))
         vips["keystone"] = "127.0.0.1"
     monkeypatch.setattr(health, "wall_clock", lambda: NOW)
-    spec = HealthCheckSpec(type=kind, port=port, path=API_READS[kind], timeout=2.0, daemon=daemon)
-    # nova-api's own check goes through its VIP (this node holds it); the others' through nova-api's.
-    target = health.CheckTarget(vip="127.0.0.1" if kind == "nova" else None, vips=vips, pid=pid,
+    path = SERVICE_LISTS[api].read if api else API_READS[kind]
+    spec = HealthCheckSpec(type=kind, port=port, path=path, timeout=2.0, daemon=daemon, api=api)
+    # The API's own check goes through its VIP (this node holds it); the workers' through the API's.
+    target = health.CheckTarget(vip="127.0.0.1" if api is None else None, vips=vips, pid=pid,
                                 values={"admin_password": "pw", "node_id": "n2"})
     result = health.run_check(spec, target)
     return result.ok, result.detail
+
+
+def nova_check(kind: str, keystone_url: str | None, port: int, monkeypatch: pytest.MonkeyPatch,
+               daemon: str | None = None, api_vip: str | None = "127.0.0.1", pid: int | None = None) -> tuple[bool, str]:
+    """nova-api's check (`nova`) or a nova worker's (`service-list` of nova)."""
+    return api_check(kind, keystone_url, port, monkeypatch, "nova-api", daemon, api_vip, pid,
+                     api="nova" if kind == "service-list" else None)
 
 
 def test_the_nova_api_check_lists_servers_with_the_base_microversion(
@@ -531,45 +546,45 @@ def test_the_nova_api_check_lists_servers_with_the_base_microversion(
     assert not ok and detail == f"read http://127.0.0.1:{down}/v2.1/servers: connection refused"
 
 
-def test_the_nova_service_check_finds_this_nodes_daemon_up(
+def test_the_service_list_check_finds_this_nodes_nova_daemon_up(
         keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
     port = nova([nova_service("nova-conductor", "n1", "down", 300.0),  # where it ran before it moved
                  nova_service("nova-conductor", "n2", "up", 4.2), nova_service("nova-scheduler", "n2", "down", 75.0)])
-    ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-conductor")
+    ok, detail = nova_check("service-list", keystone(), port, monkeypatch, daemon="nova-conductor")
     assert ok and detail == (f"token issued, read http://127.0.0.1:{port}/v2.1/os-services: HTTP 200; "
                              "nova-conductor on n2 up (last report 4 s ago)"), detail
-    ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-scheduler")
+    ok, detail = nova_check("service-list", keystone(), port, monkeypatch, daemon="nova-scheduler")
     assert not ok and detail == "service nova-scheduler on n2 is down (last report 75 s ago)"
     # This process started after that report (the check reads its start from the main pid).
     from nodeos.services import health
 
     monkeypatch.setattr(health, "_started", lambda pid: NOW - 1.0 if pid == 4242 else None)
-    ok, detail = nova_check("nova-service", keystone(), port, monkeypatch, daemon="nova-conductor", pid=4242)
+    ok, detail = nova_check("service-list", keystone(), port, monkeypatch, daemon="nova-conductor", pid=4242)
     assert not ok and detail == "service nova-conductor on n2 has not reported since it started 1 s ago " \
                                 "(last report 4 s ago)"
 
 
-def test_the_nova_service_check_names_the_failing_layer(
+def test_the_service_list_check_names_the_failing_layer(
         keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
     up = [nova_service("nova-scheduler", "n2")]
-    ok, detail = nova_check("nova-service", keystone(token_status=401), nova(up), monkeypatch, daemon="nova-scheduler")
+    ok, detail = nova_check("service-list", keystone(token_status=401), nova(up), monkeypatch, daemon="nova-scheduler")
     assert not ok and detail.startswith("token: HTTP 401")
-    ok, detail = nova_check("nova-service", keystone(), nova(up), monkeypatch, daemon="nova-scheduler", api_vip=None)
+    ok, detail = nova_check("service-list", keystone(), nova(up), monkeypatch, daemon="nova-scheduler", api_vip=None)
     assert not ok and detail == "read: nova-api has no VIP"
     forbidden = nova(up, read_status=403)
-    ok, detail = nova_check("nova-service", keystone(), forbidden, monkeypatch, daemon="nova-scheduler")
+    ok, detail = nova_check("service-list", keystone(), forbidden, monkeypatch, daemon="nova-scheduler")
     assert not ok and detail == (f"read http://127.0.0.1:{forbidden}/v2.1/os-services: HTTP 403 "
                                  "Policy doesn't allow os_compute_api:os-services:list to be performed.")  # nova's words
-    ok, detail = nova_check("nova-service", keystone(), nova([nova_service("nova-scheduler", "n1")]), monkeypatch,
+    ok, detail = nova_check("service-list", keystone(), nova([nova_service("nova-scheduler", "n1")]), monkeypatch,
                             daemon="nova-scheduler")
     assert not ok and detail == "service nova-scheduler on n2 is not in nova's service list (it never reported)"
 
 
-def test_nova_service_state_reads_nova_s_answer() -> None:
-    from nodeos.cloud.probes import nova_service_state
+def test_service_state_reads_nova_s_answer() -> None:
+    from nodeos.cloud.probes import service_state
 
     def state(*services: dict) -> tuple[bool, str]:
-        return nova_service_state({"services": list(services)}, "nova-conductor", "n2", NOW)
+        return service_state({"services": list(services)}, "nova-conductor", "n2", NOW)
 
     assert state(nova_service("nova-conductor", "n2", seconds_ago=0.4)) == \
         (True, "nova-conductor on n2 up (last report 0 s ago)")
@@ -582,10 +597,67 @@ def test_nova_service_state_reads_nova_s_answer() -> None:
     assert state(nova_service("nova-conductor", "n2", "down", 90.0), nova_service("nova-conductor", "n2", "up", 2.0))[0]
     # A restarted daemon: the record is still "up" from its killed predecessor's reports.
     fresh = {"services": [nova_service("nova-conductor", "n2", seconds_ago=4.0)]}
-    assert nova_service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 2.5) == \
+    assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 2.5) == \
         (False, "service nova-conductor on n2 has not reported since it started 2 s ago (last report 4 s ago)")
-    assert nova_service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 4.6)[0]  # updated_at: whole seconds
-    assert nova_service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 30.0)[0]
-    assert nova_service_state({"servers": []}, "nova-conductor", "n2", NOW) == \
+    assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 4.6)[0]  # updated_at: whole seconds
+    # A report in the very second the process started may be its predecessor's (or a worker it left): not counted.
+    assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 4.0)[1] == \
+        "service nova-conductor on n2 has not reported since it started 4 s ago (last report 4 s ago)"
+    assert not service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 3.1)[0]
+    assert service_state(fresh, "nova-conductor", "n2", NOW, started=NOW - 30.0)[0]
+    assert service_state({"servers": []}, "nova-conductor", "n2", NOW) == \
         (False, "service list: not nova's answer (no 'services' list)")
-    assert nova_service_state([], "nova-conductor", "n2", NOW)[0] is False
+    assert service_state([], "nova-conductor", "n2", NOW)[0] is False
+
+
+# -- cinder (a stand-in answering as cinder-api does) ------------------------------------------------------
+
+@pytest.fixture
+def cinder() -> Iterator[Callable[..., int]]:
+    """cinder-api: GET /v3/volumes and /v3/os-services (microversion volume 3.0, no project in the path)."""
+    yield from _api_fixture("volume 3.0", lambda services: {"/v3/volumes": {"volumes": []},
+                                                            "/v3/os-services": {"services": services}},
+                            "Policy doesn't allow volume_extension:services:index to be performed.")
+
+
+def cinder_service(binary: str, host: str, state: str = "up", seconds_ago: float = 3.0) -> dict:
+    """As cinder lists it: no id, a zone, updated_at as nova writes it."""
+    return {"binary": binary, "host": host, "zone": "nova", "status": "enabled", "state": state,
+            "updated_at": nova_time(seconds_ago)}
+
+
+def test_the_cinder_api_check_lists_volumes_with_the_base_microversion(
+        keystone: Callable[..., str], cinder: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = cinder()
+    ok, detail = api_check("cinder", keystone(), port, monkeypatch, "cinder-api")
+    assert ok and detail == f"token issued, read http://127.0.0.1:{port}/v3/volumes: HTTP 200", detail
+    ok, detail = api_check("cinder", keystone(), cinder(read_status=403), monkeypatch, "cinder-api")
+    assert not ok and "HTTP 403 Policy doesn't allow" in detail
+
+
+def test_the_service_list_check_finds_cinder_volume_under_its_fixed_host_and_the_scheduler_under_the_node(
+        keystone: Callable[..., str], cinder: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodeos.cloud.registry import CINDER_VOLUME_HOST
+
+    port = cinder([cinder_service("cinder-scheduler", "n2", seconds_ago=2.0),
+                   cinder_service("cinder-volume", CINDER_VOLUME_HOST, seconds_ago=3.0),
+                   cinder_service("cinder-volume", "n2", "down", 900.0)])  # a record of another naming: not ours
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-scheduler", api="cinder")
+    assert ok and detail.endswith("; cinder-scheduler on n2 up (last report 2 s ago)"), detail
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", api="cinder")
+    assert ok and detail.endswith(f"; cinder-volume on {CINDER_VOLUME_HOST} up (last report 3 s ago)"), detail
+    # cinder-volume moved here 0.5 s ago: the report is its predecessor's (on another node, the same host name).
+    from nodeos.services import health
+
+    monkeypatch.setattr(health, "_started", lambda pid: NOW - 0.5 if pid == 4242 else None)
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", pid=4242,
+                           api="cinder")
+    assert not ok and detail == f"service cinder-volume on {CINDER_VOLUME_HOST} has not reported since it started " \
+                                "0 s ago (last report 3 s ago)"
+    ok, detail = api_check("service-list", keystone(), cinder([]), monkeypatch, "cinder-api", "cinder-volume",
+                           api="cinder")
+    assert not ok and detail == f"service cinder-volume on {CINDER_VOLUME_HOST} is not in cinder's service list " \
+                                "(it never reported)"
+    ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", api_vip=None,
+                           api="cinder")
+    assert not ok and detail == "read: cinder-api has no VIP"

@@ -38,10 +38,14 @@ def monitor(state: ClusterState, now: float, seed: int = 1):
     return ops, actions
 
 
-def test_the_cloud_catalog_asks_for_glance_with_rbd_caps_on_its_pool_only():
+def test_the_cloud_catalog_asks_for_glance_and_cinder_with_rbd_caps_on_their_pools_only():
     clients = ceph_clients(CLOUD)
-    assert clients == {"glance": GLANCE}
+    assert clients == {"glance": GLANCE, "cinder": clients["cinder"]}
     assert GLANCE.caps_wire() == {"mon": "profile rbd", "osd": "profile rbd pool=images"}
+    # cinder writes its own pool (not nodeos's `volumes`) and reads glance's images (copy-on-write clones).
+    assert clients["cinder"].pools == ("cinder",)
+    assert clients["cinder"].caps_wire() == {"mon": "profile rbd",
+                                             "osd": "profile rbd pool=cinder, profile rbd-read-only pool=images"}
     assert ceph_clients(load_catalog(packaged_catalog("lab-storage"))) == {}
 
 

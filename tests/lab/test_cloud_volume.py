@@ -1,0 +1,141 @@
+"""cinder in the lab-cloud catalog: cinder-api, cinder-scheduler and cinder-volume (RBD), kept healthy.
+
+One 3-node lab per module with lab-cloud trimmed to Ceph, cinder, glance (the
+client's `volume create` needs an image service in the catalog) and what they
+depend on, and no configuration: the Monitor makes the Ceph pool `cinder`
+and the cephx user client.cinder, the jobs make cinder's database and schema
+and register the `volumev3` service in keystone, and Debian's cinder-api
+answers under uWSGI at its VIP. The real `openstack` client lists cinder's
+services (both `up`) and creates a volume from the lab's client namespace;
+Ceph is asked directly that the volume is an RBD image in the pool. Then
+cinder-volume is killed: it is restarted, reported `up` again by cinder
+itself, still manages the volume made before, and makes a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from nodeos.cloud.registry import CINDER_VOLUME_HOST
+from nodeos.lab.lab import Lab
+from nodeos.lab.services import kill_service
+
+from .cluster_helpers import is_root, status_json, wait_until
+from .test_cloud_identity import answers, catalog_for, cloud_lab, live_node, openrc_env, openstack, rows
+from .test_storage_agent import ceph_dir
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
+    pytest.mark.skipif(subprocess.run(["which", "cinder-volume"], capture_output=True).returncode != 0,
+                       reason="cinder is not installed (scripts/apt-packages.txt)"),
+]
+
+DAEMONS = ("cinder-scheduler", "cinder-volume")
+POOL = "cinder"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    # glance too: the client's `volume create` (python-openstackclient 6) looks the image service
+    # up in the catalog even without --image, and fails without one.
+    catalog = catalog_for((*DAEMONS, "glance-api"), tmp_path_factory.mktemp("catalog") / "catalog.yaml")
+    for lab in cloud_lab("cinder-api", catalog):
+        started = time.monotonic()
+        wait_until(lambda: all(healthy(lab, daemon) for daemon in (*DAEMONS, "glance-api")), 180,
+                   "cinder-scheduler, cinder-volume and glance-api healthy", interval=1.0)
+        print(f"\ncinder-scheduler, cinder-volume and glance-api healthy {time.monotonic() - started:.1f}s "
+              "after cinder-api")
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def volume(lab: Lab) -> dict[str, Any]:
+    """A 1 GiB volume made with the real client, `available` (cinder-volume made its RBD image)."""
+    started = time.monotonic()
+    made = create_volume(lab, f"vol-{int(time.time())}")
+    print(f"\nvolume of 1 GiB available {time.monotonic() - started:.1f}s after `volume create`")
+    return made
+
+
+def healthy(lab: Lab, service: str) -> dict[str, Any] | None:
+    row = rows(lab).get(service)
+    return row if row and row["health"] == "healthy" else None
+
+
+def create_volume(lab: Lab, name: str) -> dict[str, Any]:
+    created = openstack(lab, "volume", "create", "--size", "1", name)
+    wait_until(lambda: status_of(lab, created["id"]) == "available", 120, f"volume {name} available", interval=1.0)
+    return created
+
+
+def status_of(lab: Lab, volume_id: str) -> str | None:
+    shown = answers(lab, "volume", "show", volume_id)
+    if shown and shown["status"] == "error":
+        raise AssertionError(f"volume {volume_id} failed: {shown}")
+    return shown["status"] if shown else None
+
+
+def up_in_cinder(lab: Lab, binary: str, host: str) -> bool:
+    """cinder's own view, through cinder-api's VIP: the daemon's record on `host` is up."""
+    services = answers(lab, "volume", "service", "list", "--service", binary)
+    return services is not None and any(s["Host"] == host and s["State"] == "up" for s in services)
+
+
+def rbd_images(lab: Lab, node: str) -> list[str]:
+    conf = ceph_dir(lab, node) / "ceph.conf"
+    argv = ["ip", "netns", "exec", lab.node(node).ns, "rbd", "--conf", str(conf), "--name", "client.admin",
+            "-p", POOL, "ls", "--format", "json"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"rbd ls: {result.stderr[-500:]}"
+    return json.loads(result.stdout)
+
+
+def test_scheduler_and_volume_are_up_in_cinder(lab: Lab) -> None:
+    placed = rows(lab)
+    assert up_in_cinder(lab, "cinder-scheduler", placed["cinder-scheduler"]["node"]), \
+        openstack(lab, "volume", "service", "list")
+    # cinder-volume reports under its fixed backend host, whatever node runs it.
+    assert up_in_cinder(lab, "cinder-volume", CINDER_VOLUME_HOST), openstack(lab, "volume", "service", "list")
+    entry = next(e for e in openstack(lab, "catalog", "list") if e["Type"] == "volumev3")
+    assert f"http://{placed['cinder-api']['vip']}:8776/v3/" in json.dumps(entry["Endpoints"])
+    view = status_json(lab, live_node(lab))
+    jobs = {name: (job["state"], job["attempt"]) for name, job in view["cloud"]["jobs"].items()}
+    for job in ("cinder-db", "cinder-db-sync", "keystone-register-cinder"):
+        assert jobs[job] == ("done", 1), jobs
+    client = view["storage"]["service_clients"]["cinder"]
+    assert client["registered"] and POOL in view["storage"]["pools"]
+    assert not re.search(r"AQ[A-Za-z0-9+/]{38}==", json.dumps(view))  # no cephx key
+
+
+def test_a_volume_is_available_and_an_rbd_image_in_the_cinder_pool(lab: Lab, volume: dict[str, Any]) -> None:
+    shown = openstack(lab, "volume", "show", volume["id"])
+    assert shown["size"] == 1 and shown["os-vol-host-attr:host"].startswith(f"{CINDER_VOLUME_HOST}#"), shown
+    assert f"volume-{volume['id']}" in rbd_images(lab, live_node(lab))
+
+
+def test_volume_killed_is_restarted_and_keeps_managing_its_volumes(lab: Lab, volume: dict[str, Any]) -> None:
+    before = rows(lab)["cinder-volume"]
+    print(kill_service(lab, "cinder-volume", lab.node_name_of(before["node"])))
+    killed = time.monotonic()
+    after = wait_until(lambda: (row := healthy(lab, "cinder-volume")) and row["restarts"] > before["restarts"] and row,
+                       120, "cinder-volume healthy again, its restart counted")
+    print(f"\ncinder-volume healthy {time.monotonic() - killed:.1f}s after the kill")
+    assert after["node"] == before["node"]
+    assert up_in_cinder(lab, "cinder-volume", CINDER_VOLUME_HOST)
+    assert volume["id"] in {v["ID"] for v in openstack(lab, "volume", "list")}
+    second = create_volume(lab, f"vol2-{int(time.time())}")
+    print(f"a second volume available {time.monotonic() - killed:.1f}s after the kill")
+    assert {f"volume-{volume['id']}", f"volume-{second['id']}"} <= set(rbd_images(lab, live_node(lab)))
+    # The restarted cinder-volume manages the volume made before it: it deletes its RBD image.
+    deleted = subprocess.run(["ip", "netns", "exec", lab.add_client(), "openstack", "volume", "delete", volume["id"]],
+                             capture_output=True, text=True, timeout=60, env=openrc_env(lab))
+    assert deleted.returncode == 0, deleted.stderr[-800:]
+    wait_until(lambda: f"volume-{volume['id']}" not in rbd_images(lab, live_node(lab)), 60,
+               "the first volume's RBD image deleted", interval=1.0)
