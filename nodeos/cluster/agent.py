@@ -375,7 +375,8 @@ class Agent:
         if dissolved_into is not None:
             self._leave_to_rejoin(dissolved_into)
             return
-        others = self.other_groups(now)
+        views = self._other_group_views(now)
+        others = {view.group_id: members for view, members in views}
         if set(others) != self._split_logged:
             log.event("cluster.split" if others else "cluster.split_gone", level="error" if others else "info",
                       ours=self.formation.group.group_id if self.formation.group else None, others=others)
@@ -385,7 +386,6 @@ class Agent:
             return
         recorded = consensus.cluster.read(lambda s: {str(e.get("detail", "")).split(" ", 2)[1] for e in s.events
                                                      if e["kind"] == "cluster.split"})
-        views = self._other_group_views(now)
         for view, members in views:
             if view.group_id not in recorded and self._split_proposals.allow(view.group_id)[0]:
                 consensus.submit({"op": "event", "now": time.time(), "kind": "cluster.split",
