@@ -14,6 +14,7 @@ covered by tests/lab/test_raft_port.py.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import socket
@@ -29,6 +30,7 @@ from pysyncobj import journal as raft_journal  # noqa: E402
 from pysyncobj import tcp_connection  # noqa: E402
 from pysyncobj.syncobj import _RAFT_STATE  # noqa: E402
 from pysyncobj.monotonic import monotonic as raft_clock  # noqa: E402
+from pysyncobj.pipe_notifier import PipeNotifier  # noqa: E402
 from pysyncobj.transport import TCPTransport  # noqa: E402
 
 # pysyncobj 0.3.17 (win_inet_pton.py) replaces socket.inet_ntop with a
@@ -53,6 +55,11 @@ _drops_lock = threading.Lock()
 _drops: dict[str, int] = {"oversized_frame": 0, "pre_auth_overflow": 0, "too_many_connections": 0}
 _drop_log = log.RateLimiter(period=10.0, burst=3)
 CANDIDATE = _RAFT_STATE.CANDIDATE
+LEADER = _RAFT_STATE.LEADER
+# The tick thread sleeps until its next Raft deadline, at most this long: transport
+# reconnects, the leader's fall-back check and the journal's one-second timer have no
+# deadline pysyncobj exposes, and none needs to run sooner.
+TICK_CEILING = 0.1
 
 
 class ConsensusError(RuntimeError):
@@ -113,6 +120,10 @@ class GuardedTransport(TCPTransport):
         super()._onNewIncomingConnection(conn)
 
 
+# What a heartbeat that keeps the Monitor changes in the state (state._op_heartbeat, ClusterState.apply).
+HEARTBEAT_FIELDS = ("time", "heartbeat_seq", "monitor", "monitor_term", "applied")
+
+
 class ReplicatedCluster(SyncObjConsumer):
     """The one replicated method: apply an operation to the ClusterState."""
 
@@ -123,13 +134,18 @@ class ReplicatedCluster(SyncObjConsumer):
         # Any other op applied (a decision, a report, a node's status): the services layer's
         # passes act on it at once instead of at their next turn.
         self.on_changed: Callable[[], None] | None = None
+        self._changes = 0  # ops applied other than a heartbeat that kept the Monitor
+        self._snapshots: dict[str, tuple[int, ClusterState]] = {}  # reader -> (changes, its private copy)
         super().__init__()
         self.state = ClusterState()
 
     @replicated
     def apply_op(self, op: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
+            monitor = self.state.monitor
             result = self.state.apply(op)
+            if not (isinstance(op, dict) and op.get("op") == "heartbeat" and self.state.monitor == monitor):
+                self._changes += 1
         if result.get("ok") and isinstance(op, dict):  # local observations only: never fed back into the state
             if op.get("op") == "heartbeat":
                 if self.on_heartbeat_applied is not None:
@@ -138,10 +154,34 @@ class ReplicatedCluster(SyncObjConsumer):
                 self.on_changed()
         return result
 
+    def _deserialize(self, data: Any) -> None:  # pysyncobj loads a Raft snapshot: a new state
+        with self._lock:
+            super()._deserialize(data)
+            self._changes += 1
+
     def read(self, reader: Callable[[ClusterState], Any]) -> Any:
         """Run `reader` on the live state under the apply lock; copy what you keep."""
         with self._lock:
             return reader(self.state)
+
+    def snapshot(self, reader: str) -> ClusterState:
+        """A copy of the state without its events, for one reader's thread, which must not change it.
+
+        The node and Monitor passes each take one 10 times a second, and the leader's
+        heartbeats change the state as often: copying it all each time was a quarter
+        of an idle agent's services thread. A heartbeat changes only the fields of
+        HEARTBEAT_FIELDS, so the reader's deep copy is taken again only after another
+        op, and a heartbeat's fields are set on a shallow copy of it.
+        """
+        with self._lock:
+            cached = self._snapshots.get(reader)
+            if cached is None or cached[0] != self._changes:
+                cached = (self._changes, self.state.snapshot(with_events=False))
+                self._snapshots[reader] = cached
+            fresh = copy.copy(cached[1])
+            for name in HEARTBEAT_FIELDS:
+                setattr(fresh, name, getattr(self.state, name))
+            return fresh
 
 
 def make_conf(timing: Timing, state_dir: Path, password: str, on_state_changed: Callable[[int, int], None] | None) -> SyncObjConf:
@@ -160,7 +200,7 @@ def make_conf(timing: Timing, state_dir: Path, password: str, on_state_changed: 
         # Safety comes from our lease; this only makes a cut-off leader step
         # down sooner than pysyncobj's 30 s default.
         leaderFallbackTimeout=max(3 * timing.lease, 2.0),
-        autoTickPeriod=0.02,
+        autoTickPeriod=0.02,  # only until the tick thread's first poll: then _WatchedSyncObj sleeps to the next deadline
         useFork=False,  # the agent is multi-threaded: no fork() for dumps
         onStateChanged=on_state_changed,
     )
@@ -173,6 +213,18 @@ def make_conf(timing: Timing, state_dir: Path, password: str, on_state_changed: 
 # silently as a zero-filled or empty log (it first pads the file to 1 KiB).
 # Forgetting acknowledged entries breaks Raft's guarantees, so the agent checks
 # the layout itself before pysyncobj opens (and pads) the file, and refuses.
+
+def tick_sleep(due: float, now: float, ceiling: float) -> float:
+    """How long pysyncobj's tick thread may sleep after a tick: until `due`, its next Raft deadline, at most `ceiling`.
+
+    A deadline already past when the tick ends is one the tick could not act on (a
+    follower whose time-out fired, connected to no member: it stands once connected,
+    and a connection wakes the poll): the thread sleeps the ceiling instead of spinning.
+    """
+    if due <= now:
+        return ceiling
+    return min(due - now, ceiling)
+
 
 def candidacy_window(timing: Timing) -> tuple[float, float]:
     """How long a candidate waits for votes before it stands again (_WatchedSyncObj says why)."""
@@ -250,12 +302,58 @@ class _WatchedSyncObj(PreVote, SyncObj):
         self._nodeos_on_failed = on_failed
         self._nodeos_candidacy_window = candidacy_window
         self.prevote_init(min_timeout, candidacy_window)
+        self._nodeos_waker: PipeNotifier | None = None
         super().__init__(*args, **kwargs)
+        self._nodeos_poll = self._poller.poll
+        self._poller.poll = self._poll_until_due  # pysyncobj's tick ends in poll(autoTickPeriod)
+
+    # -- an event-driven tick ---------------------------------------------------------
+    # pysyncobj's tick thread wakes every autoTickPeriod (20 ms here): 50 ticks a second
+    # on an idle node, the largest part of an idle agent's CPU. It now sleeps until the
+    # next Raft deadline, and wakes at once for a message (its sockets) or a proposal
+    # (a pipe written by _applyCommand, from any thread).
+    def _poll_until_due(self, timeout: float) -> None:
+        if self._nodeos_waker is None:  # made here: the poller belongs to the tick thread
+            self._nodeos_waker = PipeNotifier(self._poller)
+        self._nodeos_poll(tick_sleep(self._next_deadline(), raft_clock(), TICK_CEILING))
+
+    def _next_deadline(self) -> float:
+        if self._SyncObj__raftState != LEADER:  # type: ignore[attr-defined]
+            return float(self._SyncObj__raftElectionDeadline)  # type: ignore[attr-defined]
+        if not self._SyncObj__otherNodes and self._SyncObj__getCurrentLogIndex() > self._SyncObj__raftCommitIndex:  # type: ignore[attr-defined]
+            return raft_clock() + 0.001  # a lone member commits what it appended in its next tick: no one to wait for
+        return float(self._SyncObj__newAppendEntriesTime)  # type: ignore[attr-defined]
+
+    def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802, N803
+        super()._applyCommand(command, callback, commandType)
+        if not self._sends_at_next_append():
+            self._wake()
+
+    def destroy(self) -> None:
+        super().destroy()
+        self._wake()  # a stopped member must stop answering at once, not after its sleep
+
+    def _wake(self) -> None:
+        waker = self._nodeos_waker
+        if waker is not None:
+            try:
+                waker.notify()
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+
+    def _sends_at_next_append(self) -> bool:
+        """A leader with followers sends what it appends only at its next append period
+        (pysyncobj batches): waking it for a proposal gains nothing, as _onTick takes the
+        proposals in before that send. A follower forwards a proposal at once."""
+        return self._SyncObj__raftState == LEADER and bool(self._SyncObj__otherNodes)  # type: ignore[attr-defined]
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
         term_before = self._SyncObj__raftCurrentTerm  # type: ignore[attr-defined]
         try:
             self.prevote_before_tick()
+            if self._SyncObj__raftState == LEADER and raft_clock() > self._SyncObj__newAppendEntriesTime:  # type: ignore[attr-defined]
+                # pysyncobj sends before it takes the queued proposals in: they would wait a period more.
+                self._checkCommandsToApply()
             super()._onTick(timeToWait)
         except Exception as exc:
             self._nodeos_failures += 1

@@ -16,8 +16,9 @@ Let t_r be the last time the majority's leader heard this node. The Monitor
 moves this node's singletons only after t_r + fence_after + fence_margin
 (1.3 s by default), on the leader's clock. This node's evidence is stamped
 when pysyncobj applies a committed heartbeat, which is after the reply the
-leader counted by at most one pysyncobj tick (20 ms), so every grant ends by
-t_r + fence_after + 20 ms. A new leader counts its predecessor (the old
+leader counted by at most one pysyncobj tick's work (the tick right after the
+message applies it: pysyncobj's thread sleeps only while nothing arrives; 20 ms
+allowed), so every grant ends by t_r + fence_after + 20 ms. A new leader counts its predecessor (the old
 Monitor, whose evidence is its own committed heartbeats) from an earlier
 bound: its first candidacy minus raft_min_timeout, which no committed
 heartbeat of the predecessor can postdate (lease.PredecessorSilence says

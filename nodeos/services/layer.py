@@ -167,7 +167,7 @@ class ServicesLayer:
 
     def _snapshot(self) -> ClusterState:
         assert self.consensus is not None
-        return self.consensus.cluster.read(lambda s: s.snapshot(with_events=False))
+        return self.consensus.cluster.snapshot(threading.current_thread().name)
 
     def node_pass(self, now: float) -> None:
         if self.consensus is None:  # between two memberships: fenced (the guard holds nothing), per-node services stay

@@ -20,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from nodeos import log
 from . import arp
+from .addrwatch import AddressWatch
 
 # A range or subnet with more addresses than this is surely a typo.
 MAX_RANGE = 65536
@@ -33,11 +34,11 @@ class VipRangeError(ValueError):
     """A VIP range or subnet that cannot be used; the message names it."""
 
 
-# Seconds a listing of the interface's addresses is reused: the node pass asks 20 times a
-# second, and a listing costs about 1 ms of netlink and parsing (4 ms with a new socket:
-# half of an idle agent's CPU, profiled). Our own adds and removes refresh it at once;
-# someone else's (the guard's fence) is seen within this.
-PRESENT_TTL = 0.5
+# A listing of the interface's addresses is reused until the kernel reports an address
+# change in the namespace (addrwatch.py), or for at most this many seconds: listing costs
+# about 2 ms of netlink and parsing and the node pass asks 10 times a second. Our own adds
+# and removes refresh it at once; someone else's (the guard's fence) is reported by the kernel.
+PRESENT_TTL = 5.0
 
 
 class VipManager:
@@ -49,6 +50,7 @@ class VipManager:
         self._ipr: IPRoute | None = None  # opened on first use, in the caller's network namespace
         self._ifindex: int | None = None
         self._listing: tuple[float, dict[str, list[int]]] | None = None  # (when, ip -> prefix lengths)
+        self._changes = AddressWatch()
 
     def add(self, ip: str, prefixlen: int = 32, announce: bool = True) -> None:
         """Put `ip/prefixlen` on the interface (no error if already there), then announce it."""
@@ -92,7 +94,8 @@ class VipManager:
         """Every IPv4 address on the interface (the node's own included), listed at most `max_age` ago."""
         now = time.monotonic()
         with self._lock:
-            if self._listing is None or now - self._listing[0] >= max_age:
+            changed = self._changes.changed()  # before listing: a change after it is seen next time
+            if changed or self._listing is None or now - self._listing[0] >= max_age:
                 with self._netlink() as (ipr, index):
                     self._listing = (now, self._present(ipr, index))
             return set(self._listing[1])

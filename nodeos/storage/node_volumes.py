@@ -13,8 +13,8 @@ fence, a move) is detached before anything else uses it.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from nodeos import log
@@ -85,8 +85,13 @@ class NodeVolumes:
 
     def held_here(self) -> set[str]:
         """Services whose volume has an attachment (state file) on this node, known or left by a crash."""
-        root = Path(self.ceph.paths.run_dir) / "volumes" / POOL_VOLUMES
-        found = {p.name[len("svc-"):] for p in root.glob("svc-*") if (p / "state.json").exists()} if root.exists() else set()
+        root = os.path.join(self.ceph.paths.run_dir, "volumes", POOL_VOLUMES)
+        try:
+            with os.scandir(root) as entries:  # not Path.glob: the node pass asks 10 times a second
+                found = {e.name[len("svc-"):] for e in entries
+                         if e.name.startswith("svc-") and os.path.exists(os.path.join(e.path, "state.json"))}
+        except FileNotFoundError:
+            found = set()
         return found | set(self._attached)
 
     def detach_unwanted(self, state: ClusterState, keep: set[str], submit: Callable[[dict[str, Any]], None]) -> None:

@@ -159,3 +159,18 @@ def test_gratuitous_arp_is_seen_on_the_wire(lab: type[LabTools], nodes: tuple[La
     assert len(garps) == 4
     assert all(p.eth_dst == arp.BROADCAST_MAC for p in garps)
     assert all(p.target_mac == node_a.mac for p in garps if p.op == arp.ARP_REPLY)
+
+
+def test_an_address_removed_by_someone_else_is_seen_at_the_next_look(
+    lab: type[LabTools], nodes: tuple[LabNode, LabNode, LabNode], managers: tuple[VipManager, VipManager]
+) -> None:
+    """The listing is reused for seconds, but not past a change the kernel reported (the guard's fence)."""
+    node_a, _, _ = nodes
+    manager_a, _ = managers
+    lab.in_netns(node_a.ns, lambda: manager_a.add(VIP, 32, announce=False))
+    assert VIP in lab.in_netns(node_a.ns, manager_a.present)
+    assert VIP in lab.in_netns(node_a.ns, manager_a.present)  # from the listing
+    lab.ns_run(node_a.ns, "ip", "addr", "del", f"{VIP}/32", "dev", node_a.ifname)
+    assert VIP not in lab.in_netns(node_a.ns, manager_a.present)
+    lab.ns_run(node_a.ns, "ip", "addr", "add", f"{VIP}/32", "dev", node_a.ifname)
+    assert VIP in lab.in_netns(node_a.ns, manager_a.present)
