@@ -48,6 +48,11 @@ nova-common nova/configure_neutron boolean false
 nova-common nova/configure_placement boolean false
 nova-api novaapi/configure_db boolean false
 nova-api nova/configure_api-endpoint boolean false
+neutron-common neutron/configure_db boolean false
+neutron-common neutron/configure_rabbit boolean false
+neutron-common neutron/configure_ksat boolean false
+neutron-common neutron/configure_nova boolean false
+neutron-api neutron/configure_api-endpoint boolean false
 PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
@@ -56,7 +61,7 @@ if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 # Daemons from the lab catalog are started by the agents, not by the host.
 # (RabbitMQ: its epmd too, which Erlang's package starts by socket activation.)
 for unit in memcached nginx ceph-crash mariadb keystone glance-api placement-api nova-api nova-api-metadata \
-            nova-conductor nova-scheduler rabbitmq-server epmd.socket epmd; do
+            nova-conductor nova-scheduler neutron-api neutron-rpc-server rabbitmq-server epmd.socket epmd; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova")
+CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova", "neutron")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ KEYSTONE_SERVICES: dict[str, KeystoneService] = {
                         description="OpenStack Placement"),
         KeystoneService("nova", "nova", "compute", vip_of="nova-api", port=8774, path="/v2.1",
                         description="OpenStack Compute"),
+        KeystoneService("neutron", "neutron", "network", vip_of="neutron-server", port=9696,
+                        description="OpenStack Networking"),
     )
 }
 
@@ -74,6 +76,9 @@ JOBS: dict[str, JobDef] = {
         JobDef("nova-cell0-map", config="nova", after_jobs=("nova-api-db-sync",)),
         JobDef("nova-cell1-create", config="nova", after_jobs=("nova-cell0-map",)),
         JobDef("nova-db-sync", config="nova", after_jobs=("nova-cell1-create",)),
+        # neutron's database, then its schema: every branch's head (expand and contract).
+        JobDef("neutron-db", config="mariadb", after_services=("mariadb",)),
+        JobDef("neutron-db-sync", config="neutron", after_jobs=("neutron-db",)),
         *(JobDef(f"keystone-register-{user}", config=user, after_services=("keystone",),
                  after_jobs=("keystone-bootstrap",)) for user in KEYSTONE_SERVICES),
     )

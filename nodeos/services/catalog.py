@@ -27,11 +27,14 @@ CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
 # The service's own signal (nodeos/cloud/probes.py), not a port check.
-CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "nova-service")
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "nova-service",
+                "neutron")
 CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
+# neutron's: one network's id, whatever the number of networks (the read still crosses its database).
+NEUTRON_READ = "/v2.0/networks?limit=1&fields=id"
 # An API checked with a keystone token: the read its check does by default.
 API_READS = {"keystone": "/v3/projects", "glance": "/v2/images", "placement": "/resource_providers",
-             "nova": "/v2.1/servers", "nova-service": "/v2.1/os-services"}
+             "nova": "/v2.1/servers", "nova-service": "/v2.1/os-services", "neutron": NEUTRON_READ}
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
 # The `nova-service` check finds this node's daemon "up" in nova's service list (through nova-api).
 NOVA_DAEMONS = ("nova-conductor", "nova-scheduler")

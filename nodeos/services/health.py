@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import psutil
 
-from .catalog import HealthCheckSpec, render_template
+from .catalog import NEUTRON_READ, HealthCheckSpec, render_template
 
 State = Literal["starting", "healthy", "unhealthy"]
 _MAX_BODY = 64 * 1024
@@ -176,6 +176,11 @@ def _check_nova(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     return _check_api(spec, target, "/v2.1/servers", COMPUTE_VERSION)
 
 
+def _check_neutron(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared), then GET /v2.0/networks through neutron-server's VIP (its database)."""
+    return _check_api(spec, target, NEUTRON_READ)
+
+
 def _check_nova_service(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     """nova-conductor or nova-scheduler (spec.daemon) on this node "up" in nova's service list,
     read with a keystone token through nova-api's VIP: its reports are fresh, so its RPC and
@@ -257,6 +262,7 @@ _CHECKS = {
     "placement": _check_placement,
     "nova": _check_nova,
     "nova-service": _check_nova_service,
+    "neutron": _check_neutron,
     "rabbitmq": _check_rabbitmq,
 }
 

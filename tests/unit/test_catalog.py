@@ -364,9 +364,10 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, got 'neutron'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, neutron, got 'cinder'" \
+        in error_of("""
         services:
-          api: {placement: singleton, vip: false, start: {command: [x]}, config: neutron}
+          api: {placement: singleton, vip: false, start: {command: [x]}, config: cinder}
         """)
     assert "jobs[0]: unknown job 'db-sync'" in error_of("""
         services:
@@ -402,7 +403,13 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
           placement-api: {placement: singleton, port: 8778, start: {command: [x]}, health: [{type: placement}]}
         """)["placement-api"].health[0]
     assert (placement.port, placement.path) == (8778, "/resource_providers")
-    assert "only allowed for http and keystone and glance and placement and nova and nova-service checks" in error_of("""
+    neutron = parse("""
+        services:
+          neutron-server: {placement: singleton, port: 9696, start: {command: [x]}, health: [{type: neutron}]}
+        """)["neutron-server"].health[0]
+    assert (neutron.port, neutron.path) == (9696, "/v2.0/networks?limit=1&fields=id")
+    assert "only allowed for http and keystone and glance and placement and nova and nova-service and neutron checks" \
+        in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
         """)
@@ -458,3 +465,14 @@ def test_the_lab_cloud_catalog_runs_novas_control_plane_after_its_dependencies()
     daemons = {name: [c.daemon for c in catalog[name].health if c.type == "nova-service"]
                for name in ("nova-conductor", "nova-scheduler")}
     assert daemons == {"nova-conductor": ["nova-conductor"], "nova-scheduler": ["nova-scheduler"]}
+
+
+def test_the_lab_cloud_catalog_runs_neutron_server_at_its_vip_after_its_jobs() -> None:
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    neutron = catalog["neutron-server"]
+    assert neutron.singleton and neutron.vip and neutron.port == 9696 and neutron.config == "neutron"
+    assert set(neutron.depends_on) == {"mariadb", "memcached", "rabbitmq", "keystone"}
+    assert list(neutron.jobs) == ["neutron-db-sync", "keystone-register-neutron"]
+    order = catalog.start_order()
+    assert all(order.index(dep) < order.index("neutron-server") for dep in neutron.depends_on)
+    assert [c.path for c in neutron.health if c.type == "neutron"] == ["/v2.0/networks?limit=1&fields=id"]
