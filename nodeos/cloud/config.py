@@ -215,9 +215,11 @@ def _neutron(ctx: CloudContext) -> list[ConfigFile]:
         keystone=keystone, memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
         password=service_password(ctx.identity, "neutron"))
     ml2 = _TEMPLATES.get_template("neutron-ml2.ini.j2").render(physical_network=PHYSICAL_NETWORK)
-    # neutron-api is monkey-patched by eventlet (neutron.cmd.eventlet): one thread per process, as nova-api.
+    # neutron-api is monkey-patched by eventlet (neutron.cmd.eventlet): one thread per process, as
+    # nova-api. One process in the lab: each loads neutron for seconds of CPU, and neutron-server
+    # starts while nova's schema sync keeps MariaDB busy on the lab's two cores.
     uwsgi = _TEMPLATES.get_template("neutron-api-uwsgi.ini.j2").render(port=NEUTRON_PORT,
-                                                                       processes=2 if ctx.lab else 4)
+                                                                       processes=1 if ctx.lab else 4)
     return [ConfigFile("/etc/neutron/neutron.conf", conf, mode=0o640, group="neutron"),
             ConfigFile("/etc/neutron/plugins/ml2/ml2_conf.ini", ml2, mode=0o640, group="neutron"),
             ConfigFile("/etc/neutron/nodeos-uwsgi.ini", uwsgi)]

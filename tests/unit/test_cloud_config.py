@@ -194,7 +194,7 @@ def test_neutron_points_at_the_vips_and_runs_ml2_with_linuxbridge_and_vxlan():
         assert (files[path].mode, files[path].owner, files[path].group) == (0o640, "root", "neutron")
     uwsgi = files["/etc/neutron/nodeos-uwsgi.ini"].content
     assert "http-socket = 0.0.0.0:9696" in uwsgi and "wsgi-file = /usr/bin/neutron-api" in uwsgi
-    assert "uid = neutron" in uwsgi and "threads = 1" in uwsgi and "processes = 2" in uwsgi
+    assert "uid = neutron" in uwsgi and "threads = 1" in uwsgi and "processes = 1" in uwsgi
     assert "processes = 4" in {f.path: f.content for f in render("neutron", context(lab=False))}[
         "/etc/neutron/nodeos-uwsgi.ini"]
     with pytest.raises(ConfigError, match="rabbitmq has no VIP"):
