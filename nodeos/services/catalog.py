@@ -27,11 +27,15 @@ CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
 # The service's own signal (nodeos/cloud/probes.py), not a port check.
-CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "service-list")
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "service-list",
+                "neutron")
 CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
+# neutron's: one network's id, whatever the number of networks (the read still crosses its database).
+NEUTRON_READ = "/v2.0/networks?limit=1&fields=id"
 # An API checked with a keystone token: the read its check does by default.
 API_READS = {"keystone": "/v3/projects", "glance": "/v2/images", "placement": "/resource_providers",
-             "nova": "/v2.1/servers", "cinder": "/v3/volumes"}  # service-list: its API's (SERVICE_LISTS)
+             "nova": "/v2.1/servers", "cinder": "/v3/volumes",  # service-list: its API's (SERVICE_LISTS)
+             "neutron": NEUTRON_READ}
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
 # root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
 TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")

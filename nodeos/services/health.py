@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import psutil
 
-from .catalog import HealthCheckSpec, render_template
+from .catalog import NEUTRON_READ, HealthCheckSpec, render_template
 
 State = Literal["starting", "healthy", "unhealthy"]
 _MAX_BODY = 64 * 1024
@@ -181,6 +181,11 @@ def _check_cinder(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str
     return _check_api(spec, target, "/v3/volumes", VOLUME_VERSION)
 
 
+def _check_neutron(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared), then GET /v2.0/networks through neutron-server's VIP (its database)."""
+    return _check_api(spec, target, NEUTRON_READ)
+
+
 def _check_service_list(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     """A worker (spec.daemon: nova-conductor, cinder-volume ...) of this node "up" in its API's
     (spec.api) own service list, read with a keystone token through that API's VIP: its reports
@@ -267,6 +272,7 @@ _CHECKS = {
     "nova": _check_nova,
     "cinder": _check_cinder,
     "service-list": _check_service_list,
+    "neutron": _check_neutron,
     "rabbitmq": _check_rabbitmq,
 }
 
