@@ -59,6 +59,11 @@ class CatalogError(ValueError):
 # ---------------------------------------------------------------- model
 
 
+# A database behind a schema sync and two service starts on a busy node answers late, not never:
+# restarting it then kills the migration it serves. A hung process still goes after this long.
+SLOW_GRACE = 120.0
+
+
 @dataclass(frozen=True)
 class HealthCheckSpec:
     type: str
@@ -74,6 +79,9 @@ class HealthCheckSpec:
     daemon: str | None = None  # ceph: mon | mgr | osd; service-list: the binary (nova-conductor, cinder-volume ...)
     api: str | None = None  # service-list: whose list (nova | cinder), read through that API's VIP
     start_period: float = 0.0  # seconds after a start in which failures do not count until a pass
+    # Seconds a check may time out while the process lives and its port accepts (`slow`: busy,
+    # not broken) before that counts as a failure; 0: a timeout is a failure at once (`fall`).
+    slow_grace: float = SLOW_GRACE
 
 
 @dataclass(frozen=True)
@@ -404,7 +412,7 @@ MIN_VOLUME = 64 << 20
 _START_KEYS = ("unit", "command")
 _CHECK_KEYS = (
     "type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "expect_body", "command",
-    "daemon", "start_period", "api",
+    "daemon", "start_period", "api", "slow_grace",
 )
 _CHECK_ONLY_FOR = {
     "port": ("tcp", "http", *CLOUD_CHECKS),
@@ -584,6 +592,7 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         rise=_int(where, data.get("rise", 2), path + ("rise",), 1, 100),
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
         start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
+        slow_grace=_number(where, data.get("slow_grace", SLOW_GRACE), path + ("slow_grace",), 0.0, 3600.0, True),
     )
     if kind in CLOUD_CHECKS:
         if data.get("port") is None and service_port is None:
@@ -768,6 +777,8 @@ def _check_to_dict(check: HealthCheckSpec) -> dict[str, Any]:
     }
     if check.start_period:
         out["start_period"] = check.start_period
+    if check.slow_grace != SLOW_GRACE:
+        out["slow_grace"] = check.slow_grace
     optional = {
         "port": check.port,
         "path": check.path,

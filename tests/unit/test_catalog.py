@@ -525,3 +525,22 @@ def test_the_lab_cloud_catalog_runs_neutron_server_at_its_vip_after_its_jobs() -
     order = catalog.start_order()
     assert all(order.index(dep) < order.index("neutron-server") for dep in neutron.depends_on)
     assert [c.path for c in neutron.health if c.type == "neutron"] == ["/v2.0/networks?limit=1&fields=id"]
+
+
+def test_a_check_s_slow_grace_defaults_to_two_minutes_and_zero_turns_it_off() -> None:
+    from nodeos.services.catalog import SLOW_GRACE, Catalog
+
+    catalog = parse("""
+        services:
+          db:
+            placement: singleton
+            port: 3306
+            start: {command: [x]}
+            health: [{type: mariadb}, {type: tcp, slow_grace: 0}, {type: tcp, slow_grace: 300}]
+        """)
+    assert [c.slow_grace for c in catalog["db"].health] == [SLOW_GRACE, 0.0, 300.0] and SLOW_GRACE == 120.0
+    assert Catalog.from_dict(catalog.to_dict()) == catalog
+    assert "slow_grace: must be a number >= 0 and <= 3600, got -1" in error_of("""
+        services:
+          db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: tcp, slow_grace: -1}]}
+        """)
