@@ -296,6 +296,8 @@ def _op_report_health(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]
     seen = op.get("seen")
     if isinstance(seen, int) and not isinstance(seen, bool):
         record.health[node]["seen"] = seen
+    if op.get("stuck") is True:  # its old process survived SIGKILL: the Monitor moves it rather than restart
+        record.health[node]["stuck"] = True
     if previous != health and health in ("unhealthy", "failed", "slow"):
         state.add_event(op["now"], f"service.{health}", service=record.name, node=node, detail=detail)
     elif health == "healthy" and previous == "slow":
