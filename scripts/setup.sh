@@ -52,6 +52,11 @@ cinder-common cinder/configure_db boolean false
 cinder-common cinder/configure_rabbit boolean false
 cinder-common cinder/configure_ksat boolean false
 cinder-api cinder/configure_api-endpoint boolean false
+neutron-common neutron/configure_db boolean false
+neutron-common neutron/configure_rabbit boolean false
+neutron-common neutron/configure_ksat boolean false
+neutron-common neutron/configure_nova boolean false
+neutron-api neutron/configure_api-endpoint boolean false
 PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null
@@ -62,7 +67,7 @@ if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 # tgt or open-iscsi: cinder-volume's iSCSI target or initiator, pulled in by the package, unused with RBD.)
 for unit in memcached nginx ceph-crash mariadb keystone glance-api placement-api nova-api nova-api-metadata \
             nova-conductor nova-scheduler cinder-api cinder-scheduler cinder-volume tgt iscsid.socket iscsid \
-            rabbitmq-server epmd.socket epmd; do
+            neutron-api neutron-rpc-server rabbitmq-server epmd.socket epmd; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || true
 done
 

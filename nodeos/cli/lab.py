@@ -199,8 +199,8 @@ def register(sub: Any) -> None:
     up.add_argument("--expect", type=int, help="bootstrap_expect (default: the number of nodes)")
     up.add_argument("--catalog", default="lab", help="service catalog: a packaged one by name ('lab'; 'storage': with Ceph; "
                     "'cloud': Ceph, MariaDB, RabbitMQ, memcached, keystone, glance-api, placement-api, nova-api, "
-                    "nova-conductor, nova-scheduler, cinder-api, cinder-scheduler, cinder-volume; a node catalog "
-                    "means its lab twin) or a YAML path "
+                    "nova-conductor, nova-scheduler, cinder-api, cinder-scheduler, cinder-volume, neutron-server; "
+                    "a node catalog means its lab twin) or a YAML path "
                     "(default: %(default)s)")
     up.add_argument("--no-services", action="store_true", help="run no catalog services, consensus only")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the cluster to form")

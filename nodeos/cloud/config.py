@@ -38,13 +38,16 @@ _TEMPLATES = jinja2.Environment(
 )
 
 MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292  # RabbitMQ's: rabbitmq.py
-PLACEMENT_PORT, NOVA_PORT, CINDER_PORT = 8778, 8774, 8776
+PLACEMENT_PORT, NOVA_PORT, CINDER_PORT, NEUTRON_PORT = 8778, 8774, 8776, 9696
+# The physical network name of provider (flat or VLAN) networks: the compute plane's agents
+# map it to the node's interface (`--provider-physical-network provider`).
+PHYSICAL_NETWORK = "provider"
 MARIADB_DATADIR = "/var/lib/mysql/data"
 # The OpenStack services that keep a database, by the configuration that uses it; the
 # configuration's name is also its database user's (nova: one user for its three databases).
 DATABASES: dict[str, tuple[str, ...]] = {"keystone": ("keystone",), "glance": ("glance",),
                                          "placement": ("placement",), "nova": ("nova_api", "nova", "nova_cell0"),
-                                         "cinder": ("cinder",)}
+                                         "cinder": ("cinder",), "neutron": ("neutron",)}
 SERVICE_PROJECT = "service"  # where the services' keystone users have the admin role
 
 
@@ -225,6 +228,26 @@ def _cinder(ctx: CloudContext) -> list[ConfigFile]:
         port=CINDER_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8)
     return [ConfigFile("/etc/cinder/cinder.conf", conf, mode=0o640, group="cinder"),
             ConfigFile("/etc/cinder/nodeos-uwsgi.ini", uwsgi), *ceph_files]
+def _neutron(ctx: CloudContext) -> list[ConfigFile]:
+    """neutron-server's API under uWSGI (Debian's neutron-api) with the ML2 plugin: stateless (its
+    networks are in its database), so it moves with its VIP. Each node renders its own (`host`)."""
+    if not ctx.node_id:
+        raise ConfigError("this node's id is not known yet")
+    keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
+    conf = _TEMPLATES.get_template("neutron.conf.j2").render(
+        host=ctx.node_id, transport_url=rabbitmq.transport_url(ctx.vip("rabbitmq"), mq_password(ctx.identity)),
+        connection=f"mysql+pymysql://neutron:{db_password(ctx.identity, 'neutron')}@{ctx.vip('mariadb')}/neutron",
+        keystone=keystone, memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
+        password=service_password(ctx.identity, "neutron"))
+    ml2 = _TEMPLATES.get_template("neutron-ml2.ini.j2").render(physical_network=PHYSICAL_NETWORK)
+    # neutron-api is monkey-patched by eventlet (neutron.cmd.eventlet): one thread per process, as
+    # nova-api. One process in the lab: each loads neutron for seconds of CPU, and neutron-server
+    # starts while nova's schema sync keeps MariaDB busy on the lab's two cores.
+    uwsgi = _TEMPLATES.get_template("neutron-api-uwsgi.ini.j2").render(port=NEUTRON_PORT,
+                                                                       processes=1 if ctx.lab else 4)
+    return [ConfigFile("/etc/neutron/neutron.conf", conf, mode=0o640, group="neutron"),
+            ConfigFile("/etc/neutron/plugins/ml2/ml2_conf.ini", ml2, mode=0o640, group="neutron"),
+            ConfigFile("/etc/neutron/nodeos-uwsgi.ini", uwsgi)]
 
 
 def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
@@ -250,7 +273,7 @@ def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
 
 _RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {
     "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq, "placement": _placement,
-    "nova": _nova, "cinder": _cinder}
+    "nova": _nova, "cinder": _cinder, "neutron": _neutron}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

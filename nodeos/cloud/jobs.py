@@ -32,6 +32,9 @@ SCHEMA_SYNCS: dict[str, tuple[str, ...]] = {
     "nova-api-db-sync": ("nova", "nova-manage", "api_db", "sync"),
     "nova-db-sync": ("nova", "nova-manage", "db", "sync"),  # cell1's database and cell0's
     "cinder-db-sync": ("cinder", "cinder-manage", "db", "sync"),  # also makes the default volume type
+    # Every branch (expand and contract) to its head; the ML2 plugin's file names its tables' drivers.
+    "neutron-db-sync": ("neutron", "neutron-db-manage", "--config-file", "/etc/neutron/neutron.conf",
+                        "--config-file", "/etc/neutron/plugins/ml2/ml2_conf.ini", "upgrade", "heads"),
 }
 # nova's cell mappings as templates nova fills from nova.conf ([database] connection,
 # transport_url) when it loads them: no password or VIP is copied into nova_api, and the

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder")
+CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "neutron")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ KEYSTONE_SERVICES: dict[str, KeystoneService] = {
         # (and so `openstack volume ...`) looks up; keystone fills in the token's project.
         KeystoneService("cinder", "cinderv3", "volumev3", vip_of="cinder-api", port=8776, path="/v3/%(project_id)s",
                         description="OpenStack Block Storage"),
+        KeystoneService("neutron", "neutron", "network", vip_of="neutron-server", port=9696,
+                        description="OpenStack Networking"),
     )
 }
 
@@ -109,6 +111,9 @@ JOBS: dict[str, JobDef] = {
         JobDef("nova-db-sync", config="nova", after_jobs=("nova-cell1-create",)),
         JobDef("cinder-db", config="mariadb", after_services=("mariadb",)),
         JobDef("cinder-db-sync", config="cinder", after_jobs=("cinder-db",)),
+        # neutron's database, then its schema: every branch's head (expand and contract).
+        JobDef("neutron-db", config="mariadb", after_services=("mariadb",)),
+        JobDef("neutron-db-sync", config="neutron", after_jobs=("neutron-db",)),
         *(JobDef(f"keystone-register-{user}", config=user, after_services=("keystone",),
                  after_jobs=("keystone-bootstrap",)) for user in KEYSTONE_SERVICES),
     )

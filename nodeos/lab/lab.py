@@ -88,9 +88,13 @@ class LabSpec:
     loads: list[int] = field(default_factory=list)  # pids of running `load` faults
 
 
-# Ceph in the lab (catalog lab-storage): OSDs on 1 GiB files only (the
-# namespaces see the host's disks, which are never the lab's), small targets.
-LAB_STORAGE: dict[str, Any] = {"osd_disks": "file", "tuning": "lab", "osd_file_size": 1 << 30}
+# Ceph in the lab (catalog lab-storage): OSDs on files only (the namespaces see
+# the host's disks, which are never the lab's), small targets. 4 GiB, sparse: a
+# file OSD is hdd-class, so MariaDB's small fsynced writes are deferred through
+# RocksDB's WAL (up to about 1 GiB of memtables); on 1 GiB files the whole cloud
+# catalog's schema syncs filled them (bluefs 854 MiB used, OSD_FULL, every write
+# blocked) with under 130 MiB of data stored.
+LAB_STORAGE: dict[str, Any] = {"osd_disks": "file", "tuning": "lab", "osd_file_size": 4 << 30}
 
 
 def _check_name(name: str) -> None:

@@ -27,11 +27,15 @@ CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
 # The service's own signal (nodeos/cloud/probes.py), not a port check.
-CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "service-list")
+CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "service-list",
+                "neutron")
 CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
+# neutron's: one network's id, whatever the number of networks (the read still crosses its database).
+NEUTRON_READ = "/v2.0/networks?limit=1&fields=id"
 # An API checked with a keystone token: the read its check does by default.
 API_READS = {"keystone": "/v3/projects", "glance": "/v2/images", "placement": "/resource_providers",
-             "nova": "/v2.1/servers", "cinder": "/v3/volumes"}  # service-list: its API's (SERVICE_LISTS)
+             "nova": "/v2.1/servers", "cinder": "/v3/volumes",  # service-list: its API's (SERVICE_LISTS)
+             "neutron": NEUTRON_READ}
 CEPH_DAEMONS = ("mon", "mgr", "osd")  # the `ceph` check asks the daemon's admin socket (nodeos/storage/asok.py)
 # root: where packaged services' /etc, /var/lib... live ("" on a node; the node's private root in the lab).
 TEMPLATE_NAMES = ("run_dir", "node_id", "vip", "port", "bind", "ceph_dir", "root")
@@ -55,6 +59,11 @@ class CatalogError(ValueError):
 # ---------------------------------------------------------------- model
 
 
+# A database behind a schema sync and two service starts on a busy node answers late, not never:
+# restarting it then kills the migration it serves. A hung process still goes after this long.
+SLOW_GRACE = 120.0
+
+
 @dataclass(frozen=True)
 class HealthCheckSpec:
     type: str
@@ -70,6 +79,9 @@ class HealthCheckSpec:
     daemon: str | None = None  # ceph: mon | mgr | osd; service-list: the binary (nova-conductor, cinder-volume ...)
     api: str | None = None  # service-list: whose list (nova | cinder), read through that API's VIP
     start_period: float = 0.0  # seconds after a start in which failures do not count until a pass
+    # Seconds a check may time out while the process lives and its port accepts (`slow`: busy,
+    # not broken) before that counts as a failure; 0: a timeout is a failure at once (`fall`).
+    slow_grace: float = SLOW_GRACE
 
 
 @dataclass(frozen=True)
@@ -400,7 +412,7 @@ MIN_VOLUME = 64 << 20
 _START_KEYS = ("unit", "command")
 _CHECK_KEYS = (
     "type", "interval", "timeout", "rise", "fall", "port", "path", "expect_status", "expect_body", "command",
-    "daemon", "start_period", "api",
+    "daemon", "start_period", "api", "slow_grace",
 )
 _CHECK_ONLY_FOR = {
     "port": ("tcp", "http", *CLOUD_CHECKS),
@@ -580,6 +592,7 @@ def _build_check(where: _Where, raw: Any, path: PathKey, service_port: int | Non
         rise=_int(where, data.get("rise", 2), path + ("rise",), 1, 100),
         fall=_int(where, data.get("fall", 2), path + ("fall",), 1, 100),
         start_period=_number(where, data.get("start_period", 0.0), path + ("start_period",), 0.0, 3600.0, True),
+        slow_grace=_number(where, data.get("slow_grace", SLOW_GRACE), path + ("slow_grace",), 0.0, 3600.0, True),
     )
     if kind in CLOUD_CHECKS:
         if data.get("port") is None and service_port is None:
@@ -764,6 +777,8 @@ def _check_to_dict(check: HealthCheckSpec) -> dict[str, Any]:
     }
     if check.start_period:
         out["start_period"] = check.start_period
+    if check.slow_grace != SLOW_GRACE:
+        out["slow_grace"] = check.slow_grace
     optional = {
         "port": check.port,
         "path": check.path,

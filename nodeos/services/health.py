@@ -4,6 +4,13 @@
 result with a detail an operator can read. `HealthTracker` and
 `ServiceHealth` are pure: time is an argument (`now`), so they are
 deterministic and unit-testable without a network.
+
+A check that timed out while the process lives and its port accepts
+connections is `slow`, not failed: the service is busy (a database under a
+schema sync on a loaded node), and restarting it would kill the work it is
+doing. Slow answers make the check `slow` (reported, never repaired) until
+they have lasted the check's `slow_grace`; then, or after `fall` refused or
+wrong answers, it is unhealthy as before.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import psutil
 
-from .catalog import HealthCheckSpec, render_template
+from .catalog import NEUTRON_READ, HealthCheckSpec, render_template
 
-State = Literal["starting", "healthy", "unhealthy"]
+State = Literal["starting", "healthy", "slow", "unhealthy"]
 _MAX_BODY = 64 * 1024
 KEYSTONE_PORT = 5000  # where the API checks get their token, at keystone's VIP
 # placement answers without the header too (as 1.0), but a client always names the microversion it speaks.
@@ -36,6 +43,7 @@ class CheckResult:
     ok: bool
     detail: str
     duration: float
+    slow: bool = False  # failed by a timeout while the process lived and its port accepted (see slow_result)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,66 @@ def run_check(spec: HealthCheckSpec, target: CheckTarget) -> CheckResult:
         ok, detail = _CHECKS[spec.type](spec, target)
     except Exception as exc:  # a check must never take the agent down
         ok, detail = False, f"{type(exc).__name__}: {exc}"
-    return CheckResult(ok=ok, detail=detail, duration=time.monotonic() - started)
+    result = CheckResult(ok=ok, detail=detail, duration=time.monotonic() - started)
+    if not ok and spec.slow_grace > 0 and timed_out(detail):
+        try:
+            return slow_result(result, _process_state(target.pid), _reach(spec, target), spec.timeout)
+        except Exception:  # noqa: BLE001 (the check's own result stands)
+            return result
+    return result
+
+
+# The probes' word for a timeout (socket.timeout, pymysql 2013, a command's deadline).
+TIMED_OUT = "timed out"
+# A process in these states is frozen or gone, not busy: its timeouts are failures.
+NOT_BUSY = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def timed_out(detail: str) -> bool:
+    return TIMED_OUT in detail
+
+
+def slow_result(result: CheckResult, process: str | None, reach: tuple[str, int] | None, timeout: float,
+                connect: Callable[[tuple[str, int], float], bool] | None = None) -> CheckResult:
+    """A timed-out result as `slow` when the process is alive and runnable (`process`: its psutil
+    status) and the check's port (`reach`, if it has one) accepts a connection; else unchanged."""
+    if process is None or process in NOT_BUSY:
+        return result
+    if reach is not None and not (connect or _accepts)(reach, timeout):
+        return result
+    where = f", port {reach[1]} accepting" if reach else ""
+    return CheckResult(ok=False, detail=f"slow: {result.detail} (process {process}{where})", duration=result.duration,
+                       slow=True)
+
+
+def _process_state(pid: int | None) -> str | None:
+    if pid is None:
+        return None
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.Error:
+        return None
+
+
+def _reach(spec: HealthCheckSpec, target: CheckTarget) -> tuple[str, int] | None:
+    """Where the check's port listens: the API a service list is read from, else this service."""
+    if spec.port is None:
+        return None
+    if spec.type == "service-list":
+        from nodeos.cloud.registry import SERVICE_LISTS
+
+        listing = SERVICE_LISTS.get(spec.api or "")
+        host = target.vips.get(listing.vip_of) if listing else None
+        return (host, spec.port) if host else None
+    return (target.vip or target.host, spec.port)
+
+
+def _accepts(address: tuple[str, int], timeout: float) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _check_process(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
@@ -181,6 +248,11 @@ def _check_cinder(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str
     return _check_api(spec, target, "/v3/volumes", VOLUME_VERSION)
 
 
+def _check_neutron(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """A keystone token (shared), then GET /v2.0/networks through neutron-server's VIP (its database)."""
+    return _check_api(spec, target, NEUTRON_READ)
+
+
 def _check_service_list(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     """A worker (spec.daemon: nova-conductor, cinder-volume ...) of this node "up" in its API's
     (spec.api) own service list, read with a keystone token through that API's VIP: its reports
@@ -267,31 +339,49 @@ _CHECKS = {
     "nova": _check_nova,
     "cinder": _check_cinder,
     "service-list": _check_service_list,
+    "neutron": _check_neutron,
     "rabbitmq": _check_rabbitmq,
 }
 
 
 class HealthTracker:
     """Debounces check results: `rise` successes in a row make a check
-    healthy, `fall` failures in a row make it unhealthy. Pure, no clock."""
+    healthy, `fall` failures in a row make it unhealthy. Slow results (a
+    timeout on a live, listening process) neither pass nor fail: the check
+    is `slow` until a pass, or unhealthy once its answers have been missing
+    for `slow_grace` seconds (counted from the first slow or failed result
+    of the streak). Pure: time is an argument."""
 
-    def __init__(self, rise: int = 2, fall: int = 2) -> None:
+    def __init__(self, rise: int = 2, fall: int = 2, slow_grace: float = 0.0) -> None:
         if rise < 1 or fall < 1:
             raise ValueError("rise and fall must be >= 1")
         self.rise = rise
         self.fall = fall
+        self.slow_grace = slow_grace
         self.state: State = "starting"
+        self._base: State = "starting"  # the state without slowness: starting, healthy or unhealthy
         self._successes = 0
         self._failures = 0
+        self._missing_since: float | None = None  # first result of the current streak without a pass
 
-    def observe(self, ok: bool) -> State | None:
+    def observe(self, ok: bool, slow: bool = False, now: float = 0.0) -> State | None:
         """Count one result; return the new state if it changed, else None."""
         if ok:
-            self._successes, self._failures = self._successes + 1, 0
-            new: State = "healthy" if self._successes >= self.rise else self.state
+            self._successes, self._failures, self._missing_since = self._successes + 1, 0, None
+            if self._successes >= self.rise:
+                self._base = "healthy"
+            new: State = self._base
         else:
-            self._failures, self._successes = self._failures + 1, 0
-            new = "unhealthy" if self._failures >= self.fall else self.state
+            self._successes = 0
+            if self._missing_since is None:
+                self._missing_since = now
+            if not slow:
+                self._failures += 1  # a slow answer between two failures neither resets nor counts
+            overdue = slow and now - self._missing_since >= self.slow_grace
+            if self._failures >= self.fall or overdue:
+                self._base = "unhealthy"
+            slowing = self._base != "unhealthy" and (slow or self.state == "slow")
+            new = "slow" if slowing else self._base
         if new == self.state:
             return None
         self.state = new
@@ -299,8 +389,9 @@ class HealthTracker:
 
     def reset(self) -> None:
         """Back to "starting" (e.g. after a restart of the service)."""
-        self.state = "starting"
+        self.state = self._base = "starting"
         self._successes = self._failures = 0
+        self._missing_since = None
 
 
 @dataclass
@@ -314,10 +405,10 @@ class _CheckSlot:
 class ServiceHealth:
     """All checks of one service. A check is due `interval` after its last
     result; the service is healthy when every check is, unhealthy when any
-    is, starting otherwise. `now` is always an argument (monotonic seconds)."""
+    is, slow when none is unhealthy and any is slow, starting otherwise. `now` is always an argument (monotonic seconds)."""
 
     def __init__(self, checks: Sequence[HealthCheckSpec], now: float = 0.0) -> None:
-        self._slots = [_CheckSlot(spec, HealthTracker(spec.rise, spec.fall), now) for spec in checks]
+        self._slots = [_CheckSlot(spec, HealthTracker(spec.rise, spec.fall, spec.slow_grace), now) for spec in checks]
         self._started = now
         self.state: State = self._aggregate()
 
@@ -339,7 +430,7 @@ class ServiceHealth:
         # failures (a database initialising its files); one pass ends the grace.
         in_grace = slot.tracker.state == "starting" and now - self._started < slot.spec.start_period
         if result.ok or not in_grace:
-            slot.tracker.observe(result.ok)
+            slot.tracker.observe(result.ok, result.slow, now)
         slot.next_due = now + slot.spec.interval
         new = self._aggregate()
         if new == self.state:
@@ -386,6 +477,8 @@ class ServiceHealth:
         states = [slot.tracker.state for slot in self._slots]
         if any(state == "unhealthy" for state in states):
             return "unhealthy"
+        if any(state == "slow" for state in states):
+            return "slow"  # reported, not repaired: the Monitor restarts only unhealthy or failed instances
         if states and all(state == "healthy" for state in states):
             return "healthy"
         return "starting"

@@ -423,7 +423,7 @@ def _health_note(record: ServiceRecord, node: str | None, instance: Any) -> str:
     """Why an instance is not healthy: the failing check (its layer) and a dependency hold."""
     report = record.health.get(node or "", {})
     note = ""
-    if report.get("state") in ("unhealthy", "failed") and report.get("detail"):
+    if report.get("state") in ("unhealthy", "failed", "slow") and report.get("detail"):
         note = str(report["detail"])[:160]
     if instance is not None and instance.waiting_for:
         note = _join(note, f"held: waiting for {', '.join(instance.waiting_for)}")

@@ -19,6 +19,11 @@ Rules for a singleton, in order:
 * unhealthy or failed on its node for the current generation: restart in
   place once the back-off deadline has passed, with exponential back-off;
   after `max_restarts` restarts, migrate to another healthy node;
+* stuck (its agent could not stop the old process: it survived SIGKILL,
+  typically in D state on a volume whose I/O hangs): migrate at once, as an
+  in-place restart cannot start beside it; the move fences the holder's RBD
+  client before the volume is attached elsewhere, which also fails the
+  stuck process's pending I/O so it can exit;
 * healthy for `reset_after`: forget past restarts.
 Every-node services get the same restart rule per node, without migration.
 
@@ -126,6 +131,13 @@ def _restart_or_escalate(state: ClusterState, record: ServiceRecord, spec: Servi
         return held or None
     if report["state"] in FAILING:
         policy = spec.restart
+        if report.get("stuck") and can_migrate:
+            target = choose_node(state, {node} | _failing_nodes(record), planned)
+            if target is not None:
+                fence = "; its volume's client there is fenced first" if spec.volume is not None else ""
+                return {**base, "op": "migrate", "to": target, "source_released": False,
+                        "reason": f"stuck on {node} ({report.get('detail') or 'stop failed'}): "
+                                  f"not restartable in place{fence}"[:300]}
         if restarts >= policy.max_restarts and can_migrate:
             target = choose_node(state, {node} | _failing_nodes(record), planned)
             if target is not None:

@@ -74,6 +74,7 @@ class Local:
     pending: dict[int, Future] = field(default_factory=dict)
     state: str = "starting"
     detail: str = ""
+    stuck: bool = False  # the previous instance survived SIGKILL: this generation was never started
 
 
 def volume_may_attach(state: ClusterState, service: str, me: str) -> bool:
@@ -181,14 +182,17 @@ class NodeServices:
     def _ensure_running(self, spec: ServiceSpec, want: Desired, now: float, held: set[str]) -> None:
         local = self.local.get(spec.name)
         if local is not None and local.generation >= want.generation:
-            if want.vip and (local.vip != want.vip or want.vip not in held):
+            if want.vip and not local.stuck and (local.vip != want.vip or want.vip not in held):
                 # Also after a fence took it away while this process was hung.
                 if self._add_vip(want.vip):
                     local.vip = want.vip
             return  # running (or failed: restarting is the Monitor's decision)
         if local is not None:
             log.event("service.restarting", service=spec.name, generation=want.generation)
-            self._stop_process(spec.name)
+            error = self._stop_process(spec.name)
+            if error is not None:
+                self._stuck(spec, want, error, now)
+                return
         if not self._configured(spec):
             return
         if want.vip and not self._add_vip(want.vip):  # before the service: it may bind the VIP
@@ -212,6 +216,18 @@ class NodeServices:
             self._report(spec.name, "failed", want.generation, detail, now)
         else:
             self._report(spec.name, "starting", want.generation, detail, now, force=True)
+
+    def _stuck(self, spec: ServiceSpec, want: Desired, error: str, now: float) -> None:
+        """The old process outlived SIGKILL (D state: I/O on a volume that does not answer). Starting
+        beside it would only find it "running": report the new generation failed and stuck, so the
+        Monitor moves the service (fencing its volume first, which fails the pending I/O)."""
+        local = self.local.get(spec.name)
+        vip = local.vip if local is not None else None
+        stuck = Local(want.generation, ServiceHealth(spec.health, now), vip, now, state="failed",
+                      detail=f"stuck: {error}", stuck=True)
+        self.local[spec.name] = stuck
+        log.event("service.stuck", level="error", service=spec.name, generation=want.generation, error=error)
+        self._report(spec.name, "failed", want.generation, stuck.detail, now, force=True, stuck=True)
 
     def _configured(self, spec: ServiceSpec) -> bool:
         """Its configuration written from the state; False (logged once per reason) while that must wait."""
@@ -243,22 +259,28 @@ class NodeServices:
         local = self.local.pop(name, None)
         if local is not None and local.vip:
             self._remove_vip(local.vip)  # first: clients stop coming while it stops
-        if self._stop_process(name):
+        error = self._stop_process(name)
+        if error is None:
             self.gate.release_service(name)
             if self.volumes is not None and name in self.volumes.held_here():
                 # After the process (it may flush on exit); fenced: do not wait on OSDs it may not reach.
                 self.volumes.release(name, lambda op: self.submit(op), fenced=reason == "fenced")
+        if error is not None:
+            # Its VIP is gone; a volume stays attached here, and the Monitor fences its client before
+            # another node attaches it (invariant 3): a release may go on without this process.
+            reason = f"{reason}; stop failed: {error}"
         log.event("service.stopped", service=name, reason=reason)
         if report:
             self._report(name, "stopped", local.generation if local else 0, reason, time.monotonic(), force=True)
 
-    def _stop_process(self, name: str) -> bool:
+    def _stop_process(self, name: str) -> str | None:
+        """Stop the service's processes; None when they are gone, else why not."""
         try:
             self.runtime.stop(name)
-            return True
+            return None
         except ServiceRuntimeError as exc:
             log.event("service.stop_failed", level="error", service=name, error=str(exc))
-            return False
+            return str(exc)
 
     def _add_vip(self, vip: str) -> bool:
         """Claim (the guard must confirm a valid grant), add, then announce if still valid."""
@@ -317,10 +339,13 @@ class NodeServices:
 
     # -- health -------------------------------------------------------------------
     def _run_checks(self, catalog: Catalog, now: float, vips: Mapping[str, str]) -> None:
-        for name, local in self.local.items():
+        for name, local in list(self.local.items()):  # a stuck instance whose process is gone leaves
             if name not in catalog:
                 continue
             pid = self.runtime.main_pid(name)
+            if local.stuck:
+                self._watch_stuck(name, local, pid, now)
+                continue
             if pid is None:
                 # A dead main process is definite: no need to wait for `fall` checks.
                 if local.state != "failed":
@@ -339,6 +364,15 @@ class NodeServices:
             detail = "; ".join(f"{d['type']}: {d['detail']}" for d in local.health.details() if d["detail"] and d["ok"] is False)
             self._report(name, local.state, local.generation, detail or local.state, now)
 
+    def _watch_stuck(self, name: str, local: Local, pid: int | None, now: float) -> None:
+        """A stuck instance is not checked: it is failed until its old process is gone; then it is
+        forgotten, so the next pass starts its generation here (if the service is still placed here)."""
+        if pid is None:
+            log.event("service.unstuck", service=name, generation=local.generation)
+            self.local.pop(name, None)
+            return
+        self._report(name, "failed", local.generation, local.detail, now, stuck=True)
+
     def _collect(self, local: Local, now: float) -> None:
         for index, future in list(local.pending.items()):
             if future.done():
@@ -349,7 +383,8 @@ class NodeServices:
                     result = CheckResult(False, repr(exc), 0.0)
                 local.health.record(index, result, now)
 
-    def _report(self, name: str, state: str, generation: int, detail: str, now: float, force: bool = False) -> None:
+    def _report(self, name: str, state: str, generation: int, detail: str, now: float, force: bool = False,
+                stuck: bool = False) -> None:
         key = (state, generation)
         if not force and self._reported.get(name) == key:
             return
@@ -357,8 +392,11 @@ class NodeServices:
             return  # rate limit: the latest state goes out on a later pass
         self._reported[name] = key
         self._last_report[name] = now
-        self.submit({"op": "report_health", "now": time.time(), "service": name, "node": self.node_id,
-                     "state": state, "generation": generation, "detail": detail, "seen": self._seen})
+        op = {"op": "report_health", "now": time.time(), "service": name, "node": self.node_id,
+              "state": state, "generation": generation, "detail": detail, "seen": self._seen}
+        if stuck:
+            op["stuck"] = True
+        self.submit(op)
 
     def local_view(self) -> dict[str, Any]:
         return {name: {"generation": l.generation, "state": l.state, "vip": l.vip, "pid": self.runtime.main_pid(name)}

@@ -21,7 +21,8 @@ from .catalog import Catalog, CatalogError
 from nodeos.cluster.split import OPERATOR_CATALOG
 from nodeos.cluster.state import ClusterState, OpError, ServiceRecord, _require, register
 
-HEALTH_STATES = ("starting", "healthy", "unhealthy", "failed", "stopped")
+# slow: answers time out while the process lives and listens (busy): reported, never repaired.
+HEALTH_STATES = ("starting", "healthy", "slow", "unhealthy", "failed", "stopped")
 
 
 def _service(state: ClusterState, op: dict[str, Any]) -> ServiceRecord:
@@ -295,8 +296,13 @@ def _op_report_health(state: ClusterState, op: dict[str, Any]) -> dict[str, Any]
     seen = op.get("seen")
     if isinstance(seen, int) and not isinstance(seen, bool):
         record.health[node]["seen"] = seen
-    if previous != health and health in ("unhealthy", "failed"):
+    if op.get("stuck") is True:  # its old process survived SIGKILL: the Monitor moves it rather than restart
+        record.health[node]["stuck"] = True
+    if previous != health and health in ("unhealthy", "failed", "slow"):
         state.add_event(op["now"], f"service.{health}", service=record.name, node=node, detail=detail)
+    elif health == "healthy" and previous == "slow":
+        state.add_event(op["now"], "service.recovered", service=record.name, node=node, outcome="ok",
+                        detail="answering in time again")
     elif health == "healthy" and previous in ("unhealthy", "failed", "starting") and _recovering(record, node):
         state.add_event(op["now"], "service.recovered", service=record.name, node=node, outcome="ok",
                         detail=f"generation {generation}")

@@ -38,7 +38,8 @@ pytestmark = [
 ]
 
 CLOUD_SINGLETONS = ("mariadb", "memcached", "keystone", "glance-api", "placement-api",  # healthy again after a fault
-                    "nova-api", "nova-conductor", "nova-scheduler", "cinder-api", "cinder-scheduler", "cinder-volume")
+                    "nova-api", "nova-conductor", "nova-scheduler", "cinder-api", "cinder-scheduler", "cinder-volume",
+                    "neutron-server")
 CLOUD_SETTLE = 300.0  # MariaDB's first start on its volume, keystone's schema (a minute on 2 cores), bootstrap
 
 
@@ -141,9 +142,10 @@ def test_the_openstack_client_gets_a_token_and_a_catalog_at_the_vips(lab: Lab) -
 
 def test_one_time_jobs_ran_exactly_once_and_are_in_the_event_log(lab: Lab) -> None:
     expected = ["cinder-db", "cinder-db-sync", "glance-db", "glance-db-sync", "keystone-bootstrap", "keystone-db-sync",
-                "keystone-register-cinder", "keystone-register-glance", "keystone-register-nova",
-                "keystone-register-placement", "nova-api-db-sync", "nova-cell0-map", "nova-cell1-create", "nova-db",
-                "nova-db-sync", "placement-db", "placement-db-sync"]
+                "keystone-register-cinder", "keystone-register-glance", "keystone-register-neutron",
+                "keystone-register-nova", "keystone-register-placement", "neutron-db", "neutron-db-sync",
+                "nova-api-db-sync", "nova-cell0-map", "nova-cell1-create", "nova-db", "nova-db-sync", "placement-db",
+                "placement-db-sync"]
 
     def finished() -> dict[str, Any] | None:
         view = status_json(lab, "n3")

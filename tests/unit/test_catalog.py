@@ -364,9 +364,10 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
-    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, cinder, got 'neutron'" in error_of("""
+    assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, cinder, neutron, " \
+        "got 'horizon'" in error_of("""
         services:
-          api: {placement: singleton, vip: false, start: {command: [x]}, config: neutron}
+          api: {placement: singleton, vip: false, start: {command: [x]}, config: horizon}
         """)
     assert "jobs[0]: unknown job 'db-sync'" in error_of("""
         services:
@@ -402,7 +403,13 @@ def test_cloud_checks_use_the_service_port_and_keystone_reads_a_path() -> None:
           placement-api: {placement: singleton, port: 8778, start: {command: [x]}, health: [{type: placement}]}
         """)["placement-api"].health[0]
     assert (placement.port, placement.path) == (8778, "/resource_providers")
-    assert "only allowed for http and keystone and glance and placement and nova and cinder and service-list checks" \
+    neutron = parse("""
+        services:
+          neutron-server: {placement: singleton, port: 9696, start: {command: [x]}, health: [{type: neutron}]}
+        """)["neutron-server"].health[0]
+    assert (neutron.port, neutron.path) == (9696, "/v2.0/networks?limit=1&fields=id")
+    assert "only allowed for http and keystone and glance and placement and nova and cinder and neutron and " \
+        "service-list checks" \
         in error_of("""
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: mariadb, path: /x}]}
@@ -507,3 +514,33 @@ def test_the_lab_cloud_catalog_runs_cinder_after_its_dependencies() -> None:
         spec = catalog[name]
         assert spec.singleton and not spec.vip and spec.config == "cinder" and "cinder-api" in spec.depends_on
         assert [(c.api, c.daemon) for c in spec.health if c.type == "service-list"] == [("cinder", name)]
+
+
+def test_the_lab_cloud_catalog_runs_neutron_server_at_its_vip_after_its_jobs() -> None:
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    neutron = catalog["neutron-server"]
+    assert neutron.singleton and neutron.vip and neutron.port == 9696 and neutron.config == "neutron"
+    assert set(neutron.depends_on) == {"mariadb", "memcached", "rabbitmq", "keystone"}
+    assert list(neutron.jobs) == ["neutron-db-sync", "keystone-register-neutron"]
+    order = catalog.start_order()
+    assert all(order.index(dep) < order.index("neutron-server") for dep in neutron.depends_on)
+    assert [c.path for c in neutron.health if c.type == "neutron"] == ["/v2.0/networks?limit=1&fields=id"]
+
+
+def test_a_check_s_slow_grace_defaults_to_two_minutes_and_zero_turns_it_off() -> None:
+    from nodeos.services.catalog import SLOW_GRACE, Catalog
+
+    catalog = parse("""
+        services:
+          db:
+            placement: singleton
+            port: 3306
+            start: {command: [x]}
+            health: [{type: mariadb}, {type: tcp, slow_grace: 0}, {type: tcp, slow_grace: 300}]
+        """)
+    assert [c.slow_grace for c in catalog["db"].health] == [SLOW_GRACE, 0.0, 300.0] and SLOW_GRACE == 120.0
+    assert Catalog.from_dict(catalog.to_dict()) == catalog
+    assert "slow_grace: must be a number >= 0 and <= 3600, got -1" in error_of("""
+        services:
+          db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: tcp, slow_grace: -1}]}
+        """)

@@ -22,7 +22,8 @@ IDENTITY = ClusterIdentity("cluster-1", b"s" * 32, "", "")
 KEYS = {"fernet": [make_fernet_key(lambda n: b"a" * n), make_fernet_key(lambda n: b"b" * n)],
         "credential": [make_fernet_key(lambda n: b"c" * n), make_fernet_key(lambda n: b"d" * n)]}
 VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202", "glance-api": "10.0.0.203",
-        "placement-api": "10.0.0.204", "rabbitmq": "10.0.0.205", "nova-api": "10.0.0.206"}
+        "placement-api": "10.0.0.204", "rabbitmq": "10.0.0.205", "nova-api": "10.0.0.206",
+        "neutron-server": "10.0.0.207"}
 GLANCE_KEY, CINDER_KEY = make_key(lambda n: b"g" * n), make_key(lambda n: b"k" * n)
 CEPH = {"fsid": "0b3f3a4e-4f0e-5d5e-9c8e-111111111111", "mons": {"n1": "10.0.0.1", "n2": "10.0.0.2"},
         "keys": {"glance": GLANCE_KEY, "cinder": CINDER_KEY}, "pools": ["cinder", "images", "nodeos-volumes"]}
@@ -168,6 +169,41 @@ def test_nova_waits_for_this_nodes_address_and_the_vips_it_names():
         render("nova", context(vips={k: v for k, v in VIPS.items() if k != "rabbitmq"}))
 
 
+def test_neutron_points_at_the_vips_and_runs_ml2_with_linuxbridge_and_vxlan():
+    files = {f.path: f for f in render("neutron", context())}
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(files["/etc/neutron/neutron.conf"].content)
+    default = conf["DEFAULT"]
+    assert (default["host"], default["core_plugin"], default["service_plugins"]) == ("n2", "ml2", "router")
+    assert default["transport_url"] == f"rabbit://openstack:{mq_password(IDENTITY)}@10.0.0.205:5672/"
+    assert default["notify_nova_on_port_status_changes"] == "false"  # no compute plane yet
+    assert conf["database"]["connection"] == \
+        f"mysql+pymysql://neutron:{db_password(IDENTITY, 'neutron')}@10.0.0.200/neutron"
+    assert (conf["database"]["max_retries"], conf["database"]["retry_interval"]) == ("-1", "1")
+    assert conf["oslo_messaging_rabbit"]["heartbeat_timeout_threshold"] == "6"
+    auth = conf["keystone_authtoken"]
+    assert (auth["auth_url"], auth["memcached_servers"], auth["username"], auth["password"]) == \
+        ("http://10.0.0.202:5000", "10.0.0.201:11211", "neutron", service_password(IDENTITY, "neutron"))
+    assert conf["experimental"]["linuxbridge"] == "true"  # Zed loads the linuxbridge driver only so
+    ml2 = configparser.ConfigParser(interpolation=None)
+    ml2.read_string(files["/etc/neutron/plugins/ml2/ml2_conf.ini"].content)
+    assert (ml2["ml2"]["type_drivers"], ml2["ml2"]["tenant_network_types"], ml2["ml2"]["mechanism_drivers"]) == \
+        ("flat,vlan,vxlan", "vxlan", "linuxbridge")
+    assert ml2["ml2_type_flat"]["flat_networks"] == ml2["ml2_type_vlan"]["network_vlan_ranges"] == "provider"
+    assert ml2["ml2_type_vxlan"]["vni_ranges"] == "1:1000"
+    for path in ("/etc/neutron/neutron.conf", "/etc/neutron/plugins/ml2/ml2_conf.ini"):
+        assert (files[path].mode, files[path].owner, files[path].group) == (0o640, "root", "neutron")
+    uwsgi = files["/etc/neutron/nodeos-uwsgi.ini"].content
+    assert "http-socket = 0.0.0.0:9696" in uwsgi and "wsgi-file = /usr/bin/neutron-api" in uwsgi
+    assert "uid = neutron" in uwsgi and "threads = 1" in uwsgi and "processes = 1" in uwsgi
+    assert "processes = 4" in {f.path: f.content for f in render("neutron", context(lab=False))}[
+        "/etc/neutron/nodeos-uwsgi.ini"]
+    with pytest.raises(ConfigError, match="rabbitmq has no VIP"):
+        render("neutron", context(vips={k: v for k, v in VIPS.items() if k != "rabbitmq"}))
+    with pytest.raises(ConfigError, match="this node's id"):
+        render("neutron", context(node_id=""))
+
+
 def test_the_context_knows_this_nodes_address_from_the_state():
     from nodeos.cloud.config import context_from_state
     from nodeos.cluster.state import ClusterState
@@ -248,6 +284,8 @@ def test_mariadb_creates_a_database_per_service_in_use():
     for database in ("nova_api", "nova", "nova_cell0"):
         assert f"CREATE DATABASE IF NOT EXISTS `{database}`;" in sql
         assert f"GRANT ALL PRIVILEGES ON `{database}`.* TO 'nova'@'%';" in sql
+    with_neutron = {f.path: f for f in render("mariadb", context(configs=("mariadb", "neutron")))}
+    assert "GRANT ALL PRIVILEGES ON `neutron`.* TO 'neutron'@'%';" in with_neutron["/etc/mysql/nodeos-init.sql"].content
     bare = {f.path: f for f in render("mariadb", context(configs=("mariadb",)))}["/etc/mysql/nodeos-init.sql"]
     assert "`keystone`" not in bare.content and "`glance`" not in bare.content
 

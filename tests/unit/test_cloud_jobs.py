@@ -120,7 +120,7 @@ def test_glance_jobs_database_on_mariadbs_node_then_schema_and_keystone_registra
     healthy(state, "mariadb", "c", 3.0)
     first = {o["job"]: o["node"] for o in decide(state, 3.0) if o["op"] == "job_assign"}
     assert first == {"keystone-db-sync": "b", "glance-db": "c", "placement-db": "c", "nova-db": "c",
-                     "cinder-db": "c"}  # where MariaDB runs
+                     "cinder-db": "c", "neutron-db": "c"}  # where MariaDB runs
     assert finish(state, "glance-db", 4.0)["node"] == "c"
     assert finish(state, "glance-db-sync", 5.0)["node"] == "a"  # glance's node: it has glance's configuration
     finish(state, "keystone-db-sync", 6.0)
@@ -261,6 +261,38 @@ def test_cinder_jobs_database_schema_and_registration_at_its_vip_with_the_projec
     assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
         ("http://10.0.0.207:8776/v3/%(project_id)s", "volumev3", "cinderv3")
     assert (env["NODEOS_SERVICE_USER"], env["NODEOS_SERVICE_PASSWORD"]) == ("cinder", service_password(identity, "cinder"))
+
+
+def test_neutron_jobs_database_schema_heads_and_registration_at_its_vip(state):
+    from nodeos.cloud.config import CloudContext
+    from nodeos.cloud.jobs import commands
+    from nodeos.cloud.secrets import service_password
+    from nodeos.cluster.identity import ClusterIdentity
+
+    apply(state, {"op": "place", "now": 1.0, "service": "mariadb", "node": "c", "by": "a", "term": 1, "reason": "t"})
+    apply(state, {"op": "place", "now": 1.0, "service": "neutron-server", "node": "b", "by": "a", "term": 1,
+                  "reason": "t"})
+    healthy(state, "mariadb", "c", 3.0)
+    assert finish(state, "neutron-db", 4.0)["node"] == "c"
+    assert finish(state, "neutron-db-sync", 5.0)["node"] == "b"  # neutron's node: it has neutron.conf and ml2_conf.ini
+    for job in ("keystone-db-sync", "keystone-bootstrap"):
+        finish(state, job, 6.0)
+    healthy(state, "keystone", "b", 7.0)
+    assert finish(state, "keystone-register-neutron", 8.0)["node"] == "b"
+    want = desired_here(state, CATALOG, "b", False, set())["neutron-server"]
+    assert "job" not in " ".join(want.waiting_for)
+
+    identity = ClusterIdentity("cluster-1", b"s" * 32, "", "")
+    ctx = CloudContext(identity=identity, vips={"keystone": "10.0.0.202", "neutron-server": "10.0.0.207"}, keys={})
+    [sync] = commands("neutron-db-sync", ctx)
+    assert sync.argv == ("runuser", "-u", "neutron", "--", "neutron-db-manage",
+                         "--config-file", "/etc/neutron/neutron.conf",
+                         "--config-file", "/etc/neutron/plugins/ml2/ml2_conf.ini", "upgrade", "heads")
+    [register] = commands("keystone-register-neutron", ctx)
+    env = register.env
+    assert (env["NODEOS_SERVICE_URL"], env["NODEOS_SERVICE_TYPE"], env["NODEOS_SERVICE_NAME"]) == \
+        ("http://10.0.0.207:9696", "network", "neutron")
+    assert env["NODEOS_SERVICE_PASSWORD"] == service_password(identity, "neutron")
 
 
 def test_the_cell1_guard_finds_cell1_in_list_cells_output():

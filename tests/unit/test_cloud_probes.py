@@ -661,3 +661,66 @@ def test_the_service_list_check_finds_cinder_volume_under_its_fixed_host_and_the
     ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", api_vip=None,
                            api="cinder")
     assert not ok and detail == "read: cinder-api has no VIP"
+
+
+
+# -- neutron (a stand-in answering as neutron-server does; keystone is the stand-in above) -------------
+
+def _neutron(read_status: int) -> http.server.ThreadingHTTPServer:
+    """GET /v2.0/networks (one id) with a valid token; neutron's fault shape {"NeutronError": {...}}."""
+    class Handler(JsonHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.headers.get("X-Auth-Token") != "tok-1":
+                self.send_json(401, {"error": {"message": "The request you have made requires authentication."}})
+            elif self.path != "/v2.0/networks?limit=1&fields=id":
+                self.send_json(404, {"NeutronError": {"type": "HTTPNotFound", "message": "Not found", "detail": ""}})
+            elif read_status != 200:
+                self.send_json(read_status, {"NeutronError": {
+                    "type": "HTTPInternalServerError",
+                    "message": "Request Failed: internal server error while processing your request.", "detail": ""}})
+            else:
+                self.send_json(200, {"networks": [{"id": "5c1f"}]})
+
+    return serve(Handler)
+
+
+@pytest.fixture
+def neutron() -> Iterator[Callable[..., int]]:
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(read_status: int = 200) -> int:
+        servers.append(_neutron(read_status))
+        return servers[-1].server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def neutron_check(keystone_url: str, port: int, monkeypatch: pytest.MonkeyPatch) -> tuple[bool, str]:
+    """The catalog's neutron check as the agent runs it, its read as the catalog fills it in."""
+    from nodeos.services import health
+    from nodeos.services.catalog import API_READS, HealthCheckSpec
+
+    monkeypatch.setattr(health, "KEYSTONE_PORT", int(keystone_url.split(":")[2].split("/")[0]))
+    spec = HealthCheckSpec(type="neutron", port=port, path=API_READS["neutron"], timeout=2.0)
+    result = health.run_check(spec, health.CheckTarget(vip="127.0.0.1", vips={"keystone": "127.0.0.1"},
+                                                       values={"admin_password": "pw"}))
+    return result.ok, result.detail
+
+
+def test_the_neutron_check_reads_one_network_and_names_the_failing_layer(
+        keystone: Callable[..., str], neutron: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
+    port = neutron()
+    ok, detail = neutron_check(keystone(), port, monkeypatch)
+    assert ok and detail == f"token issued, read http://127.0.0.1:{port}/v2.0/networks?limit=1&fields=id: HTTP 200"
+    ok, detail = neutron_check(keystone(token_status=401), port, monkeypatch)
+    assert not ok and detail.startswith("token: HTTP 401")  # keystone refused: neutron was never asked
+    down = free_port()
+    ok, detail = neutron_check(keystone(), down, monkeypatch)
+    assert not ok and detail == f"read http://127.0.0.1:{down}/v2.0/networks?limit=1&fields=id: connection refused"
+    failing = neutron(read_status=500)
+    ok, detail = neutron_check(keystone(), failing, monkeypatch)
+    assert not ok and detail.endswith(  # neutron's own words
+        "HTTP 500 Request Failed: internal server error while processing your request."), detail

@@ -129,3 +129,85 @@ def test_start_period_ignores_failures_until_the_first_pass():
     for t in (31.0, 32.0):
         health.record(0, False, t)
     assert health.state == "unhealthy"  # past the period after the restart: failures count
+
+
+# -- slow: a timeout on a live, listening process ---------------------------------------------------
+
+def test_slow_answers_are_reported_and_count_as_a_failure_only_after_the_grace() -> None:
+    tracker = HealthTracker(rise=1, fall=3, slow_grace=120.0)
+    assert tracker.observe(True, now=0.0) == "healthy"
+    assert tracker.observe(False, slow=True, now=2.0) == "slow"
+    for now in range(4, 120, 4):  # far more than `fall` timeouts in a row: still only slow
+        assert tracker.observe(False, slow=True, now=float(now)) is None
+    assert tracker.observe(False, slow=True, now=122.0) == "unhealthy"  # 120 s after the first missing answer
+    assert tracker.observe(False, slow=True, now=126.0) is None
+
+
+def test_a_pass_ends_slowness_and_a_later_slow_run_has_its_own_grace() -> None:
+    tracker = HealthTracker(rise=1, fall=3, slow_grace=60.0)
+    tracker.observe(True, now=0.0)
+    tracker.observe(False, slow=True, now=10.0)
+    assert tracker.observe(True, now=50.0) == "healthy"
+    assert tracker.observe(False, slow=True, now=100.0) == "slow"
+    assert tracker.observe(False, slow=True, now=159.0) is None
+    assert tracker.observe(False, slow=True, now=160.0) == "unhealthy"
+
+
+def test_refused_answers_still_fail_after_fall_even_between_slow_ones() -> None:
+    tracker = HealthTracker(rise=1, fall=3, slow_grace=120.0)
+    tracker.observe(True, now=0.0)
+    assert tracker.observe(False, now=1.0) is None  # one refusal: not yet
+    assert tracker.observe(False, slow=True, now=2.0) == "slow"
+    assert tracker.observe(False, now=3.0) is None  # a slow answer between failures neither resets nor counts
+    assert tracker.observe(False, now=4.0) == "unhealthy"
+    # Unhealthy stays unhealthy through slow answers until a pass (no way back by slowness).
+    assert tracker.observe(False, slow=True, now=5.0) is None and tracker.state == "unhealthy"
+    assert tracker.observe(True, now=6.0) == "healthy"
+
+
+def test_a_service_is_slow_when_one_check_is_and_none_is_unhealthy() -> None:
+    checks = [HealthCheckSpec(type="process", rise=1), HealthCheckSpec(type="mariadb", rise=1, fall=3, port=3306)]
+    health = ServiceHealth(checks, now=0.0)
+    health.record(0, True, 0.0)
+    assert health.record(1, True, 0.0) == "healthy"
+    slow = CheckResult(False, "slow: write heartbeat: timed out (2013) (process running, port 3306 accepting)", 2.0,
+                       slow=True)
+    assert health.record(1, slow, 2.0) == "slow"
+    for now in (6.0, 10.0, 14.0, 18.0):
+        assert health.record(1, slow, now) is None
+    assert health.details()[1]["state"] == "slow"
+    assert health.record(1, CheckResult(False, "connect: connection refused (2003)", 0.0), 22.0) is None
+    assert health.record(1, CheckResult(False, "connect: connection refused (2003)", 0.0), 26.0) is None
+    assert health.record(1, CheckResult(False, "connect: connection refused (2003)", 0.0), 30.0) == "unhealthy"
+
+
+def test_a_timeout_is_slow_only_on_a_live_runnable_process_whose_port_accepts() -> None:
+    from nodeos.services.health import slow_result, timed_out
+
+    timeout = CheckResult(False, "write heartbeat: timed out (2013)", 2.0)
+    assert timed_out(timeout.detail) and not timed_out("connect 127.0.0.1:3306: connection refused (2003)")
+    accepts, refuses = (lambda address, timeout: True), (lambda address, timeout: False)
+    slow = slow_result(timeout, "disk-sleep", ("127.0.0.1", 3306), 2.0, connect=accepts)
+    assert slow.slow and slow.detail == \
+        "slow: write heartbeat: timed out (2013) (process disk-sleep, port 3306 accepting)"
+    assert slow_result(timeout, "sleeping", None, 2.0, connect=refuses).slow  # no port: the process alone
+    assert slow_result(timeout, "running", ("127.0.0.1", 3306), 2.0, connect=refuses) == timeout  # not listening
+    assert slow_result(timeout, None, ("127.0.0.1", 3306), 2.0, connect=accepts) == timeout  # gone
+    assert slow_result(timeout, "stopped", ("127.0.0.1", 3306), 2.0, connect=accepts) == timeout  # frozen, not busy
+    assert slow_result(timeout, "zombie", None, 2.0, connect=accepts) == timeout
+
+
+def test_run_check_marks_a_timeout_slow_and_slow_grace_zero_keeps_it_a_failure(monkeypatch) -> None:
+    import os
+    import socket
+
+    from nodeos.services import health
+
+    monkeypatch.setitem(health._CHECKS, "mariadb", lambda spec, target: (False, "write heartbeat: timed out (2013)"))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        target = health.CheckTarget(pid=os.getpid())
+        result = health.run_check(HealthCheckSpec(type="mariadb", port=port, timeout=1.0), target)
+        assert result.slow and result.detail.startswith("slow: write heartbeat: timed out (2013) (process ")
+        strict = health.run_check(HealthCheckSpec(type="mariadb", port=port, timeout=1.0, slow_grace=0.0), target)
+        assert not strict.slow and strict.detail == "write heartbeat: timed out (2013)"

@@ -218,3 +218,17 @@ def test_a_held_service_that_recovers_by_itself_is_not_restarted(state):
     assert [o["op"] for o in ops] == ["wait_dependency"] and "recovered" in ops[0]["reason"]
     assert state.services["nginx"].instances[web].waiting_for == ()
     assert [e["kind"] for e in state.events if e.get("service") == "nginx"][-1] == "service.dependency_back"
+
+
+def test_a_slow_instance_is_reported_but_never_restarted_and_its_dependents_are_held(state):
+    run_monitor(state, 2.0)
+    home = state.services["memcached"].node
+    report(state, "memcached", home, "healthy", 3.0)
+    state.services["memcached"].health[home]["detail"] = ""
+    apply(state, {"op": "report_health", "now": 4.0, "service": "memcached", "node": home, "state": "slow",
+                  "generation": 0, "detail": "memcached: slow: set: timed out (process running, port 11211 accepting)"})
+    assert state.events[-1]["kind"] == "service.slow" and "timed out" in state.events[-1]["detail"]
+    assert run_monitor(state, 5.0) == [] and run_monitor(state, 100.0) == []  # the agent says when it is overdue
+    assert "memcached" not in state.healthy_services()  # dependents wait (held) rather than restart
+    report(state, "memcached", home, "healthy", 101.0)
+    assert state.events[-1]["kind"] == "service.recovered" and state.events[-1]["detail"] == "answering in time again"

@@ -1,0 +1,81 @@
+"""neutron-server (the networking API) in the lab-cloud catalog, kept healthy.
+
+One 3-node lab per module with lab-cloud trimmed to Ceph, neutron-server and what it
+depends on (MariaDB, RabbitMQ, memcached, keystone): the jobs make neutron's database
+and schema and register the `network` service in keystone; Debian's neutron-api answers
+under uWSGI at its VIP. The real `openstack` client creates a VXLAN network and a subnet
+with no agent anywhere (ML2's linuxbridge driver needs one only to bind ports). Then
+neutron-server is killed: it is restarted, and the network is still listed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from nodeos.lab.lab import Lab
+from nodeos.lab.services import kill_service
+
+from .cluster_helpers import is_root, status_json, wait_until
+from .test_cloud_identity import answers, catalog_for, cloud_lab, healthy_at_vip, live_node, openstack, rows
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
+    pytest.mark.skipif(subprocess.run(["which", "neutron-db-manage"], capture_output=True).returncode != 0,
+                       reason="neutron is not installed (scripts/apt-packages.txt)"),
+]
+
+NETWORK, SUBNET = "lab-net", "lab-subnet"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from cloud_lab("neutron-server", catalog_for("neutron-server", tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
+
+
+def names(lab: Lab, *args: str) -> set[str]:
+    return {row["Name"] for row in openstack(lab, *args)}
+
+
+def test_the_network_service_is_in_keystones_catalog_at_neutrons_vip(lab: Lab) -> None:
+    vip = rows(lab)["neutron-server"]["vip"]
+    entry = next(e for e in openstack(lab, "catalog", "list") if e["Type"] == "network")
+    assert entry["Name"] == "neutron" and f"http://{vip}:9696" in json.dumps(entry["Endpoints"]), entry
+    jobs = {name: (job["state"], job["attempt"]) for name, job in status_json(lab, live_node(lab))["cloud"]["jobs"].items()}
+    for job in ("neutron-db", "neutron-db-sync", "keystone-register-neutron"):
+        assert jobs[job] == ("done", 1), jobs
+
+
+def test_network_and_subnet_are_created_without_agents(lab: Lab) -> None:
+    started = time.monotonic()
+    network = openstack(lab, "network", "create", NETWORK)
+    subnet = openstack(lab, "subnet", "create", SUBNET, "--network", NETWORK, "--subnet-range", "192.168.77.0/24")
+    print(f"\nnetwork and subnet created in {time.monotonic() - started:.1f}s")
+    assert network["provider:network_type"] == "vxlan" and network["status"] == "ACTIVE", network
+    assert subnet["cidr"] == "192.168.77.0/24" and subnet["network_id"] == network["id"]
+    assert NETWORK in names(lab, "network", "list") and SUBNET in names(lab, "subnet", "list")
+
+
+def test_neutron_server_killed_is_restarted_and_the_network_stays(lab: Lab) -> None:
+    if NETWORK not in names(lab, "network", "list"):  # this test alone
+        openstack(lab, "network", "create", NETWORK)
+    before = rows(lab)["neutron-server"]
+    print(kill_service(lab, "neutron-server", lab.node_name_of(before["node"])))
+    killed = time.monotonic()
+    listed = wait_until(lambda: answers(lab, "network", "list"), 120, "a network list again after the kill",
+                        interval=0.5)
+    print(f"\nnetwork list answered {time.monotonic() - killed:.1f}s after the kill")
+    assert NETWORK in {row["Name"] for row in listed}
+
+    def restarted() -> dict[str, Any] | None:
+        row = healthy_at_vip(lab, "neutron-server")
+        return row if row and row["restarts"] > before["restarts"] else None
+
+    after = wait_until(restarted, 60, "neutron-server healthy again, its restart counted")
+    print(f"neutron-server healthy {time.monotonic() - killed:.1f}s after the kill")
+    assert (after["node"], after["vip"]) == (before["node"], before["vip"])
