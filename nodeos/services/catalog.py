@@ -59,9 +59,10 @@ class CatalogError(ValueError):
 # ---------------------------------------------------------------- model
 
 
-# A database behind a schema sync and two service starts on a busy node answers late, not never:
-# restarting it then kills the migration it serves. A hung process still goes after this long.
-SLOW_GRACE = 120.0
+# A service on a busy node answers late, not never: restarting it then kills the work it
+# serves. A hung process that still listens goes after this long (a database behind schema
+# syncs gets longer in its catalog entry: lab-cloud's MariaDB 120 s).
+SLOW_GRACE = 30.0
 
 
 @dataclass(frozen=True)

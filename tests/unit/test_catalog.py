@@ -538,7 +538,7 @@ def test_a_check_s_slow_grace_defaults_to_two_minutes_and_zero_turns_it_off() ->
             start: {command: [x]}
             health: [{type: mariadb}, {type: tcp, slow_grace: 0}, {type: tcp, slow_grace: 300}]
         """)
-    assert [c.slow_grace for c in catalog["db"].health] == [SLOW_GRACE, 0.0, 300.0] and SLOW_GRACE == 120.0
+    assert [c.slow_grace for c in catalog["db"].health] == [SLOW_GRACE, 0.0, 300.0] and SLOW_GRACE == 30.0
     assert Catalog.from_dict(catalog.to_dict()) == catalog
     assert "slow_grace: must be a number >= 0 and <= 3600, got -1" in error_of("""
         services:
