@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,19 @@ def _cmd_guard(args: argparse.Namespace) -> int:
         print(f"nodeos guard: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return run_guard(Path(args.state_dir), config.watchdog, config.watchdog_timeout, config.realtime)
+
+
+def _cmd_volumed(args: argparse.Namespace) -> int:
+    import signal
+
+    from nodeos.storage.volumed import SOCKET, serve
+
+    if os.geteuid() != 0:
+        print("nodeos volumed: must run as root (it maps RBD images and mounts them)", file=sys.stderr)
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # systemd's stop: volumes stay attached for the agent
+    serve(args.socket or SOCKET)
+    return 0
 
 
 def agent_socket(args: argparse.Namespace) -> Path:
@@ -200,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     guard.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where guard.sock lives, shared with the agent "
                                                                            "(default: %(default)s)")
     guard.set_defaults(func=_cmd_guard)
+
+    volumed = sub.add_parser(
+        "volumed", help="run the node's volume helper: attaches and mounts RBD volumes for the sandboxed agent",
+        description="The agent runs without the privilege to map and mount block devices (nodeos-agent.service); this "
+                    "root daemon does it for it, over a Unix socket only root can reach. It decides nothing: the agent "
+                    "keeps the fence's order (attach, record the client in the cluster state, mount).")
+    volumed.add_argument("--socket", help="where it listens (default: where the agent calls it, "
+                                          "/run/nodeos-volumed/volumed.sock)")
+    volumed.set_defaults(func=_cmd_volumed)
 
     status = sub.add_parser("status", help="members, leader, Monitor, formation, per-node health and services")
     _add_target_options(status)

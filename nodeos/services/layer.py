@@ -31,6 +31,7 @@ from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_ar
 from nodeos.cloud.layer import CloudLayer, ceph_clients, uses_cloud
 from nodeos.storage.layer import StorageLayer
 from nodeos.storage.node_volumes import NodeVolumes
+from nodeos.storage.volumed import RemoteVolumes
 from nodeos.cluster.split import OPERATOR_CATALOG
 from nodeos.cluster.state import ClusterState, ServiceRecord
 from .vip import VipManager, VipRangeError, candidate_vips, parse_vip_range
@@ -83,7 +84,9 @@ class ServicesLayer:
         self.vips = VipManager(agent.iface.name)
         self.storage = StorageLayer(self.me, agent.iface.ip, str(agent.iface.network), agent.state_dir,
                                     agent.config.storage, self._submit)
-        volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync)
+        # Under systemd the agent is sandboxed (no mounts, no CAP_SYS_ADMIN): the volume helper attaches.
+        volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync,
+                              **({} if agent.config.runtime == "process" else {"io": RemoteVolumes()}))
         node_root = getattr(agent, "node_root", Path("/"))
         self.cloud = CloudLayer(self.me, agent.identity, node_root, getattr(runtime, "enter", ()), self._submit,
                                 lab=agent.config.runtime == "process")

@@ -31,8 +31,11 @@ RETRY_RELEASE = 5.0
 
 
 class NodeVolumes:
-    def __init__(self, node_id: str, ceph: CephNode, submit_sync: SubmitSync) -> None:
+    def __init__(self, node_id: str, ceph: CephNode, submit_sync: SubmitSync, io: Any = volumes) -> None:
         self.node_id = node_id
+        # Who attaches and mounts: volumes.py in this process (the lab), or the privileged
+        # volume helper (volumed.RemoteVolumes) for an agent sandboxed by systemd.
+        self.io = io
         self.ceph = ceph
         self.submit_sync = submit_sync
         self._attached: dict[str, Attachment] = {}
@@ -42,7 +45,7 @@ class NodeVolumes:
         """Attach, record and mount `service`'s volume at `mount_point`; VolumeError if anything fails."""
         started = time.monotonic()
         image = volume_image(service)
-        attachment = volumes.attach(self.ceph, POOL_VOLUMES, image)
+        attachment = self.io.attach(self.ceph, POOL_VOLUMES, image)
         self._attached[service] = attachment
         try:
             result = self.submit_sync({"op": "volume_attached", "now": time.time(), "service": service,
@@ -53,7 +56,7 @@ class NodeVolumes:
             self._drop(service)
             raise VolumeError(f"{service}: the state refused the attachment: {result.get('error')}")
         recorded = time.monotonic()
-        self._attached[service] = volumes.mount(attachment, fs, mount_point, make_fs_if_blank=True)
+        self._attached[service] = self.io.mount(attachment, fs, mount_point, make_fs_if_blank=True)
         log.event("volume.ready", service=service, image=f"{POOL_VOLUMES}/{image}", client=attachment.address,
                   mount_point=mount_point, attach_record_s=round(recorded - started, 3),
                   mount_s=round(time.monotonic() - recorded, 3))
@@ -67,13 +70,13 @@ class NodeVolumes:
         what it acknowledged it had fsynced.
         """
         attachment = self._attached.pop(service, None)
-        stuck_after = FENCED_STUCK if fenced else volumes.UMOUNT_TIMEOUT
+        stuck_after = FENCED_STUCK if fenced else self.io.UMOUNT_TIMEOUT
         try:
             if attachment is not None:
-                volumes.detach(volumes.unmount(attachment, force=True, stuck_after=stuck_after), force=True,
+                self.io.detach(self.io.unmount(attachment, force=True, stuck_after=stuck_after), force=True,
                                stuck_after=stuck_after)
             else:
-                volumes.detach_volume(self.ceph, POOL_VOLUMES, volume_image(service), force=True,
+                self.io.detach_volume(self.ceph, POOL_VOLUMES, volume_image(service), force=True,
                                       stuck_after=stuck_after)
         except VolumeError as exc:
             self._failed_at[service] = time.monotonic()
@@ -107,6 +110,6 @@ class NodeVolumes:
         attachment = self._attached.pop(service, None)
         if attachment is not None:
             try:
-                volumes.detach(attachment, force=True)
+                self.io.detach(attachment, force=True)
             except VolumeError as exc:
                 log.event("volume.release_failed", level="error", service=service, error=str(exc))

@@ -30,7 +30,7 @@ import pytest
 
 from nodeos.lab import netns
 from nodeos.storage import CephPaths, fsid_for, initial_mons, make_keys, pool_size, render_ceph_conf
-from nodeos.storage import daemons, volumes
+from nodeos.storage import daemons, volumed, volumes
 from nodeos.storage.conf import LAB_TUNING
 from nodeos.storage.daemons import CephNode, Daemon
 from nodeos.storage.keys import node_entity
@@ -438,3 +438,32 @@ def test_detach_is_bounded_when_the_helper_hangs(vlab: VolumeLab, track: Callabl
     t_detach = time.monotonic() - started
     assert_clean(held, vlab.root, mount_point(node2, "hang"))
     print(f"\nhung helper: detach {t_detach:.2f}s (syncfs stuck for 2 s, then rbd-fuse SIGKILLed)")
+
+
+def test_the_volume_helper_attaches_and_mounts_for_the_agent(
+    vlab: VolumeLab, track: Callable[[Attachment], Attachment], tmp_path: Path
+) -> None:
+    """nodeos volumed (real nodes: the sandboxed agent's hands) over its socket, on this lab's real Ceph."""
+    node1, node2 = vlab.nodes[0], vlab.nodes[1]
+    volumes.ensure_image(node1, POOL, "helper", SIZE)
+    socket_path = str(tmp_path / "volumed.sock")
+    ready, stop = threading.Event(), threading.Event()
+    server = threading.Thread(target=volumed.serve, args=(socket_path, ready, stop), daemon=True)
+    server.start()
+    try:
+        assert ready.wait(30)
+        remote = volumed.RemoteVolumes(socket_path)
+        attached = track(remote.attach(node1, POOL, "helper"))
+        assert volumes.client_address(node1, POOL, "helper") == attached.address
+        mounted = remote.mount(attached, "ext4", mount_point(node1, "helper"), make_fs_if_blank=True)
+        payload = os.urandom(1 << 16)
+        write_synced(Path(mounted.mount_point or "") / "data", payload)
+        remote.detach(remote.unmount(mounted), force=False)
+        assert_clean(mounted, vlab.root, mount_point(node1, "helper"))
+        with pytest.raises(VolumeError, match="holds ext4, not xfs"):  # the helper's refusal reaches the agent
+            remote.mount(track(remote.attach(node2, POOL, "helper")), "xfs", mount_point(node2, "helper"))
+        second = volumes.mount(volumes.attach(node2, POOL, "helper"), "ext4", mount_point(node2, "helper"))
+        assert (Path(second.mount_point or "") / "data").read_bytes() == payload
+    finally:
+        stop.set()
+        server.join(10)
