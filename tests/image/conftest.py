@@ -18,6 +18,7 @@ import struct
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,6 +379,17 @@ def status(ip: str, port: int = 7372, timeout: float = 3.0) -> dict[str, Any] | 
         with urllib.request.urlopen(f"http://{ip}:{port}/status", timeout=timeout) as resp:
             return json.loads(resp.read().decode())
     except (OSError, ValueError):
+        return None
+
+
+def http_post(url: str, body: bytes, timeout: float = 10.0) -> int | None:
+    """The status code of a POST, or None when nothing answered."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
         return None
 
 
