@@ -303,6 +303,9 @@ class _WatchedSyncObj(PreVote, SyncObj):
         self._nodeos_candidacy_window = candidacy_window
         self.prevote_init(min_timeout, candidacy_window)
         self._nodeos_waker: PipeNotifier | None = None
+        # Set here, though known only after: pysyncobj's Raft dumps pickle every attribute
+        # made after its __init__, and a bound poll method cannot be pickled (no compaction).
+        self._nodeos_poll: Callable[[float], Any] | None = None
         super().__init__(*args, **kwargs)
         self._nodeos_poll = self._poller.poll
         self._poller.poll = self._poll_until_due  # pysyncobj's tick ends in poll(autoTickPeriod)
@@ -315,6 +318,7 @@ class _WatchedSyncObj(PreVote, SyncObj):
     def _poll_until_due(self, timeout: float) -> None:
         if self._nodeos_waker is None:  # made here: the poller belongs to the tick thread
             self._nodeos_waker = PipeNotifier(self._poller)
+        assert self._nodeos_poll is not None
         self._nodeos_poll(tick_sleep(self._next_deadline(), raft_clock(), TICK_CEILING))
 
     def _next_deadline(self) -> float:

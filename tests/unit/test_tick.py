@@ -104,3 +104,20 @@ def test_a_leader_sends_a_proposal_with_its_next_append(members, monkeypatch):
     assert result.get("ok"), result
     sent_at = syncobj._SyncObj__newAppendEntriesTime - timing.append_entries_period
     assert sent_at == pytest.approx(next_append, abs=0.2), "the proposal waited for a later append"
+
+
+def test_a_member_with_the_event_driven_tick_still_compacts_its_log(tmp_path: Path):
+    """pysyncobj pickles the SyncObj's own attributes into its dumps: ours must not stop that."""
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
+    member = Consensus(addr, [addr], "test-password", tmp_path, Timing())
+    try:
+        wait_for(member.is_leader, 30, "the lone member leads")
+        for index in range(20):
+            member.submit_sync({"op": "heartbeat", "now": float(index), "leader": "n1", "term": 0})
+        syncobj = member._syncobj
+        before = len(syncobj._SyncObj__raftLog)
+        syncobj.forceLogCompaction()
+        wait_for(lambda: len(syncobj._SyncObj__raftLog) < before, 15, "the log compacted")
+        assert (tmp_path / "raft.dump").exists()
+    finally:
+        member.stop(wait=True)
