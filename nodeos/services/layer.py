@@ -31,6 +31,7 @@ from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_ar
 from nodeos.cloud.layer import CloudLayer, ceph_clients, uses_cloud
 from nodeos.storage.layer import StorageLayer
 from nodeos.storage.node_volumes import NodeVolumes
+from nodeos.storage import volumes as volume_io
 from nodeos.storage.volumed import RemoteVolumes
 from nodeos.cluster.split import OPERATOR_CATALOG
 from nodeos.cluster.state import ClusterState, ServiceRecord
@@ -85,8 +86,8 @@ class ServicesLayer:
         self.storage = StorageLayer(self.me, agent.iface.ip, str(agent.iface.network), agent.state_dir,
                                     agent.config.storage, self._submit)
         # Under systemd the agent is sandboxed (no mounts, no CAP_SYS_ADMIN): the volume helper attaches.
-        volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync,
-                              **({} if agent.config.runtime == "process" else {"io": RemoteVolumes()}))
+        io = volume_io if agent.config.runtime == "process" else RemoteVolumes()
+        volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync, io=io)
         node_root = getattr(agent, "node_root", Path("/"))
         self.cloud = CloudLayer(self.me, agent.identity, node_root, getattr(runtime, "enter", ()), self._submit,
                                 lab=agent.config.runtime == "process")

@@ -7,32 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-import nodeos.services.placement  # noqa: F401  (registers the service ops)
 from nodeos.cluster.state import ClusterState
-from nodeos.services.catalog import load_catalog, packaged_catalog, parse_catalog
+from nodeos.services.catalog import parse_catalog
 from nodeos.services.monitor import decide
 from nodeos.services.node import NodeServices
 from nodeos.services.runtime import ServiceRuntimeError
 
-CATALOG = load_catalog(packaged_catalog("lab"))
+from .test_monitor import CATALOG, apply, state  # noqa: F401  (state: the three-node fixture)
+
 STUCK = "memcached: process group 4242 survived SIGKILL"
-
-
-def apply(state: ClusterState, op: dict) -> dict:
-    result = state.apply(op)
-    assert result["ok"], result
-    return result
-
-
-@pytest.fixture
-def state() -> ClusterState:
-    s = ClusterState()
-    for i, node in enumerate(["a", "b", "c"]):
-        apply(s, {"op": "node_join", "now": 1.0, "node": node, "raft_addr": f"10.0.0.{i + 1}:7371", "ip": f"10.0.0.{i + 1}"})
-    apply(s, {"op": "catalog_set", "now": 1.0, "catalog": CATALOG.to_dict()})
-    return s
 
 
 def monitor(state: ClusterState, now: float, catalog=CATALOG) -> list[dict]:
