@@ -27,7 +27,7 @@ from nodeos.storage.ops import service_key
 from . import rabbitmq
 from .credentials import DEFAULT_REGION
 from .probes import mariadb_health_sql
-from .registry import CEPH_CLIENTS, CINDER_BACKEND, CINDER_BACKEND_HOST
+from .registry import CEPH_CLIENTS, CINDER_BACKEND, CINDER_BACKEND_HOST, CONTROL_HOST
 from .secrets import db_password, erlang_cookie, health_password, mq_password, mq_password_salt, service_password
 
 _TEMPLATES = jinja2.Environment(
@@ -189,14 +189,14 @@ def _placement(ctx: CloudContext) -> list[ConfigFile]:
 
 def _nova(ctx: CloudContext) -> list[ConfigFile]:
     """nova-api (under uWSGI), nova-conductor and nova-scheduler read the same nova.conf; each node
-    renders its own (`host` and `my_ip` are the node's), the rest comes from the state."""
+    renders its own (`my_ip` is the node's; `host` is CONTROL_HOST everywhere), the rest comes from the state."""
     if not ctx.node_id or not ctx.node_ip:
         raise ConfigError("this node's address is not in the state yet")
     keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
     connection = f"mysql+pymysql://nova:{db_password(ctx.identity, 'nova')}@{ctx.vip('mariadb')}"
     workers = 1 if ctx.lab else 4
     conf = _TEMPLATES.get_template("nova.conf.j2").render(
-        host=ctx.node_id, my_ip=ctx.node_ip,
+        host=CONTROL_HOST, my_ip=ctx.node_ip,
         transport_url=rabbitmq.transport_url(ctx.vip("rabbitmq"), mq_password(ctx.identity)),
         api_connection=f"{connection}/nova_api", connection=f"{connection}/nova", keystone=keystone,
         memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,
@@ -211,14 +211,14 @@ def _nova(ctx: CloudContext) -> list[ConfigFile]:
 
 def _cinder(ctx: CloudContext) -> list[ConfigFile]:
     """cinder-api (under uWSGI), cinder-scheduler and cinder-volume read the same cinder.conf; each
-    node renders its own (`host` and `my_ip` are the node's). cinder-volume's RBD backend writes
+    node renders its own (`my_ip` is the node's; `host` is CONTROL_HOST). cinder-volume's RBD backend writes
     its volumes as client.cinder to the pool `cinder`, under one fixed backend host."""
     if not ctx.node_id or not ctx.node_ip:
         raise ConfigError("this node's address is not in the state yet")
     ceph_files, pool = _ceph_client(ctx, "cinder")
     keystone = f"http://{ctx.vip('keystone')}:{KEYSTONE_PORT}"
     conf = _TEMPLATES.get_template("cinder.conf.j2").render(
-        host=ctx.node_id, my_ip=ctx.node_ip,
+        host=CONTROL_HOST, my_ip=ctx.node_ip,
         transport_url=rabbitmq.transport_url(ctx.vip("rabbitmq"), mq_password(ctx.identity)),
         connection=f"mysql+pymysql://cinder:{db_password(ctx.identity, 'cinder')}@{ctx.vip('mariadb')}/cinder",
         keystone=keystone, memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", project=SERVICE_PROJECT,

@@ -59,6 +59,12 @@ CEPH_CLIENTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 CINDER_BACKEND, CINDER_BACKEND_HOST = "rbd", "cinder"
 CINDER_VOLUME_HOST = f"{CINDER_BACKEND_HOST}@{CINDER_BACKEND}"
 
+# nova-conductor, nova-scheduler and cinder-scheduler report as this one name (`host` in nova.conf
+# and cinder.conf), whatever node runs them: each is a singleton, so a moved one carries on its
+# predecessor's record instead of leaving it `down` in `compute service list` for ever. The
+# compute plane's nova-compute sets its node's own `host` in its own configuration file.
+CONTROL_HOST = "control"
+
 
 @dataclass(frozen=True)
 class ServiceList:
@@ -68,14 +74,14 @@ class ServiceList:
     vip_of: str  # the catalog service whose VIP answers
     read: str  # the path read
     version: str  # the OpenStack-API-Version header: a base microversion, every field read is in it
-    daemons: dict[str, str]  # binary -> the host it reports as ("": the node's id, `host` in its config)
+    daemons: dict[str, str]  # binary -> the host it reports as (`host` or `backend_host` in its config)
 
 
 SERVICE_LISTS: dict[str, ServiceList] = {
     "nova": ServiceList("nova-api", "/v2.1/os-services", "compute 2.1",
-                        {"nova-conductor": "", "nova-scheduler": ""}),
+                        {"nova-conductor": CONTROL_HOST, "nova-scheduler": CONTROL_HOST}),
     "cinder": ServiceList("cinder-api", "/v3/os-services", "volume 3.0",
-                          {"cinder-scheduler": "", "cinder-volume": CINDER_VOLUME_HOST}),
+                          {"cinder-scheduler": CONTROL_HOST, "cinder-volume": CINDER_VOLUME_HOST}),
 }
 
 

@@ -257,8 +257,8 @@ def _check_service_list(spec: HealthCheckSpec, target: CheckTarget) -> tuple[boo
     """A worker (spec.daemon: nova-conductor, cinder-volume ...) of this node "up" in its API's
     (spec.api) own service list, read with a keystone token through that API's VIP: its reports
     are fresh, so its RPC and database path works (a process check cannot see a conductor that
-    lost its broker). The worker reports as this node's id (`host` in its config) or, where the
-    registry says so, as one fixed name (cinder-volume: its volumes belong to that name)."""
+    lost its broker). The singleton workers report as one fixed name wherever they run (the
+    registry's: CONTROL_HOST, cinder-volume's backend host); any other as this node's id."""
     from nodeos.cloud.probes import service_state
     from nodeos.cloud.registry import SERVICE_LISTS
 

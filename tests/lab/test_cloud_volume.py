@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from nodeos.cloud.registry import CINDER_VOLUME_HOST
+from nodeos.cloud.registry import CINDER_VOLUME_HOST, CONTROL_HOST
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
@@ -99,7 +99,7 @@ def rbd_images(lab: Lab, node: str) -> list[str]:
 
 def test_scheduler_and_volume_are_up_in_cinder(lab: Lab) -> None:
     placed = rows(lab)
-    assert up_in_cinder(lab, "cinder-scheduler", placed["cinder-scheduler"]["node"]), \
+    assert up_in_cinder(lab, "cinder-scheduler", CONTROL_HOST), \
         openstack(lab, "volume", "service", "list")
     # cinder-volume reports under its fixed backend host, whatever node runs it.
     assert up_in_cinder(lab, "cinder-volume", CINDER_VOLUME_HOST), openstack(lab, "volume", "service", "list")

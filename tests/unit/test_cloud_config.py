@@ -127,12 +127,13 @@ def test_service_secrets_are_never_logged(tmp_path, monkeypatch, config, service
         assert secret not in stream.getvalue()
 
 
-def test_nova_points_at_the_vips_and_names_this_node():
+def test_nova_points_at_the_vips_with_this_nodes_address_and_the_control_host():
     files = {f.path: f for f in render("nova", context())}
     conf = configparser.ConfigParser(interpolation=None)
     conf.read_string(files["/etc/nova/nova.conf"].content)
     default = conf["DEFAULT"]
-    assert (default["host"], default["my_ip"], default["enabled_apis"]) == ("n2", "10.0.0.2", "osapi_compute")
+    # The singleton workers report as one host wherever they run (a moved one is not left `down`).
+    assert (default["host"], default["my_ip"], default["enabled_apis"]) == ("control", "10.0.0.2", "osapi_compute")
     assert default["transport_url"] == rabbitmq.transport_url("10.0.0.205", mq_password(IDENTITY)) == \
         f"rabbit://openstack:{mq_password(IDENTITY)}@10.0.0.205:5672/"
     password = db_password(IDENTITY, "nova")  # one database user for nova's three databases
@@ -224,7 +225,7 @@ def test_cinder_points_at_the_vips_and_keeps_its_volumes_in_its_own_ceph_pool():
     conf = configparser.ConfigParser(interpolation=None)
     conf.read_string(files["/etc/cinder/cinder.conf"].content)
     default = conf["DEFAULT"]
-    assert (default["host"], default["my_ip"], default["enabled_backends"]) == ("n2", "10.0.0.2", "rbd")
+    assert (default["host"], default["my_ip"], default["enabled_backends"]) == ("control", "10.0.0.2", "rbd")
     assert default["transport_url"] == rabbitmq.transport_url("10.0.0.205", mq_password(IDENTITY))
     assert (default["report_interval"], default["service_down_time"]) == ("5", "20")
     assert "glance_api_servers" not in default  # glance is found in keystone's catalog, if the catalog has one
@@ -245,10 +246,11 @@ def test_cinder_points_at_the_vips_and_keeps_its_volumes_in_its_own_ceph_pool():
     uwsgi = files["/etc/cinder/nodeos-uwsgi.ini"].content
     assert "http-socket = 0.0.0.0:8776" in uwsgi and "wsgi-file = /usr/bin/cinder-wsgi" in uwsgi
     assert "uid = cinder" in uwsgi and "processes = 1" in uwsgi
-    # Another node renders its own host and address, the same backend host.
+    # Another node renders its own address, the same host and backend host.
     other = {f.path: f.content for f in render("cinder", context(node_id="n3", node_ip="10.0.0.3"))}
     conf.read_string(other["/etc/cinder/cinder.conf"])
-    assert (conf["DEFAULT"]["host"], conf["rbd"]["backend_host"]) == ("n3", "cinder")
+    assert (conf["DEFAULT"]["my_ip"], conf["DEFAULT"]["host"], conf["rbd"]["backend_host"]) == (
+        "10.0.0.3", "control", "cinder")
 
 
 def test_cinder_waits_for_this_nodes_address_its_ceph_client_and_pool():

@@ -546,27 +546,27 @@ def test_the_nova_api_check_lists_servers_with_the_base_microversion(
     assert not ok and detail == f"read http://127.0.0.1:{down}/v2.1/servers: connection refused"
 
 
-def test_the_service_list_check_finds_this_nodes_nova_daemon_up(
+def test_the_service_list_check_finds_the_nova_daemon_up_under_the_control_host(
         keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
-    port = nova([nova_service("nova-conductor", "n1", "down", 300.0),  # where it ran before it moved
-                 nova_service("nova-conductor", "n2", "up", 4.2), nova_service("nova-scheduler", "n2", "down", 75.0)])
+    port = nova([nova_service("nova-conductor", "n1", "down", 300.0),  # another host's record
+                 nova_service("nova-conductor", "control", "up", 4.2), nova_service("nova-scheduler", "control", "down", 75.0)])
     ok, detail = nova_check("service-list", keystone(), port, monkeypatch, daemon="nova-conductor")
     assert ok and detail == (f"token issued, read http://127.0.0.1:{port}/v2.1/os-services: HTTP 200; "
-                             "nova-conductor on n2 up (last report 4 s ago)"), detail
+                             "nova-conductor on control up (last report 4 s ago)"), detail
     ok, detail = nova_check("service-list", keystone(), port, monkeypatch, daemon="nova-scheduler")
-    assert not ok and detail == "service nova-scheduler on n2 is down (last report 75 s ago)"
+    assert not ok and detail == "service nova-scheduler on control is down (last report 75 s ago)"
     # This process started after that report (the check reads its start from the main pid).
     from nodeos.services import health
 
     monkeypatch.setattr(health, "_started", lambda pid: NOW - 1.0 if pid == 4242 else None)
     ok, detail = nova_check("service-list", keystone(), port, monkeypatch, daemon="nova-conductor", pid=4242)
-    assert not ok and detail == "service nova-conductor on n2 has not reported since it started 1 s ago " \
+    assert not ok and detail == "service nova-conductor on control has not reported since it started 1 s ago " \
                                 "(last report 4 s ago)"
 
 
 def test_the_service_list_check_names_the_failing_layer(
         keystone: Callable[..., str], nova: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
-    up = [nova_service("nova-scheduler", "n2")]
+    up = [nova_service("nova-scheduler", "control")]
     ok, detail = nova_check("service-list", keystone(token_status=401), nova(up), monkeypatch, daemon="nova-scheduler")
     assert not ok and detail.startswith("token: HTTP 401")
     ok, detail = nova_check("service-list", keystone(), nova(up), monkeypatch, daemon="nova-scheduler", api_vip=None)
@@ -577,7 +577,7 @@ def test_the_service_list_check_names_the_failing_layer(
                                  "Policy doesn't allow os_compute_api:os-services:list to be performed.")  # nova's words
     ok, detail = nova_check("service-list", keystone(), nova([nova_service("nova-scheduler", "n1")]), monkeypatch,
                             daemon="nova-scheduler")
-    assert not ok and detail == "service nova-scheduler on n2 is not in nova's service list (it never reported)"
+    assert not ok and detail == "service nova-scheduler on control is not in nova's service list (it never reported)"
 
 
 def test_service_state_reads_nova_s_answer() -> None:
@@ -635,15 +635,15 @@ def test_the_cinder_api_check_lists_volumes_with_the_base_microversion(
     assert not ok and "HTTP 403 Policy doesn't allow" in detail
 
 
-def test_the_service_list_check_finds_cinder_volume_under_its_fixed_host_and_the_scheduler_under_the_node(
+def test_the_service_list_check_finds_cinder_volume_under_its_fixed_host_and_the_scheduler_under_the_control_host(
         keystone: Callable[..., str], cinder: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> None:
     from nodeos.cloud.registry import CINDER_VOLUME_HOST
 
-    port = cinder([cinder_service("cinder-scheduler", "n2", seconds_ago=2.0),
+    port = cinder([cinder_service("cinder-scheduler", "control", seconds_ago=2.0),
                    cinder_service("cinder-volume", CINDER_VOLUME_HOST, seconds_ago=3.0),
                    cinder_service("cinder-volume", "n2", "down", 900.0)])  # a record of another naming: not ours
     ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-scheduler", api="cinder")
-    assert ok and detail.endswith("; cinder-scheduler on n2 up (last report 2 s ago)"), detail
+    assert ok and detail.endswith("; cinder-scheduler on control up (last report 2 s ago)"), detail
     ok, detail = api_check("service-list", keystone(), port, monkeypatch, "cinder-api", "cinder-volume", api="cinder")
     assert ok and detail.endswith(f"; cinder-volume on {CINDER_VOLUME_HOST} up (last report 3 s ago)"), detail
     # cinder-volume moved here 0.5 s ago: the report is its predecessor's (on another node, the same host name).
