@@ -1,13 +1,15 @@
 """`nodeos bench cloud`: how long the OpenStack APIs are unavailable to a client during each fault.
 
 A lab with the `lab-cloud` catalog. A client in the lab's client namespace
-asks keystone for a token (password method, a new one each time) and reads
-with it through the VIPs every 0.5 s, recording each answer. Per round one
-fault (a keystone kill, a MariaDB kill, a crash of the node holding MariaDB,
-a crash of the Monitor's node); the unavailability window is the gap from
-the last answered poll before the first failed one to the first answered
-poll after the outage (0 when no poll failed). Between rounds every node is
-booted again and the cloud settles. Also the resident memory of the control
+asks keystone for a token (password method, a new one each time) and with it
+reads keystone's projects and glance's image list through the VIPs every
+0.5 s, recording each answer. Per round one fault (a keystone kill, a MariaDB
+kill, a crash of the node holding MariaDB, a crash of the Monitor's node, the
+node holding MariaDB partitioned off or rebooted, a power cycle of every
+node); the unavailability window is the gap from the last answered poll
+before the first failed one to the first answered poll after the outage (0
+when no poll failed). Between rounds the partition is healed, every node is
+booted again and the whole catalog settles. Also the resident memory of the control
 plane per node. Figures are printed and written, never asserted.
 """
 
@@ -23,43 +25,47 @@ from typing import Any
 
 import psutil
 
+from nodeos.cloud.config import GLANCE_PORT
 from nodeos.cloud.credentials import keystone_auth_url
 from nodeos.cloud.secrets import admin_password
 from nodeos.cluster.identity import load_identity
 from nodeos.lab import netns
-from nodeos.lab.lab import Lab, LabError, destroy
+from nodeos.lab.lab import Lab, LabError, destroy, fully_healthy
 from nodeos.lab.services import kill_service
 
 from .cluster import summarize, wait_for
 from .failover import keep_lab_logs
 
-FAULTS = ("keystone-kill", "mariadb-kill", "mariadb-node-crash", "monitor-crash")
+FAULTS = ("keystone-kill", "mariadb-kill", "mariadb-node-crash", "monitor-crash", "mariadb-node-partition",
+          "mariadb-node-reboot", "power-cycle")
 POLL_INTERVAL = 0.5
 CONTROL_PLANE = ("ceph-mon", "ceph-mgr", "ceph-osd", "mariadbd", "memcached", "uwsgi", "uwsgi-core", "beam.smp", "epmd")
 
 POLLER = r'''
 import os, sys, time
 from nodeos.cloud.probes import keystone_token, authenticated_get
-auth_url, stop, out, interval = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+auth_url, images, stop, out, interval = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
 password = sys.stdin.readline().strip()  # never on the command line
 with open(out, "a", buffering=1) as record:
     while not os.path.exists(stop):
         started = time.monotonic()
         token, detail = keystone_token(auth_url, "admin", password, "admin", 2.0)
-        ok = token is not None and authenticated_get(auth_url.rstrip("/") + "/projects", token, 2.0)[0]
+        ok = token is not None and authenticated_get(auth_url.rstrip("/") + "/projects", token, 2.0)[0] \
+            and (not images or authenticated_get(images, token, 2.0)[0])
         record.write(f"{started} {1 if ok else 0}\n")
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
 '''
 
 
 class Poller:
-    """Token issue + an authenticated read through the VIPs, every POLL_INTERVAL, from the client namespace."""
+    """Token issue + authenticated reads through the VIPs (projects; images when `images` is a URL),
+    every POLL_INTERVAL, from the client namespace."""
 
-    def __init__(self, lab: Lab, auth_url: str, password: str) -> None:
+    def __init__(self, lab: Lab, auth_url: str, password: str, images: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="nodeos-poller-"))
         self.stop_file, self.out = self.dir / "stop", self.dir / "polls"
         self.proc = subprocess.Popen(["ip", "netns", "exec", lab.add_client(), sys.executable, "-c", POLLER, auth_url,
-                                      str(self.stop_file), str(self.out), str(POLL_INTERVAL)],
+                                      images, str(self.stop_file), str(self.out), str(POLL_INTERVAL)],
                                      stdin=subprocess.PIPE, text=True, start_new_session=True)
         assert self.proc.stdin is not None
         self.proc.stdin.write(password + "\n")
@@ -105,12 +111,14 @@ def _view(lab: Lab) -> dict[str, Any]:
 
 
 def settled(lab: Lab) -> bool:
-    rows = {r["name"]: r for r in _view(lab).get("services", [])}
-    return bool(rows) and all(rows.get(s, {}).get("health") == "healthy 3/3" for s in ("ceph-mon", "ceph-osd")) and \
-        all(rows.get(s, {}).get("health") == "healthy" for s in ("mariadb", "memcached", "keystone", "rabbitmq"))
+    """Every service of the catalog healthy: each singleton on its node, the others on every node."""
+    rows = _view(lab).get("services", [])
+    return bool(rows) and all(fully_healthy(r["health"]) for r in rows)
 
 
 def restore(lab: Lab) -> None:
+    if lab.spec.partitioned:
+        lab.heal()
     for name, node in lab.spec.nodes.items():
         if node.pid is None or not psutil.pid_exists(node.pid):
             lab.start_agent(name)
@@ -126,9 +134,20 @@ def inject(lab: Lab, fault: str) -> str:
         return kill_service(lab, "keystone")
     if fault == "mariadb-kill":
         return kill_service(lab, "mariadb")
-    node = lab.node_name_of(rows["mariadb"]["node"] if fault == "mariadb-node-crash" else view["monitor"])
+    if fault == "power-cycle":
+        for name in sorted(lab.spec.nodes):
+            lab.crash(name)
+        lab.start_all()
+        return "power-cycled every node"
+    node = lab.node_name_of(view["monitor"] if fault == "monitor-crash" else rows["mariadb"]["node"])
     if node is None:
-        raise LabError(f"{fault}: no node to crash in {view.get('monitor')}")
+        raise LabError(f"{fault}: no node for it in {view.get('monitor')}, {rows.get('mariadb')}")
+    if fault == "mariadb-node-partition":
+        lab.partition([node])
+        return f"partitioned {node} off"
+    if fault == "mariadb-node-reboot":
+        lab.reboot(node)
+        return f"rebooted {node}"
     lab.crash(node)
     return f"crashed {node}"
 
@@ -176,7 +195,9 @@ def bench_cloud(rounds: int, faults: list[str]) -> dict[str, Any]:
         auth_url = keystone_auth_url(_view(lab))
         if auth_url is None:
             raise LabError("keystone has no VIP")
-        poller = Poller(lab, auth_url, admin_password(load_identity(lab.identity_path)))
+        glance = next((r["vip"] for r in _view(lab).get("services", []) if r["name"] == "glance-api" and r["vip"]), "")
+        images = f"http://{glance}:{GLANCE_PORT}/v2/images" if glance else ""
+        poller = Poller(lab, auth_url, admin_password(load_identity(lab.identity_path)), images)
         results["control plane RSS MiB at start"] = control_plane_rss(lab)
         for fault in faults:
             samples = []

@@ -98,9 +98,10 @@ def register(sub: Any) -> None:
     idle.add_argument("--nodes", type=int, default=3, help="lab size (default: %(default)s)")
     idle.add_argument("--out", help="JSON output path (default: bench-results/idle.json)")
     idle.set_defaults(func=_cmd)
-    cloud = bench_sub.add_parser("cloud", help="the OpenStack APIs (catalog lab-cloud): unavailability per fault "
-                                              "(keystone-kill mariadb-kill mariadb-node-crash monitor-crash), RSS")
-    cloud.add_argument("--faults", nargs="+", default=None, help="faults to measure (default: all)")
+    cloud = bench_sub.add_parser("cloud", help="the OpenStack APIs (catalog lab-cloud): a client's unavailability "
+                                              "per fault (token issue, projects, images every 0.5 s), RSS")
+    cloud.add_argument("--faults", nargs="+", default=None, metavar="FAULT",
+                       help="faults to measure (default: all; an unknown name lists them)")
     for parser in (formation, election, failover, cloud):
         parser.add_argument("--rounds", type=int, default=10, help="rounds per case (default: %(default)s)")
         parser.add_argument("--out", help="JSON output path (default: bench-results/<bench>.json; "

@@ -468,7 +468,7 @@ class Lab:
         last = ""
         while True:
             rows = self._services_view()
-            if rows and all(_fully_healthy(r["health"]) for r in rows):
+            if rows and all(fully_healthy(r["health"]) for r in rows):
                 return rows
             summary = ", ".join(f"{r['name']}={r['health']}" for r in rows) or "no catalog applied yet"
             if progress is not None and summary != last:
@@ -540,7 +540,7 @@ def _wait_dead(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def _fully_healthy(health: str) -> bool:
+def fully_healthy(health: str) -> bool:
     """'healthy' for a singleton, 'healthy N/N' for an every-node service."""
     if health == "healthy":
         return True
