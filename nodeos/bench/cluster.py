@@ -6,7 +6,6 @@ Benchmarks print figures and write JSON; nothing is asserted.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -15,16 +14,9 @@ from typing import Any, Callable
 from nodeos.cluster.control import ControlError, request
 from nodeos.lab.lab import Lab, LabError, destroy
 
+from .stats import summarize
+
 RESULTS_DIR = Path("bench-results")
-
-
-def summarize(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"n": 0}
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, max(0, int(round(0.95 * len(ordered) + 0.5)) - 1))]
-    return {"n": len(samples), "median": round(statistics.median(samples), 3), "p95": round(p95, 3),
-            "min": round(ordered[0], 3), "max": round(ordered[-1], 3)}
 
 
 def write_results(name: str, results: dict[str, Any], out: str | None) -> Path:

@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import bench
 
     bench.register(sub)
+    from . import chaos
+
+    chaos.register(sub)
     from . import storage as storage_cli
 
     storage_cli.register(sub)

@@ -1,0 +1,81 @@
+"""A campaign's recorded history: what the neutral observers saw, one JSON object per line.
+
+Times (`t`) are seconds on the host's monotonic clock, the one the agents log with, so the
+agents' events and the observers' samples sort into one timeline. Kinds (`k`):
+
+  lease    {holders: [node]}               the Monitor lease holders one sampler saw at one instant
+  arp      {vip, macs: [mac]}              the MACs that answered one ARP who-has for a VIP
+  mapping  {volume, rw: [node]}            the nodes that mapped a volume read-write at one instant
+  write    {store, key}                    a write acknowledged to the writer (only acknowledged ones)
+  readback {store, keys: [key]}            every key read back from a store at the end
+  poll     {api, ok, detail}               one client request through a VIP
+  fault    {id, fault, target, phase}      phase: injected, detected, decided, healthy, answering, stuck
+  event    {node, event, ...}              one entry of an agent's event log
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+Record = dict[str, Any]
+
+KINDS = ("lease", "arp", "mapping", "write", "readback", "poll", "fault", "event")
+
+
+class HistoryError(ValueError):
+    """A history file that cannot be read back (its path and line in the message)."""
+
+
+class History:
+    """Append-only and thread-safe: the samplers are threads of one process."""
+
+    def __init__(self, records: Iterable[Record] = ()) -> None:
+        self._records: list[Record] = []
+        self._lock = threading.Lock()
+        for record in records:
+            self.add(record)
+
+    def add(self, record: Record) -> None:
+        if record.get("k") not in KINDS or not isinstance(record.get("t"), (int, float)):
+            raise HistoryError(f"not a history record: {record!r}")
+        with self._lock:
+            self._records.append(record)
+
+    def record(self, kind: str, t: float, **fields: Any) -> None:
+        self.add({"k": kind, "t": t, **fields})
+
+    def of(self, kind: str) -> list[Record]:
+        """The records of one kind in time order (samplers append concurrently, a little out of order)."""
+        with self._lock:
+            return sorted((r for r in self._records if r["k"] == kind), key=lambda r: r["t"])
+
+    def __iter__(self) -> Iterator[Record]:
+        with self._lock:
+            return iter(sorted(self._records, key=lambda r: r["t"]))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def dump(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w") as out:
+            for record in self:
+                out.write(json.dumps(record, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "History":
+        history = cls()
+        with path.open() as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    history.add(json.loads(line))
+                except (json.JSONDecodeError, HistoryError) as exc:
+                    raise HistoryError(f"{path}:{number}: {exc}") from None
+        return history

@@ -1,0 +1,164 @@
+"""Invariant checkers over a recorded history (history.py), each separate and pure.
+
+Safety: at most one Monitor lease holder at any sampled instant; each VIP answered by at
+most one MAC; each volume mapped read-write on at most one node; no acknowledged write
+lost. Liveness: every fault recovered within its bound. A violation seen by consecutive
+samples is one violation (an episode), with its first and last sample and what was seen.
+The unavailability windows of the client's polls are measurements, not violations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import groupby
+from typing import Any, Callable, Iterable
+
+from .history import History, Record
+
+DEFAULT_RECOVERY_BOUND = 300.0  # seconds from injection to every service healthy again
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    at: float
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A client could not use an API from `start` (its last answer before the outage) to `end`
+    (its first answer after); `end` is None when it never answered again."""
+    api: str
+    start: float
+    end: float | None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.end is None else round(self.end - self.start, 3)
+
+
+def _episodes(samples: list[Record], bad: Callable[[Record], bool]) -> list[list[Record]]:
+    """Runs of consecutive bad samples (time order)."""
+    return [list(run) for is_bad, run in groupby(samples, key=bad) if is_bad]
+
+
+def _episode_violation(invariant: str, run: list[Record], what: str) -> Violation:
+    span = f"{run[0]['t']:.3f}s" if len(run) == 1 else f"{run[0]['t']:.3f}s to {run[-1]['t']:.3f}s ({len(run)} samples)"
+    return Violation(invariant, run[0]["t"], f"{what} at {span}")
+
+
+def one_lease_holder(history: History) -> list[Violation]:
+    return [_episode_violation("one-lease-holder", run, f"lease held by {sorted(set(run[0]['holders']))}")
+            for run in _episodes(history.of("lease"), lambda r: len(set(r["holders"])) > 1)]
+
+
+def _per_key(records: list[Record], key: str) -> dict[str, list[Record]]:
+    grouped: dict[str, list[Record]] = {}
+    for record in records:
+        grouped.setdefault(record[key], []).append(record)
+    return grouped
+
+
+def one_mac_per_vip(history: History) -> list[Violation]:
+    return [_episode_violation("one-mac-per-vip", run, f"VIP {vip} answered by {sorted(set(run[0]['macs']))}")
+            for vip, samples in sorted(_per_key(history.of("arp"), "vip").items())
+            for run in _episodes(samples, lambda r: len(set(r["macs"])) > 1)]
+
+
+def one_writer_per_volume(history: History) -> list[Violation]:
+    return [_episode_violation("one-writer-per-volume", run,
+                               f"volume {volume} mapped read-write on {sorted(set(run[0]['rw']))}")
+            for volume, samples in sorted(_per_key(history.of("mapping"), "volume").items())
+            for run in _episodes(samples, lambda r: len(set(r["rw"])) > 1)]
+
+
+def no_acknowledged_write_lost(history: History) -> list[Violation]:
+    """Every acknowledged key is in the store's last read-back; a store written but never read
+    back is a violation too (the check did not happen)."""
+    readbacks = {store: runs[-1] for store, runs in _per_key(history.of("readback"), "store").items()}
+    violations = []
+    for store, writes in sorted(_per_key(history.of("write"), "store").items()):
+        readback = readbacks.get(store)
+        if readback is None:
+            violations.append(Violation("no-acknowledged-write-lost", writes[-1]["t"],
+                                        f"{store}: {len(writes)} acknowledged writes never read back"))
+            continue
+        found = set(readback["keys"])
+        lost = [w for w in writes if w["key"] not in found]
+        if lost:
+            keys = ", ".join(str(w["key"]) for w in lost[:5]) + (" ..." if len(lost) > 5 else "")
+            violations.append(Violation("no-acknowledged-write-lost", lost[0]["t"],
+                                        f"{store}: {len(lost)} of {len(writes)} acknowledged writes lost ({keys})"))
+    return violations
+
+
+def incidents(history: History) -> dict[str, dict[str, Any]]:
+    """Per fault id: the fault, its target and the time of each phase (the first of each)."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in history.of("fault"):
+        incident = found.setdefault(record["id"], {"id": record["id"], "fault": record["fault"],
+                                                   "target": record.get("target", ""), "phases": {}, "state": None})
+        incident["phases"].setdefault(record["phase"], record["t"])
+        if record["phase"] == "stuck":
+            incident["state"] = record.get("state")
+    return found
+
+
+def recovered_in_bound(history: History, bounds: dict[str, float] | None = None) -> list[Violation]:
+    """Every injected fault reaches `healthy` within its bound (per fault kind, else the default)."""
+    bounds = bounds or {}
+    violations = []
+    for incident in incidents(history).values():
+        phases = incident["phases"]
+        injected = phases.get("injected")
+        if injected is None:
+            continue
+        bound = bounds.get(incident["fault"], DEFAULT_RECOVERY_BOUND)
+        healthy = phases.get("healthy")
+        if healthy is None or healthy - injected > bound:
+            took = "never" if healthy is None else f"after {healthy - injected:.1f}s"
+            state = f"; cluster then: {incident['state']}" if incident["state"] else ""
+            violations.append(Violation("recovered-in-bound", injected,
+                                        f"{incident['id']} {incident['fault']} {incident['target']}: healthy {took}, "
+                                        f"bound {bound:.0f}s (stuck recovery){state}"))
+    return violations
+
+
+def unavailability_windows(history: History) -> list[Window]:
+    """Per API, each outage seen by the client's polls: from its last answer before the first
+    failed poll to its first answer after (polls before the first answer ever are start-up)."""
+    windows = []
+    for api, polls in sorted(_per_key(history.of("poll"), "api").items()):
+        last_ok: float | None = None
+        outage = False
+        for poll in polls:
+            if poll["ok"]:
+                if outage and last_ok is not None:
+                    windows.append(Window(api, last_ok, poll["t"]))
+                last_ok, outage = poll["t"], False
+            elif last_ok is not None:
+                outage = True
+        if outage and last_ok is not None:
+            windows.append(Window(api, last_ok, None))
+    return sorted(windows, key=lambda w: w.start)
+
+
+CHECKERS: dict[str, Callable[[History], list[Violation]]] = {
+    "one-lease-holder": one_lease_holder,
+    "one-mac-per-vip": one_mac_per_vip,
+    "one-writer-per-volume": one_writer_per_volume,
+    "no-acknowledged-write-lost": no_acknowledged_write_lost,
+}
+
+
+def check(history: History, bounds: dict[str, float] | None = None,
+          skip: Iterable[str] = ()) -> list[Violation]:
+    """Every checker's violations, in time order."""
+    found = [v for name, checker in CHECKERS.items() if name not in skip for v in checker(history)]
+    if "recovered-in-bound" not in skip:
+        found += recovered_in_bound(history, bounds)
+    return sorted(found, key=lambda v: (v.at, v.invariant))

@@ -1,0 +1,197 @@
+"""The chaos campaign's pure parts: the seeded schedule, the invariant checkers over a
+recorded history (each shown to report a planted violation), and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodeos.chaos.history import History, HistoryError
+from nodeos.chaos.invariants import (Window, check, no_acknowledged_write_lost, one_lease_holder, one_mac_per_vip,
+                                     one_writer_per_volume, recovered_in_bound, unavailability_windows)
+from nodeos.chaos.report import build, load_json, render_html, write_json
+from nodeos.chaos.schedule import FAULTS, MONITOR, TAKES_A_NODE, ScheduleError, parse_faults, plan
+
+NODES = ["n1", "n2", "n3"]
+SERVICES = ["keystone", "mariadb", "memcached"]
+
+
+def healthy_history() -> History:
+    """A fault that recovered, samplers that saw one holder of everything, and every write read back."""
+    h = History()
+    for i in range(10):
+        t = float(i)
+        h.record("lease", t, holders=["n1"] if i < 5 else ["n2"])
+        h.record("arp", t, vip="10.0.0.200", macs=["02:00:00:00:00:01"] if i < 5 else ["02:00:00:00:00:02"])
+        h.record("mapping", t, volume="rbd/mariadb", rw=["n1"] if i < 5 else ([] if i == 5 else ["n2"]))
+        h.record("poll", t, api="token", ok=i not in (5, 6))
+        h.record("write", t, store="mariadb", key=i)
+    h.record("readback", 11.0, store="mariadb", keys=list(range(10)))
+    h.record("fault", 4.5, id="r1", fault="node-crash", target="n1", phase="injected")
+    h.record("fault", 5.2, id="r1", fault="node-crash", target="n1", phase="detected")
+    h.record("event", 5.3, node="n2", event="monitor.migrate", service="mariadb")
+    h.record("fault", 8.0, id="r1", fault="node-crash", target="n1", phase="healthy")
+    h.record("fault", 7.0, id="r1", fault="node-crash", target="n1", phase="answering")
+    return h
+
+
+def test_a_clean_history_has_no_violation() -> None:
+    assert check(healthy_history()) == []
+
+
+def test_two_lease_holders_at_one_instant_are_one_violation_per_episode() -> None:
+    h = healthy_history()
+    h.record("lease", 5.5, holders=["n1", "n2"])  # planted: a forged lease on a second node
+    h.record("lease", 5.6, holders=["n2", "n1"])
+    h.record("lease", 9.5, holders=["n2", "n3"])
+    found = one_lease_holder(h)
+    assert [(v.at, v.detail) for v in found] == [
+        (5.5, "lease held by ['n1', 'n2'] at 5.500s to 5.600s (2 samples)"),
+        (9.5, "lease held by ['n2', 'n3'] at 9.500s")]
+
+
+def test_a_vip_answered_by_two_macs_is_reported_for_that_vip_only() -> None:
+    h = healthy_history()
+    h.record("arp", 3.5, vip="10.0.0.200", macs=["02:00:00:00:00:01", "02:00:00:00:00:02"])  # planted
+    h.record("arp", 3.5, vip="10.0.0.201", macs=["02:00:00:00:00:03"])
+    found = one_mac_per_vip(h)
+    assert len(found) == 1 and found[0].invariant == "one-mac-per-vip" and "10.0.0.200" in found[0].detail
+    # The same MAC twice (two answers from one holder) is one MAC.
+    h2 = History([{"k": "arp", "t": 1.0, "vip": "v", "macs": ["m", "m"]}])
+    assert one_mac_per_vip(h2) == []
+
+
+def test_a_volume_mapped_read_write_on_two_nodes_is_reported() -> None:
+    h = healthy_history()
+    h.record("mapping", 5.5, volume="rbd/mariadb", rw=["n1", "n2"])  # planted
+    found = one_writer_per_volume(h)
+    assert [v.detail for v in found] == ["volume rbd/mariadb mapped read-write on ['n1', 'n2'] at 5.500s"]
+
+
+def test_a_dropped_acknowledged_write_is_reported_and_so_is_a_store_never_read_back() -> None:
+    h = healthy_history()
+    h.record("readback", 12.0, store="mariadb", keys=[k for k in range(10) if k != 7])  # planted: 7 dropped
+    h.record("write", 2.0, store="images", key="img-1")
+    found = no_acknowledged_write_lost(h)
+    assert [(v.at, v.detail) for v in found] == [
+        (2.0, "images: 1 acknowledged writes never read back"),
+        (7.0, "mariadb: 1 of 10 acknowledged writes lost (7)")]
+
+
+def test_a_fault_never_healthy_or_healthy_too_late_is_a_stuck_recovery() -> None:
+    h = healthy_history()
+    h.record("fault", 20.0, id="r2", fault="partition", target="n3", phase="injected")
+    h.record("fault", 80.0, id="r2", fault="partition", target="n3", phase="stuck", state="keystone=restarting")
+    found = recovered_in_bound(h, {"partition": 60.0})
+    assert [v.detail for v in found] == [
+        "r2 partition n3: healthy never, bound 60s (stuck recovery); cluster then: keystone=restarting"]
+    assert [v.invariant for v in recovered_in_bound(h, {"node-crash": 3.0, "partition": 60.0})] == \
+        ["recovered-in-bound", "recovered-in-bound"]  # r1 took 3.5 s
+
+
+def test_unavailability_windows_run_from_the_last_answer_to_the_next() -> None:
+    h = History()
+    for t, ok in [(0.0, False), (1.0, True), (2.0, False), (3.0, False), (4.0, True), (5.0, True), (6.0, False)]:
+        h.record("poll", t, api="token", ok=ok)
+    # Before the first answer is start-up; an outage still open at the end has no end.
+    assert unavailability_windows(h) == [Window("token", 1.0, 4.0), Window("token", 5.0, None)]
+    assert unavailability_windows(h)[0].seconds == 3.0
+
+
+def test_the_history_round_trips_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    h = healthy_history()
+    path = tmp_path / "history.jsonl"
+    h.dump(path)
+    again = History.load(path)
+    assert list(again) == list(h) and len(again) == len(h)
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(HistoryError, match=r"history.jsonl:\d+:"):
+        History.load(path)
+    with pytest.raises(HistoryError):
+        History().record("bogus", 1.0)
+
+
+def test_the_schedule_comes_from_the_seed_alone() -> None:
+    faults = list(FAULTS)
+    first = plan(7, 50, faults, NODES, SERVICES)
+    assert first == plan(7, 50, faults, list(reversed(NODES)), SERVICES)
+    assert first != plan(8, 50, faults, NODES, SERVICES)
+    assert [r.number for r in first] == list(range(1, 51))
+    assert {f.fault for r in first for f in r.faults} <= set(faults)
+
+
+def test_overlapping_faults_never_take_the_majority_away() -> None:
+    for seed in range(20):
+        for round_ in plan(seed, 40, list(FAULTS), NODES, SERVICES, overlap=1.0):
+            taken = {f.target for f in round_.faults if f.fault in TAKES_A_NODE}
+            assert len(taken) <= 1, round_  # three nodes: one may go
+    five = [f"n{i}" for i in range(1, 6)]
+    rounds = plan(3, 200, ["node-crash"], five, [], overlap=1.0)
+    assert any(len(r.faults) == 2 for r in rounds)  # five nodes: two may go together
+    assert all(len({f.target for f in r.faults}) == len(r.faults) for r in rounds)
+
+
+def test_targets_fit_their_fault() -> None:
+    for round_ in plan(1, 100, list(FAULTS), NODES, SERVICES):
+        for fault in round_.faults:
+            expected = {"service": SERVICES, "monitor": [MONITOR], "node": NODES}[FAULTS[fault.fault]]
+            assert fault.target in expected, fault
+
+
+def test_bad_fault_lists_and_arguments_are_refused_with_the_choices() -> None:
+    assert parse_faults("all") == list(FAULTS)
+    assert parse_faults("node-crash, service-kill") == ["node-crash", "service-kill"]
+    with pytest.raises(ScheduleError, match="unknown fault.*node-explode.*choose from: service-kill"):
+        parse_faults("node-crash,node-explode")
+    with pytest.raises(ScheduleError, match="rounds"):
+        plan(1, 0, ["node-crash"], NODES, SERVICES)
+    with pytest.raises(ScheduleError, match="service-kill needs"):
+        plan(1, 3, ["service-kill"], NODES, [])
+
+
+def test_the_report_sums_recoveries_per_fault_and_renders_a_self_contained_page(tmp_path: Path) -> None:
+    h = healthy_history()
+    h.record("lease", 5.5, holders=["n1", "n2"])
+    violations = check(h)
+    report = build(h, violations, {"seed": 7, "rounds": 1})
+    assert not report["ok"] and report["violations"][0]["invariant"] == "one-lease-holder"
+    assert report["per_fault"]["node-crash"]["count"] == 1
+    assert report["per_fault"]["node-crash"]["healthy_s"]["median"] == 3.5
+    assert report["per_fault"]["node-crash"]["answering_s"]["median"] == 2.5
+    assert report["unavailability_s"]["token"]["median"] == 3.0  # last answer 4.0, next 7.0
+    incident = report["incidents"][0]
+    assert incident["phases"] == {"injected": 0.0, "detected": 0.7, "answering": 2.5, "healthy": 3.5}
+    assert incident["events"] == [{"t": 0.8, "node": "n2", "event": "monitor.migrate"}]
+    assert incident["windows"] == [{"api": "token", "start": -0.5, "end": 2.5}]
+    again = load_json(write_json(report, tmp_path / "chaos.json"))
+    page = render_html(again)
+    assert "<svg" in page and "node-crash" in page and "one-lease-holder" in page
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # nothing fetched from outside
+    with pytest.raises(ValueError, match="not a chaos report"):
+        (tmp_path / "other.json").write_text("{}")
+        load_json(tmp_path / "other.json")
+
+
+def test_chaos_report_checks_a_history_and_exits_by_what_it_found(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from nodeos.cli.main import main
+
+    clean, planted = tmp_path / "clean.jsonl", tmp_path / "planted.jsonl"
+    healthy_history().dump(clean)
+    h = healthy_history()
+    h.record("mapping", 5.5, volume="rbd/mariadb", rw=["n1", "n2"])
+    h.dump(planted)
+    assert main(["chaos", "report", str(clean)]) == 0
+    assert "no invariant violated" in capsys.readouterr().out and (tmp_path / "clean.html").exists()
+    assert main(["chaos", "report", str(planted), "--html", str(tmp_path / "p.html")]) == 1
+    out = capsys.readouterr().out
+    assert "VIOLATION one-writer-per-volume" in out and "node-crash" in out
+    assert "one-writer-per-volume" in (tmp_path / "p.html").read_text()
+    # A bound the recovery missed is a stuck recovery.
+    assert main(["chaos", "report", str(clean), "--bound", "node-crash=2"]) == 1
+    assert "recovered-in-bound" in capsys.readouterr().out
+    assert main(["chaos", "report", str(tmp_path / "missing.jsonl")]) == 2
+    (tmp_path / "bad.jsonl").write_text('{"k": "lease"}\n')
+    assert main(["chaos", "report", str(tmp_path / "bad.jsonl")]) == 2
+    assert "bad.jsonl:1:" in capsys.readouterr().err
