@@ -105,14 +105,14 @@ def unavailability(polls: list[tuple[float, bool]], fault_at: float) -> float:
     return back - (before[-1] if before else fault_at)
 
 
-def _view(lab: Lab) -> dict[str, Any]:
+def services_view(lab: Lab) -> dict[str, Any]:
     statuses = [s for s in (lab.node_status(n, timeout=1.0) for n in sorted(lab.spec.nodes)) if s and s.get("services")]
     return next((s for s in statuses if s.get("may_act")), statuses[0] if statuses else {})
 
 
 def settled(lab: Lab) -> bool:
     """Every service of the catalog healthy: each singleton on its node, the others on every node."""
-    rows = _view(lab).get("services", [])
+    rows = services_view(lab).get("services", [])
     return bool(rows) and all(fully_healthy(r["health"]) for r in rows)
 
 
@@ -124,11 +124,11 @@ def restore(lab: Lab) -> None:
             lab.start_agent(name)
     lab.wait_formed(timeout=90)
     if not wait_for(lambda: settled(lab), 300, interval=1.0):
-        raise LabError(f"the cloud did not settle between rounds: {_view(lab).get('services')}")
+        raise LabError(f"the cloud did not settle between rounds: {services_view(lab).get('services')}")
 
 
 def inject(lab: Lab, fault: str) -> str:
-    view = _view(lab)
+    view = services_view(lab)
     rows = {r["name"]: r for r in view.get("services", [])}
     if fault == "keystone-kill":
         return kill_service(lab, "keystone")
@@ -192,10 +192,10 @@ def bench_cloud(rounds: int, faults: list[str]) -> dict[str, Any]:
     try:
         lab.start_all()
         restore(lab)
-        auth_url = keystone_auth_url(_view(lab))
+        auth_url = keystone_auth_url(services_view(lab))
         if auth_url is None:
             raise LabError("keystone has no VIP")
-        glance = next((r["vip"] for r in _view(lab).get("services", []) if r["name"] == "glance-api" and r["vip"]), "")
+        glance = next((r["vip"] for r in services_view(lab).get("services", []) if r["name"] == "glance-api" and r["vip"]), "")
         images = f"http://{glance}:{GLANCE_PORT}/v2/images" if glance else ""
         poller = Poller(lab, auth_url, admin_password(load_identity(lab.identity_path)), images)
         results["control plane RSS MiB at start"] = control_plane_rss(lab)

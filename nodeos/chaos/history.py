@@ -44,8 +44,9 @@ class History:
         with self._lock:
             self._records.append(record)
 
-    def record(self, kind: str, t: float, **fields: Any) -> None:
-        self.add({"k": kind, "t": t, **fields})
+    def record(self, kind: str, t: float, /, **fields: Any) -> None:
+        """One record; `fields` may not be named k or t (positional-only: an event may have a `kind`)."""
+        self.add({**fields, "k": kind, "t": t})
 
     def of(self, kind: str) -> list[Record]:
         """The records of one kind in time order (samplers append concurrently, a little out of order)."""

@@ -1,7 +1,8 @@
 """A campaign's recovery report: JSON, and a self-contained HTML page (no script, no link out).
 
-Per fault kind: how many, and recovery times (median, p95, max) from injection to every
-service healthy and to the client answering; per incident a timeline of the fault, its
+Per fault kind: how many, and recovery times (median, p95, max) from injection to the client
+answering again and to every service healthy, and from the fault's end (a node back on, a
+cable back in) to every service healthy; per incident a timeline of the fault, its
 detection, the Monitor's decisions (from the event log), health and the API answering,
 with the client's unavailability windows drawn under it.
 """
@@ -19,9 +20,9 @@ from nodeos.bench.stats import summarize
 from .history import History
 from .invariants import Violation, incidents, unavailability_windows
 
-PHASES = ("injected", "detected", "decided", "healthy", "answering")
+PHASES = ("injected", "detected", "decided", "answering", "undone", "healthy")
 # Agent events worth a mark on an incident's timeline (the Monitor's decisions and their outcome).
-DECISION_EVENTS = ("monitor.", "services.", "vip.", "fence", "volume.", "cloud.")
+DECISION_EVENTS = ("node.", "monitor.", "service.", "vip.", "fence.", "storage.volume", "volume.", "cloud.")
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("nodeos.chaos", "templates"), autoescape=True,
                                 undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -41,10 +42,12 @@ def build(history: History, violations: list[Violation], meta: dict[str, Any]) -
             continue
         end = phases.get("healthy", phases.get("stuck", start))
         relative = {p: round(t - start, 3) for p, t in phases.items()}
-        times = per_fault.setdefault(incident["fault"], {"healthy": [], "answering": [], "stuck": []})
+        times = per_fault.setdefault(incident["fault"], {"healthy": [], "answering": [], "undone": [], "stuck": []})
         for phase in ("healthy", "answering"):
             if phase in relative:
                 times[phase].append(relative[phase])
+        if "healthy" in relative and "undone" in relative:  # the whole cluster healthy once the fault ended
+            times["undone"].append(round(relative["healthy"] - relative["undone"], 3))
         if "healthy" not in relative:
             times["stuck"].append(1.0)
         rows.append({
@@ -61,7 +64,8 @@ def build(history: History, violations: list[Violation], meta: dict[str, Any]) -
         "ok": not violations,
         "violations": [v.as_dict() for v in violations],
         "per_fault": {fault: {"count": len(t["healthy"]) + len(t["stuck"]), "stuck": len(t["stuck"]),
-                              "healthy_s": summarize(t["healthy"]), "answering_s": summarize(t["answering"])}
+                              "healthy_s": summarize(t["healthy"]), "answering_s": summarize(t["answering"]),
+                              "healthy_after_undo_s": summarize(t["undone"])}
                       for fault, t in sorted(per_fault.items())},
         "unavailability_s": {api: summarize([w.seconds for w in windows if w.api == api and w.seconds is not None])
                              for api in sorted({w.api for w in windows})},

@@ -31,6 +31,7 @@ def healthy_history() -> History:
     h.record("fault", 4.5, id="r1", fault="node-crash", target="n1", phase="injected")
     h.record("fault", 5.2, id="r1", fault="node-crash", target="n1", phase="detected")
     h.record("event", 5.3, node="n2", event="monitor.migrate", service="mariadb")
+    h.record("fault", 6.0, id="r1", fault="node-crash", target="n1", phase="undone")
     h.record("fault", 8.0, id="r1", fault="node-crash", target="n1", phase="healthy")
     h.record("fault", 7.0, id="r1", fault="node-crash", target="n1", phase="answering")
     return h
@@ -161,7 +162,8 @@ def test_the_report_sums_recoveries_per_fault_and_renders_a_self_contained_page(
     assert report["per_fault"]["node-crash"]["answering_s"]["median"] == 2.5
     assert report["unavailability_s"]["token"]["median"] == 3.0  # last answer 4.0, next 7.0
     incident = report["incidents"][0]
-    assert incident["phases"] == {"injected": 0.0, "detected": 0.7, "answering": 2.5, "healthy": 3.5}
+    assert report["per_fault"]["node-crash"]["healthy_after_undo_s"]["median"] == 2.0
+    assert incident["phases"] == {"injected": 0.0, "detected": 0.7, "undone": 1.5, "answering": 2.5, "healthy": 3.5}
     assert incident["events"] == [{"t": 0.8, "node": "n2", "event": "monitor.migrate"}]
     assert incident["windows"] == [{"api": "token", "start": -0.5, "end": 2.5}]
     again = load_json(write_json(report, tmp_path / "chaos.json"))
@@ -195,3 +197,23 @@ def test_chaos_report_checks_a_history_and_exits_by_what_it_found(tmp_path: Path
     (tmp_path / "bad.jsonl").write_text('{"k": "lease"}\n')
     assert main(["chaos", "report", str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl:1:" in capsys.readouterr().err
+
+
+def test_the_mount_observer_names_the_nodes_with_a_volume_mounted_read_write() -> None:
+    from nodeos.chaos.observers import volume_mounts
+
+    mountinfo = "\n".join([
+        "36 25 0:32 / /run/lab/n1/root/var/lib/mysql rw,relatime shared:1 - ext4 /dev/rbd0 rw",
+        "37 25 0:33 / /run/lab/n2/root/var/lib/mysql ro,relatime shared:2 - ext4 /dev/rbd1 ro",  # read-only: not a writer
+        "38 25 0:34 / /run/lab/n3/root/var/lib/mysql rw,relatime - ext4 /dev/loop3 rw",
+        "39 25 0:35 / /run/lab/n3/root/proc rw - proc proc rw",  # not a volume's file system
+        "40 25 0:36 / /srv/other rw - ext4 /dev/sda1 rw",  # not under a node
+    ])
+    roots = {"n1": "/run/lab/n1/root", "n2": "/run/lab/n2/root", "n3": "/run/lab/n3/root"}
+    assert volume_mounts(mountinfo, roots) == {"/var/lib/mysql": ["n1", "n3"]}
+
+
+def test_an_event_with_fields_named_like_the_records_own_is_kept() -> None:
+    h = History()
+    h.record("event", 1.0, kind="restart", node="n1", event="service.restart")
+    assert h.of("event") == [{"k": "event", "t": 1.0, "kind": "restart", "node": "n1", "event": "service.restart"}]
