@@ -102,6 +102,25 @@ def test_config_and_firewall_rendering() -> None:
     assert "6800-7300" in cloud["NODEOS_FW_TCP"]
 
 
+def test_the_cloud_image_runs_the_cloud_catalog_and_can_run_the_storage_one() -> None:
+    from nodeos.image.manifest import with_config_settings
+    from nodeos.services.catalog import packaged_catalog
+
+    manifest = load_manifest("cloud")
+    assert manifest.catalog == packaged_catalog("cloud")
+    assert yaml.safe_load(render_config(manifest))["catalog"] == "/etc/nodeos/catalog.yaml"
+    tcp = set(dict(line.split("=", 1) for line in firewall_env(manifest).splitlines())["NODEOS_FW_TCP"].strip('"').split())
+    # The catalog's own ports: MariaDB, RabbitMQ, memcached, keystone, glance, placement, nova, cinder, neutron.
+    assert {"3306", "5672", "11211", "5000", "9292", "8778", "8774", "8776", "9696"} <= tcp
+    assert "80" not in tcp  # no nginx in the cloud catalog
+    # The image tier's storage test: the node config names the packaged storage catalog (the agent
+    # resolves a name to nodeos/services/catalogs/<name>.yaml), and its ports are opened too.
+    storage = with_config_settings(manifest, ["catalog=storage"])
+    assert yaml.safe_load(render_config(storage))["catalog"] == "storage"
+    tcp = set(dict(line.split("=", 1) for line in firewall_env(storage).splitlines())["NODEOS_FW_TCP"].strip('"').split())
+    assert {"80", "8080", "8091", "3306", "5000"} <= tcp
+
+
 def test_mirror_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODEOS_DEBIAN_MIRROR", "http://mirror.example/debian")
     monkeypatch.delenv("NODEOS_DEBIAN_SECURITY_MIRROR", raising=False)
