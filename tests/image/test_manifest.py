@@ -186,3 +186,32 @@ def test_config_settings_override_the_manifest_config_and_are_validated() -> Non
                        ("bootstrap_expect.x=1", "not a mapping")]:
         with pytest.raises(ManifestError, match=words):
             with_config_settings(base, [bad])
+
+
+def test_every_unit_of_the_cloud_catalog_has_a_drop_in_in_the_cloud_image_s_elements() -> None:
+    """Without building: the drop-ins the cloud image's elements install (static/) cover every unit the
+    cloud catalog starts, each with Restart=no (the agent restarts and moves), and epmd is masked."""
+    import configparser
+
+    from nodeos.image.manifest import ELEMENTS_DIR
+    from nodeos.services.catalog import load_catalog
+
+    manifest = load_manifest("cloud")
+    assert manifest.catalog is not None
+    dropins = {path.parent.name: path for element in manifest.elements
+               for path in (ELEMENTS_DIR / element / "static/etc/systemd/system").glob("*.d/nodeos.conf")}
+    for spec in load_catalog(manifest.catalog):
+        assert spec.unit is not None
+        unit = spec.unit.replace("@nodeos.service", "@.service")
+        assert f"{unit}.d" in dropins, f"{spec.name}: no drop-in for {unit}"
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.read_string(dropins[f"{unit}.d"].read_text())
+        assert parser["Service"]["Restart"] == "no", unit
+        for command in ("ExecStart", "ExecStartPre"):
+            for word in parser["Service"].get(command, "").split()[:1]:
+                program = word.lstrip("+!-@:")
+                if program.startswith("/usr/local/lib/nodeos/"):
+                    script = ELEMENTS_DIR / "nodeos-openstack/static" / program.lstrip("/")
+                    assert script.is_file() and script.stat().st_mode & 0o111, f"{unit}: {program}"
+    masking = (ELEMENTS_DIR / "nodeos-openstack/post-install.d/80-nodeos-openstack-disabled").read_text()
+    assert "systemctl mask epmd.socket epmd.service" in masking
