@@ -27,6 +27,11 @@ Two hosts behind one interface (`Host`), chosen by the runtime:
   a step's environment as NAME=VALUE lines on its stdin, exported by a
   small shell before it execs the step.
 
+The node pass asks for a service's files before each start attempt, and again at its
+pace (10 a second) while the start waits (no grant yet): a write identical to one done
+in the last REWRITE_AFTER seconds is skipped, and a failed one is not tried again for
+RETRY_AFTER seconds, so the node never spawns a writer per pass.
+
 A job step's unit has a fixed name (`nodeos-job-<job>-<step>.service`): a step
 left running by an agent that died is not started a second time beside it
 (systemd-run refuses a name in use, the attempt fails and is retried later).
@@ -34,12 +39,14 @@ left running by an agent that died is not started a second time beside it
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -85,6 +92,8 @@ ENV_FROM_STDIN = 'while IFS= read -r kv; do export "$kv"; done; exec "$@"'
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 WRITE_TIMEOUT = 60.0  # a few small files; python's start-up is most of it
 STOP_GRACE = 30.0  # beyond RuntimeMaxSec: systemd stops the unit, then systemd-run returns
+REWRITE_AFTER = 30.0  # the same files for the same configuration within this: already written
+RETRY_AFTER = 5.0  # after a failed write, the same error until then
 # Every transient unit: wait for it, unload it even when it failed, its stdio ours, no chatter.
 COMMON = ("--wait", "--collect", "--pipe", "--quiet", "--service-type=exec")
 
@@ -93,12 +102,15 @@ class TransientUnits:
     """Each write and each job step as a transient systemd unit (a real node)."""
 
     def __init__(self, python: str = sys.executable, systemd_run: str = "systemd-run",
-                 runner: Runner = _run) -> None:
+                 runner: Runner = _run, clock: Callable[[], float] = time.monotonic) -> None:
         self.python = python  # the agent's interpreter: the writer is this installation's nodeos
         self.systemd_run = systemd_run
         self.runner = runner
+        self.clock = clock
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
+        self._written: dict[str, tuple[str, float]] = {}  # what -> (payload digest, when written)
+        self._failed: dict[str, tuple[str, float, str]] = {}  # what -> (payload digest, when, error)
 
     # -- configuration ------------------------------------------------------------
     def write_argv(self, what: str) -> list[str]:
@@ -109,8 +121,27 @@ class TransientUnits:
                 "--", self.python, "-I", "-m", "nodeos.cloud.host", "write"]
 
     def write(self, files: list[ConfigFile], what: str) -> list[str]:
-        argv = self.write_argv(what)
         payload = json.dumps([asdict(item) for item in files])
+        digest = hashlib.sha256(payload.encode()).hexdigest()
+        now = self.clock()
+        with self._lock:
+            done_before, failed_before = self._written.get(what), self._failed.get(what)
+        if done_before is not None and done_before[0] == digest and now - done_before[1] < REWRITE_AFTER:
+            return []
+        if failed_before is not None and failed_before[0] == digest and now - failed_before[1] < RETRY_AFTER:
+            raise ConfigError(failed_before[2])
+        try:
+            written = self._write(self.write_argv(what), payload, what)
+        except ConfigError as exc:
+            with self._lock:
+                self._failed[what] = (digest, now, str(exc))
+            raise
+        with self._lock:
+            self._written[what] = (digest, now)
+            self._failed.pop(what, None)
+        return written
+
+    def _write(self, argv: list[str], payload: str, what: str) -> list[str]:
         try:
             done = self.runner(argv, payload, WRITE_TIMEOUT + STOP_GRACE)
         except subprocess.TimeoutExpired:

@@ -84,9 +84,31 @@ def test_two_writes_get_two_unit_names():
     runner = Recorder()
     host = TransientUnits(runner=runner)
     host.write([], "nova")
-    host.write([], "nova")
+    host.write([ConfigFile("/etc/nova/nova.conf", "changed")], "nova")
     names = [next(o for o in options(argv) if o.startswith("--unit=")) for argv, _, _ in runner.calls]
     assert names == ["--unit=nodeos-config-nova-1", "--unit=nodeos-config-nova-2"]
+
+
+def test_the_same_files_are_not_written_again_at_the_pass_rate_and_a_failure_waits_before_a_retry():
+    """A start that waits (no grant yet) asks for its files every pass: no writer unit per pass."""
+    now = [100.0]
+    runner = Recorder((0, '["/etc/x.conf"]', ""), (0, "[]", ""), (1, "", "no space left"), (0, '["/etc/x.conf"]', ""))
+    host = TransientUnits(runner=runner, clock=lambda: now[0])
+    files = [ConfigFile("/etc/x.conf", "x")]
+    assert host.write(files, "x") == ["/etc/x.conf"]
+    now[0] += 1
+    assert host.write(files, "x") == [] and len(runner.calls) == 1  # just written: skipped
+    assert host.write(files, "y") == [] and len(runner.calls) == 2  # another configuration: its own unit
+    now[0] += 60
+    changed = [ConfigFile("/etc/x.conf", "x2")]
+    with pytest.raises(ConfigError, match="no space left"):
+        host.write(changed, "x")
+    now[0] += 1
+    with pytest.raises(ConfigError, match="no space left"):
+        host.write(changed, "x")  # the same error, no new unit
+    assert len(runner.calls) == 3
+    now[0] += 5
+    assert host.write(changed, "x") == ["/etc/x.conf"] and len(runner.calls) == 4
 
 
 def test_a_failed_write_is_a_config_error_naming_the_output():
