@@ -188,6 +188,11 @@ class TransientUnits:
         return f"{len(steps)} step(s) done"
 
 
+def host_for(runtime: str, root: Path | str = "/", enter: Sequence[str] = ()) -> Host:
+    """The lab's process runtime: the agent itself; the systemd runtime (a sandboxed agent): transient units."""
+    return LocalHost(root, enter) if runtime == "process" else TransientUnits()
+
+
 def _unit_word(text: str) -> str:
     """A unit-name-safe word (job and configuration names are already `[a-z0-9-]`)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)

@@ -20,7 +20,7 @@ from typing import Sequence
 import pytest
 
 from nodeos.cloud.config import ConfigError, ConfigFile, render
-from nodeos.cloud.host import COMMON, ENV_FROM_STDIN, LocalHost, TransientUnits
+from nodeos.cloud.host import COMMON, ENV_FROM_STDIN, LocalHost, TransientUnits, host_for
 from nodeos.cloud.jobs import Command, JobError, commands
 from nodeos.cloud.registry import JOBS
 from nodeos.cloud.secrets import admin_password, db_password, service_password
@@ -218,3 +218,10 @@ def test_the_lab_host_runs_steps_itself_behind_its_prefix(tmp_path):
                     10) == "1 step(s) done"
     path = ConfigFile("/etc/x.conf", "x\n", owner=ME, group=MY_GROUP)
     assert host.write([path], "x") == ["/etc/x.conf"] and (tmp_path / "etc/x.conf").read_text() == "x\n"
+
+
+def test_the_runtime_chooses_the_host():
+    lab = host_for("process", "/run/nodeos-lab/x/nodes/n1/root", ["nsenter", "--mount=/run/x"])
+    assert isinstance(lab, LocalHost) and lab.enter == ["nsenter", "--mount=/run/x"]
+    node = host_for("systemd")
+    assert isinstance(node, TransientUnits) and node.python == sys.executable
