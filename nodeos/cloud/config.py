@@ -261,13 +261,14 @@ def _horizon(ctx: CloudContext) -> list[ConfigFile]:
     The same files on every node: the secret key is derived, the addresses are VIPs."""
     vip = ctx.vip("horizon")
     settings = _TEMPLATES.get_template("horizon-local_settings.py.j2").render(
-        secret_key=horizon_secret_key(ctx.identity), allowed_hosts=[vip, "localhost", "127.0.0.1"],
+        secret_key=horizon_secret_key(ctx.identity), allowed_hosts=[vip],
         keystone_host=ctx.vip("keystone"), keystone_port=KEYSTONE_PORT)
     cache = _TEMPLATES.get_template("horizon-cache.py.j2").render(
         memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", timeout=1.0, dead_timeout=2)
     # Django is thread-safe: one process with threads in the lab (each process loads horizon, ~100 MiB).
     uwsgi = _TEMPLATES.get_template("horizon-uwsgi.ini.j2").render(
-        port=HORIZON_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8, static_root=HORIZON_STATIC)
+        vip=vip, port=HORIZON_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8,
+        static_root=HORIZON_STATIC)
     return [ConfigFile("/etc/openstack-dashboard/local_settings.py", settings, mode=0o640, group="horizon"),
             # Debian's snippet of that name (a local memory cache) would override CACHES: replaced.
             ConfigFile("/etc/openstack-dashboard/local_settings.d/_0006_debian_cache.py", cache),

@@ -141,7 +141,7 @@ def test_horizon_points_at_keystone_and_memcached_and_derives_its_secret_key():
     settings = _settings(local.content)
     assert settings["OPENSTACK_KEYSTONE_URL"] == "http://10.0.0.202:5000/v3"
     assert settings["OPENSTACK_HOST"] == "10.0.0.202"
-    assert settings["ALLOWED_HOSTS"][0] == "10.0.0.208"  # its VIP: the Host header its users send
+    assert settings["ALLOWED_HOSTS"] == ["10.0.0.208"]  # its VIP: the Host header its users send
     assert settings["SESSION_ENGINE"] == "django.contrib.sessions.backends.cache"
     # Derived, the same on every node (never Debian's generated secret_key file), and private to horizon.
     assert settings["SECRET_KEY"] == horizon_secret_key(IDENTITY) and len(settings["SECRET_KEY"]) >= 50
@@ -154,7 +154,7 @@ def test_horizon_points_at_keystone_and_memcached_and_derives_its_secret_key():
     uwsgi = configparser.ConfigParser(interpolation=None, strict=False)
     uwsgi.read_string(files["/etc/openstack-dashboard/nodeos-uwsgi.ini"].content)
     ini = uwsgi["uwsgi"]
-    assert ini["shared-socket"] == "0.0.0.0:80" and ini["http-socket"] == "=0"
+    assert ini["shared-socket"] == "10.0.0.208:80" and ini["http-socket"] == "=0"  # on its VIP
     assert ini["static-map"] == "/static=/var/lib/openstack-dashboard/static"
     assert ini["skip-atexit"] == "true" and ini["uid"] == "horizon"
     assert ini["wsgi-file"] == "/usr/share/openstack-dashboard/wsgi.py"
