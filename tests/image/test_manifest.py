@@ -110,9 +110,10 @@ def test_the_cloud_image_runs_the_cloud_catalog_and_can_run_the_storage_one() ->
     assert manifest.catalog == packaged_catalog("cloud")
     assert yaml.safe_load(render_config(manifest))["catalog"] == "/etc/nodeos/catalog.yaml"
     tcp = set(dict(line.split("=", 1) for line in firewall_env(manifest).splitlines())["NODEOS_FW_TCP"].strip('"').split())
-    # The catalog's own ports: MariaDB, RabbitMQ, memcached, keystone, glance, placement, nova, cinder, neutron.
-    assert {"3306", "5672", "11211", "5000", "9292", "8778", "8774", "8776", "9696"} <= tcp
-    assert "80" not in tcp  # no nginx in the cloud catalog
+    # The catalog's own ports: MariaDB, RabbitMQ, memcached, keystone, glance, placement, nova, cinder, neutron,
+    # horizon (80); nothing of the storage catalog's (node-http's 8080).
+    assert {"3306", "5672", "11211", "5000", "9292", "8778", "8774", "8776", "9696", "80"} <= tcp
+    assert "8080" not in tcp
     # The image tier's storage test: the node config names the packaged storage catalog (the agent
     # resolves a name to nodeos/services/catalogs/<name>.yaml), and its ports are opened too.
     storage = with_config_settings(manifest, ["catalog=storage"])
@@ -190,7 +191,8 @@ def test_config_settings_override_the_manifest_config_and_are_validated() -> Non
 
 def test_every_unit_of_the_cloud_catalog_has_a_drop_in_in_the_cloud_image_s_elements() -> None:
     """Without building: the drop-ins the cloud image's elements install (static/) cover every unit the
-    cloud catalog starts, each with Restart=no (the agent restarts and moves), and epmd is masked."""
+    cloud catalog starts (or the elements ship the unit itself: horizon's), each with Restart=no (the
+    agent restarts and moves), and epmd is masked."""
     import configparser
 
     from nodeos.image.manifest import ELEMENTS_DIR
@@ -198,8 +200,10 @@ def test_every_unit_of_the_cloud_catalog_has_a_drop_in_in_the_cloud_image_s_elem
 
     manifest = load_manifest("cloud")
     assert manifest.catalog is not None
-    dropins = {path.parent.name: path for element in manifest.elements
-               for path in (ELEMENTS_DIR / element / "static/etc/systemd/system").glob("*.d/nodeos.conf")}
+    units = [ELEMENTS_DIR / element / "static/etc/systemd/system" for element in manifest.elements]
+    dropins = {path.parent.name: path for directory in units for path in directory.glob("*.d/nodeos.conf")}
+    # A unit the elements ship whole counts as its own drop-in.
+    dropins |= {f"{path.name}.d": path for directory in units for path in directory.glob("nodeos-*.service")}
     for spec in load_catalog(manifest.catalog):
         assert spec.unit is not None
         unit = spec.unit.replace("@nodeos.service", "@.service")

@@ -413,9 +413,9 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
     assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, cinder, neutron, " \
-        "got 'horizon'" in error_of("""
+        "horizon, got 'swift'" in error_of("""
         services:
-          api: {placement: singleton, vip: false, start: {command: [x]}, config: horizon}
+          api: {placement: singleton, vip: false, start: {command: [x]}, config: swift}
         """)
     assert "jobs[0]: unknown job 'db-sync'" in error_of("""
         services:
@@ -573,6 +573,17 @@ def test_the_lab_cloud_catalog_runs_neutron_server_at_its_vip_after_its_jobs() -
     order = catalog.start_order()
     assert all(order.index(dep) < order.index("neutron-server") for dep in neutron.depends_on)
     assert [c.path for c in neutron.health if c.type == "neutron"] == ["/v2.0/networks?limit=1&fields=id"]
+
+
+def test_the_lab_cloud_catalog_runs_horizon_at_its_vip_after_keystone_and_memcached() -> None:
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    horizon = catalog["horizon"]
+    assert horizon.singleton and horizon.vip and horizon.port == 80 and horizon.config == "horizon"
+    assert set(horizon.depends_on) == {"keystone", "memcached"} and not horizon.jobs
+    order = catalog.start_order()
+    assert all(order.index(dep) < order.index("horizon") for dep in horizon.depends_on)
+    assert [(c.type, c.port) for c in horizon.health] == [("process", None), ("horizon", 80)]
+    assert Catalog.from_dict(catalog.to_dict()) == catalog
 
 
 def test_a_check_s_slow_grace_defaults_to_two_minutes_and_zero_turns_it_off() -> None:
