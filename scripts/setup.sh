@@ -57,6 +57,8 @@ neutron-common neutron/configure_rabbit boolean false
 neutron-common neutron/configure_ksat boolean false
 neutron-common neutron/configure_nova boolean false
 neutron-api neutron/configure_api-endpoint boolean false
+# horizon's ALLOWED_HOSTS (its only question): the agent writes the real list (its VIP) in local_settings.py.
+openstack-dashboard horizon/allowed-hosts string localhost
 PRESEED
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $packages >/dev/null

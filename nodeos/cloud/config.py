@@ -28,7 +28,8 @@ from . import rabbitmq
 from .credentials import DEFAULT_REGION
 from .probes import mariadb_health_sql
 from .registry import CEPH_CLIENTS, CINDER_BACKEND, CINDER_BACKEND_HOST, CONTROL_HOST
-from .secrets import db_password, erlang_cookie, health_password, mq_password, mq_password_salt, service_password
+from .secrets import (db_password, erlang_cookie, health_password, horizon_secret_key, mq_password, mq_password_salt,
+                      service_password)
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("nodeos.cloud", "templates"),
@@ -39,6 +40,10 @@ _TEMPLATES = jinja2.Environment(
 
 MARIADB_PORT, MEMCACHED_PORT, KEYSTONE_PORT, GLANCE_PORT = 3306, 11211, 5000, 9292  # RabbitMQ's: rabbitmq.py
 PLACEMENT_PORT, NOVA_PORT, CINDER_PORT, NEUTRON_PORT = 8778, 8774, 8776, 9696
+HORIZON_PORT = 80
+# What Debian's openstack-dashboard collected and compressed at install (its postinst runs
+# collectstatic and compress; STATIC_ROOT in its _0003_debian_static_root.py): uWSGI serves it.
+HORIZON_STATIC = "/var/lib/openstack-dashboard/static"
 # The physical network name of provider (flat or VLAN) networks: the compute plane's agents
 # map it to the node's interface (`--provider-physical-network provider`).
 PHYSICAL_NETWORK = "provider"
@@ -250,6 +255,26 @@ def _neutron(ctx: CloudContext) -> list[ConfigFile]:
             ConfigFile("/etc/neutron/nodeos-uwsgi.ini", uwsgi)]
 
 
+def _horizon(ctx: CloudContext) -> list[ConfigFile]:
+    """horizon (Debian's openstack-dashboard) under uWSGI on port 80 of its VIP: stateless (its
+    sessions are in memcached, the rest is keystone's and the APIs'), so it moves with its VIP.
+    The same files on every node: the secret key is derived, the addresses are VIPs."""
+    vip = ctx.vip("horizon")
+    settings = _TEMPLATES.get_template("horizon-local_settings.py.j2").render(
+        secret_key=horizon_secret_key(ctx.identity), allowed_hosts=[vip],
+        keystone_host=ctx.vip("keystone"), keystone_port=KEYSTONE_PORT)
+    cache = _TEMPLATES.get_template("horizon-cache.py.j2").render(
+        memcached=f"{ctx.vip('memcached')}:{MEMCACHED_PORT}", timeout=1.0, dead_timeout=2)
+    # Django is thread-safe: one process with threads in the lab (each process loads horizon, ~100 MiB).
+    uwsgi = _TEMPLATES.get_template("horizon-uwsgi.ini.j2").render(
+        vip=vip, port=HORIZON_PORT, processes=1 if ctx.lab else 4, threads=4 if ctx.lab else 8,
+        static_root=HORIZON_STATIC)
+    return [ConfigFile("/etc/openstack-dashboard/local_settings.py", settings, mode=0o640, group="horizon"),
+            # Debian's snippet of that name (a local memory cache) would override CACHES: replaced.
+            ConfigFile("/etc/openstack-dashboard/local_settings.d/_0006_debian_cache.py", cache),
+            ConfigFile("/etc/openstack-dashboard/nodeos-uwsgi.ini", uwsgi)]
+
+
 def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
     """Needs nothing from the state but the secret: clients find the broker at its VIP."""
     conf = _TEMPLATES.get_template("rabbitmq.conf.j2").render(
@@ -273,7 +298,7 @@ def _rabbitmq(ctx: CloudContext) -> list[ConfigFile]:
 
 _RENDERERS: dict[str, Callable[[CloudContext], list[ConfigFile]]] = {
     "mariadb": _mariadb, "keystone": _keystone, "glance": _glance, "rabbitmq": _rabbitmq, "placement": _placement,
-    "nova": _nova, "cinder": _cinder, "neutron": _neutron}
+    "nova": _nova, "cinder": _cinder, "neutron": _neutron, "horizon": _horizon}
 
 
 def write_files(files: list[ConfigFile], root: Path | str = "/") -> list[str]:

@@ -115,7 +115,7 @@ def run_commands(job: str, steps: Sequence[Command], enter: Sequence[str], timeo
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                                   env={**os.environ, **step.env})
         except subprocess.TimeoutExpired:
-            raise JobError(f"{job}: {step.argv[3] if step.argv[0] == 'runuser' else step.argv[0]} "
+            raise JobError(f"{job}: {step.argv[4] if step.argv[0] == 'runuser' else step.argv[0]} "
                            f"did not finish in {timeout:.0f}s") from None
         except OSError as exc:
             raise JobError(f"{job}: cannot run {argv[0]}: {exc.strerror or exc}") from exc

@@ -3,6 +3,8 @@
 * every node: write a service's configuration just before it starts
   (`prepare`), and run the one-time jobs the Monitor handed to this node
   (`node_pass`), on a worker of their own, reporting each attempt's outcome;
+  both through the node's `host` (host.py: the agent itself in the lab,
+  transient systemd units on a real node, whose agent is sandboxed);
 * the Monitor (`monitor_pass`): propose decide.py's ops.
 
 Only when the catalog has a service with a `config:` or `jobs:`.
@@ -14,8 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from nodeos import log
 from nodeos.cluster.identity import ClusterIdentity
@@ -25,9 +26,10 @@ from nodeos.services.node import NotReady
 from nodeos.storage.clients import ServiceClient
 
 from . import ops as _ops  # noqa: F401  (registers the cloud ops)
-from .config import ConfigError, context_from_state, render, write_files
+from .config import ConfigError, context_from_state, render
 from .decide import decide_cloud
-from .jobs import JobError, commands, run_commands
+from .host import Host
+from .jobs import JobError, commands
 from .registry import CEPH_CLIENTS, JOBS
 from .secrets import admin_password, health_password, mq_password
 
@@ -48,12 +50,10 @@ def ceph_clients(catalog: Catalog) -> dict[str, ServiceClient]:
 
 
 class CloudLayer:
-    def __init__(self, node_id: str, identity: ClusterIdentity, root: Path, enter: Sequence[str], submit: Submit,
-                 lab: bool) -> None:
+    def __init__(self, node_id: str, identity: ClusterIdentity, host: Host, submit: Submit, lab: bool) -> None:
         self.node_id = node_id
         self.identity = identity
-        self.root = root
-        self.enter = list(enter)
+        self.host = host
         self.submit = submit
         self.lab = lab
         self.started_at = time.time()  # an attempt handed out before this process began was interrupted
@@ -78,7 +78,7 @@ class CloudLayer:
             return
         try:
             ctx = context_from_state(state, catalog, self.identity, self.lab, self.node_id)
-            written = write_files(render(spec.config, ctx), self.root)
+            written = self.host.write(render(spec.config, ctx), spec.config)
         except ConfigError as exc:
             raise NotReady(str(exc)) from exc
         if written:
@@ -111,8 +111,8 @@ class CloudLayer:
         started = time.monotonic()
         try:
             ctx = context_from_state(state, catalog, self.identity, self.lab, self.node_id)
-            write_files(render(job.config, ctx), self.root)
-            detail = run_commands(name, commands(name, ctx), self.enter, job.timeout)
+            self.host.write(render(job.config, ctx), job.config)
+            detail = self.host.run(name, commands(name, ctx), job.timeout)
             ok = True
         except (JobError, ConfigError, OSError) as exc:
             ok, detail = False, str(exc)

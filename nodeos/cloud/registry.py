@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Renderers in nodeos/cloud/config.py: the files a service needs, from the replicated state.
-CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "neutron")
+CONFIGS = ("mariadb", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "neutron", "horizon")
 
 
 @dataclass(frozen=True)

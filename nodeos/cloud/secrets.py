@@ -69,6 +69,13 @@ def health_password(identity: ClusterIdentity) -> str:
     return cloud_password(identity, "db/nodeos-health")
 
 
+def horizon_secret_key(identity: ClusterIdentity) -> str:
+    """horizon's Django SECRET_KEY (signs its CSRF tokens and cookies): the same on every node, so a
+    horizon that moved keeps its users' sessions (in memcached). 256 bits: Django's deploy check
+    asks for at least 50 characters, more than a password's 32."""
+    return identity.derive_key("cloud/horizon/secret-key", length=2 * PASSWORD_BYTES).hex()
+
+
 def make_fernet_key(random_bytes: Callable[[int], bytes]) -> str:
     """A new Fernet key (randomness passed in, e.g. os.urandom, as Fernet.generate_key does)."""
     return base64.urlsafe_b64encode(random_bytes(FERNET_KEY_BYTES)).decode()

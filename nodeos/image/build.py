@@ -232,12 +232,28 @@ def firewall_env(manifest: Manifest) -> str:
 
     cfg = parse_config(manifest.config, str(manifest.path))
     cat_tcp, cat_udp = catalog_ports(manifest.catalog)
+    # A node config naming a packaged catalog (`--set catalog=storage`) runs that one instead of
+    # /etc/nodeos/catalog.yaml: its services' ports are opened too.
+    other = _packaged_catalog_of(cfg.catalog)
+    if other is not None:
+        other_tcp, other_udp = catalog_ports(other)
+        cat_tcp, cat_udp = [*cat_tcp, *other_tcp], [*cat_udp, *other_udp]
     tcp = _ports(["22", str(cfg.raft_port), str(cfg.status_port), *cat_tcp, *manifest.firewall_tcp])
     udp = _ports([str(cfg.discovery_port), *cat_udp, *manifest.firewall_udp])
     return (f'NODEOS_FW_TCP="{" ".join(tcp)}"\n'
             f'NODEOS_FW_UDP="{" ".join(udp)}"\n'
             f'NODEOS_FW_MCAST_GROUP="{cfg.multicast_group}"\n'
             f'NODEOS_FW_MCAST_PORT="{cfg.discovery_port}"\n')
+
+
+def _packaged_catalog_of(setting: str | None) -> Path | None:
+    """The packaged catalog a node config names (as the agent resolves it), if it names one."""
+    if not setting or "/" in setting or setting.endswith(".yaml"):
+        return None
+    from nodeos.services.catalog import packaged_catalog
+
+    path = packaged_catalog(setting)
+    return path if path.exists() else None
 
 
 def _ports(items: list[str]) -> list[str]:

@@ -40,7 +40,9 @@ NODE_PATHS: tuple[str, ...] = (
     "/etc/nova", "/var/lib/nova", "/var/log/nova", "/run/nova",
     "/etc/neutron", "/var/lib/neutron", "/var/log/neutron", "/run/neutron",
     "/etc/cinder", "/var/lib/cinder", "/var/log/cinder", "/run/cinder",
-    "/etc/openstack-dashboard", "/var/lib/openstack-dashboard",
+    # horizon: its settings only. /var/lib/openstack-dashboard is the host's: it holds the static
+    # files the package collected and compressed at install (an empty node directory hid them).
+    "/etc/openstack-dashboard",
     "/etc/ceph",  # the Ceph clients' (glance's) conf and keyrings; the daemons' files are under the node's state dir
 )
 _TIMEOUT = 30.0

@@ -26,9 +26,9 @@ import yaml
 CATALOG_VERSION = 1
 # ceph-mons: on the nodes the storage model chose for Ceph monitors (nodeos/storage/decide.py).
 PLACEMENTS = ("singleton", "every-node", "ceph-mons")
-# The service's own signal (nodeos/cloud/probes.py), not a port check.
+# The service's own signal (nodeos/cloud/probes.py, horizon_probe.py), not a port check.
 CLOUD_CHECKS = ("mariadb", "memcached", "keystone", "glance", "rabbitmq", "placement", "nova", "cinder", "service-list",
-                "neutron")
+                "neutron", "horizon")
 CHECK_TYPES = ("process", "tcp", "http", "command", "ceph", *CLOUD_CHECKS)
 # neutron's: one network's id, whatever the number of networks (the read still crosses its database).
 NEUTRON_READ = "/v2.0/networks?limit=1&fields=id"

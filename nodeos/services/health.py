@@ -253,6 +253,16 @@ def _check_neutron(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, st
     return _check_api(spec, target, NEUTRON_READ)
 
 
+def _check_horizon(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
+    """The dashboard through its VIP: the port, the login page and its CSRF token, the admin's login
+    (keystone, a session in memcached; reused for a minute), then a page of the admin's project."""
+    from nodeos.cloud.horizon_probe import horizon_sessions
+
+    host = target.vip or target.host
+    return horizon_sessions.check(f"http://{host}:{_port(spec)}", "admin", target.values.get("admin_password", ""),
+                                  spec.timeout)
+
+
 def _check_service_list(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
     """A worker (spec.daemon: nova-conductor, cinder-volume ...) of this node "up" in its API's
     (spec.api) own service list, read with a keystone token through that API's VIP: its reports
@@ -340,6 +350,7 @@ _CHECKS = {
     "cinder": _check_cinder,
     "service-list": _check_service_list,
     "neutron": _check_neutron,
+    "horizon": _check_horizon,
     "rabbitmq": _check_rabbitmq,
 }
 

@@ -28,6 +28,7 @@ from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_argv
+from nodeos.cloud.host import host_for
 from nodeos.cloud.layer import CloudLayer, ceph_clients, uses_cloud
 from nodeos.storage.layer import StorageLayer
 from nodeos.storage.node_volumes import NodeVolumes
@@ -89,8 +90,9 @@ class ServicesLayer:
         io = volume_io if agent.config.runtime == "process" else RemoteVolumes()
         volumes = NodeVolumes(self.me, self.storage.ceph, self._submit_sync, io=io)
         node_root = getattr(agent, "node_root", Path("/"))
-        self.cloud = CloudLayer(self.me, agent.identity, node_root, getattr(runtime, "enter", ()), self._submit,
-                                lab=agent.config.runtime == "process")
+        # The lab's agent writes and runs as root itself; a node's sandboxed agent through transient units.
+        host = host_for(agent.config.runtime, node_root, getattr(runtime, "enter", ()))
+        self.cloud = CloudLayer(self.me, agent.identity, host, self._submit, lab=agent.config.runtime == "process")
         self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian, ceph_dir=self.storage.root,
                                  volumes=volumes, root=node_root, prepare=self.cloud.prepare)
         self.node.add_check_values(self.cloud.check_values())

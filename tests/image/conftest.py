@@ -109,8 +109,10 @@ TCG_CONFIG = (
 )
 
 
-# Small VMs: Ceph's small-node settings (512 MiB per OSD, small PG counts).
-STORAGE_CONFIG = ("storage.tuning=lab",)
+# Small VMs: Ceph's small-node settings (512 MiB per OSD, small PG counts). The storage tier
+# (test_image_cloud) runs the packaged storage catalog (Ceph and its ledger), not the image's
+# own cloud catalog (/etc/nodeos/catalog.yaml, the OpenStack control plane).
+STORAGE_CONFIG = ("storage.tuning=lab", "catalog=storage")
 
 
 def build_image(name: str, config_set: tuple[str, ...]) -> BuiltImage:
@@ -163,7 +165,7 @@ def minimal_image() -> BuiltImage:
 
 @pytest.fixture(scope="session")
 def cloud_image() -> BuiltImage:
-    """images/cloud.yaml (Ceph, OpenStack packages), built once per session."""
+    """images/cloud.yaml (Ceph, OpenStack packages) running the storage catalog, built once per session."""
     return build_image("cloud", slow_machine_config() + STORAGE_CONFIG)
 
 

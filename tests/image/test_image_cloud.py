@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from nodeos.bench.cluster import wait_for
 from nodeos.image.qemu import make_blank_disk
@@ -57,6 +60,65 @@ def _settled(st: dict[str, Any] | None) -> bool:
     pgs = re.search(r"PGs (\d+)/(\d+) active\+clean", health.get("line", ""))
     return (health.get("status") == "HEALTH_OK" and f"OSDs {VM_COUNT} up, {VM_COUNT} in of {VM_COUNT}" in health["line"]
             and pgs is not None and pgs.group(1) == pgs.group(2) != "0")
+
+
+class RootFs:
+    """The image's root file system, read from its PXE squashfs (the same tree as the disk's)."""
+
+    def __init__(self, squashfs: Path) -> None:
+        self.squashfs = squashfs
+        listing = subprocess.run(["unsquashfs", "-lls", "-d", "", str(squashfs)], capture_output=True, text=True,
+                                 check=True).stdout
+        self.entries: dict[str, tuple[str, str | None]] = {}  # path -> (mode string, symlink target)
+        for line in listing.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) < 6 or not fields[5].startswith("/"):
+                continue
+            name, _, target = fields[5].partition(" -> ")
+            self.entries[name] = (fields[0], target or None)
+
+    def read(self, path: str) -> str:
+        return subprocess.run(["unsquashfs", "-cat", str(self.squashfs), path.lstrip("/")], capture_output=True,
+                              text=True, check=True).stdout
+
+    def link(self, path: str) -> str | None:
+        return self.entries[path][1] if path in self.entries else None
+
+
+def test_cloud_image_ships_the_cloud_catalog_and_its_units_as_the_agent_runs_them(cloud_image: BuiltImage) -> None:
+    """/etc/nodeos/catalog.yaml is the cloud catalog; every unit it names has the image's drop-in
+    (Restart=no, the lab's start), none starts at boot, epmd is masked, memcached never restarts itself."""
+    import configparser
+
+    from nodeos.services.catalog import load_catalog, packaged_catalog
+
+    if shutil.which("unsquashfs") is None:
+        pytest.skip("unsquashfs not installed (run scripts/setup.sh)")
+    root = RootFs(cloud_image.pxe / "rootfs.squashfs")
+    assert root.read("/etc/nodeos/catalog.yaml") == packaged_catalog("cloud").read_text()
+    # This tier's own build runs the storage catalog (conftest's STORAGE_CONFIG): the node config says so.
+    config = yaml.safe_load(root.read("/etc/nodeos/config.yaml"))
+    assert config["catalog"] == "storage" and config["runtime"] == "systemd"
+    catalog = load_catalog(packaged_catalog("cloud"))
+    wants = [path for path in root.entries if "/etc/systemd/system/" in path and ".wants/" in path]
+    for spec in catalog:
+        assert spec.unit is not None
+        unit = spec.unit.replace("@nodeos.service", "@.service")  # Ceph's template units (nodeos-ceph's drop-ins)
+        dropin = f"/etc/systemd/system/{unit}.d/nodeos.conf"
+        assert dropin in root.entries, f"{spec.name}: no drop-in {dropin}"
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.read_string(root.read(dropin))
+        assert parser["Service"]["Restart"] == "no", f"{dropin}: the agent's Monitor restarts, not systemd"
+        assert not [w for w in wants if w.endswith("/" + spec.unit)], f"{spec.unit} starts at boot"
+        assert root.link(f"/etc/systemd/system/{spec.unit}") is None, f"{spec.unit} is masked"
+    for unit in ("epmd.socket", "epmd.service"):
+        assert root.link(f"/etc/systemd/system/{unit}") == "/dev/null", f"{unit} is not masked"
+    for script in ("mariadb-prepare", "mariadb-start", "rabbitmq-prepare", "rabbitmq-start"):
+        mode, _ = root.entries[f"/usr/local/lib/nodeos/{script}"]
+        assert mode.startswith("-rwxr-xr-x"), f"{script}: {mode}"
+    # The agent's sandbox is unchanged: config writes and job steps are transient units (nodeos/cloud/host.py).
+    agent = root.read("/etc/systemd/system/nodeos-agent.service")
+    assert "ProtectSystem=strict" in agent and "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_KILL CAP_SYS_NICE" in agent
 
 
 def test_cloud_image_runs_ceph_on_three_vms(cloud_image: BuiltImage, artifacts_dir: Path, vms: list[VM],

@@ -102,6 +102,26 @@ def test_config_and_firewall_rendering() -> None:
     assert "6800-7300" in cloud["NODEOS_FW_TCP"]
 
 
+def test_the_cloud_image_runs_the_cloud_catalog_and_can_run_the_storage_one() -> None:
+    from nodeos.image.manifest import with_config_settings
+    from nodeos.services.catalog import packaged_catalog
+
+    manifest = load_manifest("cloud")
+    assert manifest.catalog == packaged_catalog("cloud")
+    assert yaml.safe_load(render_config(manifest))["catalog"] == "/etc/nodeos/catalog.yaml"
+    tcp = set(dict(line.split("=", 1) for line in firewall_env(manifest).splitlines())["NODEOS_FW_TCP"].strip('"').split())
+    # The catalog's own ports: MariaDB, RabbitMQ, memcached, keystone, glance, placement, nova, cinder, neutron,
+    # horizon (80); nothing of the storage catalog's (node-http's 8080).
+    assert {"3306", "5672", "11211", "5000", "9292", "8778", "8774", "8776", "9696", "80"} <= tcp
+    assert "8080" not in tcp
+    # The image tier's storage test: the node config names the packaged storage catalog (the agent
+    # resolves a name to nodeos/services/catalogs/<name>.yaml), and its ports are opened too.
+    storage = with_config_settings(manifest, ["catalog=storage"])
+    assert yaml.safe_load(render_config(storage))["catalog"] == "storage"
+    tcp = set(dict(line.split("=", 1) for line in firewall_env(storage).splitlines())["NODEOS_FW_TCP"].strip('"').split())
+    assert {"80", "8080", "8091", "3306", "5000"} <= tcp
+
+
 def test_mirror_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODEOS_DEBIAN_MIRROR", "http://mirror.example/debian")
     monkeypatch.delenv("NODEOS_DEBIAN_SECURITY_MIRROR", raising=False)
@@ -167,3 +187,35 @@ def test_config_settings_override_the_manifest_config_and_are_validated() -> Non
                        ("bootstrap_expect.x=1", "not a mapping")]:
         with pytest.raises(ManifestError, match=words):
             with_config_settings(base, [bad])
+
+
+def test_every_unit_of_the_cloud_catalog_has_a_drop_in_in_the_cloud_image_s_elements() -> None:
+    """Without building: the drop-ins the cloud image's elements install (static/) cover every unit the
+    cloud catalog starts (or the elements ship the unit itself: horizon's), each with Restart=no (the
+    agent restarts and moves), and epmd is masked."""
+    import configparser
+
+    from nodeos.image.manifest import ELEMENTS_DIR
+    from nodeos.services.catalog import load_catalog
+
+    manifest = load_manifest("cloud")
+    assert manifest.catalog is not None
+    units = [ELEMENTS_DIR / element / "static/etc/systemd/system" for element in manifest.elements]
+    dropins = {path.parent.name: path for directory in units for path in directory.glob("*.d/nodeos.conf")}
+    # A unit the elements ship whole counts as its own drop-in.
+    dropins |= {f"{path.name}.d": path for directory in units for path in directory.glob("nodeos-*.service")}
+    for spec in load_catalog(manifest.catalog):
+        assert spec.unit is not None
+        unit = spec.unit.replace("@nodeos.service", "@.service")
+        assert f"{unit}.d" in dropins, f"{spec.name}: no drop-in for {unit}"
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.read_string(dropins[f"{unit}.d"].read_text())
+        assert parser["Service"]["Restart"] == "no", unit
+        for command in ("ExecStart", "ExecStartPre"):
+            for word in parser["Service"].get(command, "").split()[:1]:
+                program = word.lstrip("+!-@:")
+                if program.startswith("/usr/local/lib/nodeos/"):
+                    script = ELEMENTS_DIR / "nodeos-openstack/static" / program.lstrip("/")
+                    assert script.is_file() and script.stat().st_mode & 0o111, f"{unit}: {program}"
+    masking = (ELEMENTS_DIR / "nodeos-openstack/post-install.d/80-nodeos-openstack-disabled").read_text()
+    assert "systemctl mask epmd.socket epmd.service" in masking

@@ -39,7 +39,7 @@ pytestmark = [
 
 CLOUD_SINGLETONS = ("mariadb", "rabbitmq", "memcached", "keystone", "glance-api", "placement-api",  # healthy again after a fault
                     "nova-api", "nova-conductor", "nova-scheduler", "cinder-api", "cinder-scheduler", "cinder-volume",
-                    "neutron-server")
+                    "neutron-server", "horizon")
 CLOUD_SETTLE = 300.0  # MariaDB's first start on its volume, keystone's schema (a minute on 2 cores), bootstrap
 
 

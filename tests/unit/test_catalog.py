@@ -76,7 +76,7 @@ def test_lab_nginx_conf_renders_under_run_dir() -> None:
     assert nginx.render_command(values)[:3] == ["nginx", "-p", "/srv/run/nginx"]
 
 
-@pytest.mark.parametrize("name", ["lab", "default", "lab-storage", "storage", "lab-cloud"])
+@pytest.mark.parametrize("name", ["lab", "default", "lab-storage", "storage", "lab-cloud", "cloud"])
 def test_packaged_catalogs_round_trip_exactly(name: str) -> None:
     catalog = load_catalog(packaged_catalog(name))
     data = catalog.to_dict()
@@ -118,6 +118,51 @@ def test_storage_catalog_is_default_plus_the_lab_storage_ceph_services() -> None
             assert spec.unit == f"{spec.name}@nodeos.service"
         else:
             assert spec.unit == default[spec.name].unit
+
+
+# What the image's cloud catalog may do differently from lab-cloud, and why. Everything else
+# (placement, VIPs, ports, depends_on, volumes, config, jobs, health checks, restart policies,
+# resources) is the same, so the Monitor makes the same decisions on a rack as in the lab.
+CLOUD_DIFFERENCES = {
+    # The systemd runtime starts a unit (Debian's, with the image's drop-in); the process runtime a command.
+    "unit": "systemd runtime: Debian's unit",
+    "command": "process runtime only",
+    # lab-cloud's start scripts of MariaDB and RabbitMQ are the drop-ins' ExecStartPre/ExecStart on the image
+    # (elements/nodeos-openstack): the systemd runtime writes no run-dir files.
+    "files": "the lab's start scripts are the image's drop-ins",
+}
+
+
+def test_the_cloud_catalog_is_lab_cloud_under_the_systemd_runtime() -> None:
+    import dataclasses
+
+    from nodeos.services.catalog import ServiceSpec
+
+    cloud = load_catalog(packaged_catalog("cloud"))
+    lab = load_catalog(packaged_catalog("lab-cloud"))
+    assert cloud.names() == lab.names()
+    assert cloud.start_order() == lab.start_order()
+    compared = [f.name for f in dataclasses.fields(ServiceSpec) if f.name not in CLOUD_DIFFERENCES]
+    assert {"depends_on", "health", "config", "jobs", "volume", "vip", "placement"} <= set(compared)
+    for spec in cloud:
+        twin = lab[spec.name]
+        for attr in compared:
+            assert getattr(spec, attr) == getattr(twin, attr), f"{spec.name}.{attr} differs from lab-cloud"
+        assert [c.type for c in spec.health] == [c.type for c in twin.health]
+        # The differences, as listed: a unit and no command, no run-dir files.
+        assert spec.unit is not None and spec.unit.endswith(".service") and spec.command is None, spec.name
+        assert spec.files == {}, spec.name
+        assert twin.unit is None and twin.command is not None, spec.name
+    assert sorted(spec.name for spec in lab if spec.files) == ["mariadb", "rabbitmq"]
+    # Debian's units by the packages' names; neutron-server is Zed's neutron-api package (uWSGI).
+    assert cloud["neutron-server"].unit == "neutron-api.service"
+    assert cloud["rabbitmq"].unit == "rabbitmq-server.service"
+    assert {name: cloud[name].unit for name in ("ceph-mon", "ceph-mgr", "ceph-osd")} == \
+        {name: f"{name}@nodeos.service" for name in ("ceph-mon", "ceph-mgr", "ceph-osd")}
+    # A volume's mount renders to Debian's path on a node ({root} is "" there).
+    mariadb = cloud["mariadb"]
+    assert mariadb.volume is not None
+    assert render_template(mariadb.volume.mount, mariadb.template_values(node_id="n1", run_dir="", vip="10.0.0.9", bind="0.0.0.0", root="/")) == "/var/lib/mysql"
 
 
 def test_defaults_fill_in() -> None:
@@ -368,9 +413,9 @@ def test_a_volume_and_ceph_checks_survive_the_trip_through_the_state() -> None:
 
 def test_cloud_config_and_jobs_are_checked_against_what_nodeos_knows() -> None:
     assert "config: must be one of: mariadb, keystone, glance, rabbitmq, placement, nova, cinder, neutron, " \
-        "got 'horizon'" in error_of("""
+        "horizon, got 'swift'" in error_of("""
         services:
-          api: {placement: singleton, vip: false, start: {command: [x]}, config: horizon}
+          api: {placement: singleton, vip: false, start: {command: [x]}, config: swift}
         """)
     assert "jobs[0]: unknown job 'db-sync'" in error_of("""
         services:
@@ -528,6 +573,17 @@ def test_the_lab_cloud_catalog_runs_neutron_server_at_its_vip_after_its_jobs() -
     order = catalog.start_order()
     assert all(order.index(dep) < order.index("neutron-server") for dep in neutron.depends_on)
     assert [c.path for c in neutron.health if c.type == "neutron"] == ["/v2.0/networks?limit=1&fields=id"]
+
+
+def test_the_lab_cloud_catalog_runs_horizon_at_its_vip_after_keystone_and_memcached() -> None:
+    catalog = load_catalog(packaged_catalog("lab-cloud"))
+    horizon = catalog["horizon"]
+    assert horizon.singleton and horizon.vip and horizon.port == 80 and horizon.config == "horizon"
+    assert set(horizon.depends_on) == {"keystone", "memcached"} and not horizon.jobs
+    order = catalog.start_order()
+    assert all(order.index(dep) < order.index("horizon") for dep in horizon.depends_on)
+    assert [(c.type, c.port) for c in horizon.health] == [("process", None), ("horizon", 80)]
+    assert Catalog.from_dict(catalog.to_dict()) == catalog
 
 
 def test_a_check_s_slow_grace_defaults_to_two_minutes_and_zero_turns_it_off() -> None:

@@ -14,7 +14,8 @@ import pytest
 from nodeos.cloud import rabbitmq
 from nodeos.cloud.config import CloudContext, ConfigError, ConfigFile, render, write_files
 from nodeos.cloud.registry import CONFIGS
-from nodeos.cloud.secrets import db_password, erlang_cookie, make_fernet_key, mq_password, service_password
+from nodeos.cloud.secrets import (db_password, erlang_cookie, horizon_secret_key, make_fernet_key, mq_password,
+                                  service_password)
 from nodeos.storage.keys import make_key
 from nodeos.cluster.identity import ClusterIdentity
 
@@ -23,7 +24,7 @@ KEYS = {"fernet": [make_fernet_key(lambda n: b"a" * n), make_fernet_key(lambda n
         "credential": [make_fernet_key(lambda n: b"c" * n), make_fernet_key(lambda n: b"d" * n)]}
 VIPS = {"mariadb": "10.0.0.200", "memcached": "10.0.0.201", "keystone": "10.0.0.202", "glance-api": "10.0.0.203",
         "placement-api": "10.0.0.204", "rabbitmq": "10.0.0.205", "nova-api": "10.0.0.206",
-        "neutron-server": "10.0.0.207"}
+        "neutron-server": "10.0.0.207", "horizon": "10.0.0.208"}
 GLANCE_KEY, CINDER_KEY = make_key(lambda n: b"g" * n), make_key(lambda n: b"k" * n)
 CEPH = {"fsid": "0b3f3a4e-4f0e-5d5e-9c8e-111111111111", "mons": {"n1": "10.0.0.1", "n2": "10.0.0.2"},
         "keys": {"glance": GLANCE_KEY, "cinder": CINDER_KEY}, "pools": ["cinder", "images", "nodeos-volumes"]}
@@ -115,8 +116,14 @@ def test_service_secrets_are_never_logged(tmp_path, monkeypatch, config, service
     monkeypatch.setattr(log, "_stream", stream)
     # The state's view and the writing (owners: the service's user) are not what is tested here.
     monkeypatch.setattr(cloud_layer, "context_from_state", lambda *args: context(configs=(config,)))
-    monkeypatch.setattr(cloud_layer, "write_files", lambda files, root: [f.path for f in files])
-    layer = CloudLayer("a", IDENTITY, tmp_path, [], lambda op, cb: None, lab=True)
+    class Host:  # writes nothing, says it wrote everything
+        def write(self, files, what):
+            return [f.path for f in files]
+
+        def run(self, job, steps, timeout):
+            raise AssertionError("no job here")
+
+    layer = CloudLayer("a", IDENTITY, Host(), lambda op, cb: None, lab=True)
     try:
         layer.prepare(catalog[service], None, catalog)
     finally:
@@ -125,6 +132,44 @@ def test_service_secrets_are_never_logged(tmp_path, monkeypatch, config, service
     assert written["event"] == "cloud.config_written" and path in written["files"]
     for secret in (db_password(IDENTITY, config), service_password(IDENTITY, config), mq_password(IDENTITY)):
         assert secret not in stream.getvalue()
+
+
+def _settings(content: str) -> dict:
+    """A Django settings file as Django reads it: executed, its upper-case names kept."""
+    namespace: dict = {}
+    exec(compile(content, "local_settings.py", "exec"), namespace)  # noqa: S102 (our own rendered file)
+    return {name: value for name, value in namespace.items() if name.isupper()}
+
+
+def test_horizon_points_at_keystone_and_memcached_and_derives_its_secret_key():
+    files = {f.path: f for f in render("horizon", context())}
+    local = files["/etc/openstack-dashboard/local_settings.py"]
+    settings = _settings(local.content)
+    assert settings["OPENSTACK_KEYSTONE_URL"] == "http://10.0.0.202:5000/v3"
+    assert settings["OPENSTACK_HOST"] == "10.0.0.202"
+    assert settings["ALLOWED_HOSTS"] == ["10.0.0.208"]  # its VIP: the Host header its users send
+    assert settings["SESSION_ENGINE"] == "django.contrib.sessions.backends.cache"
+    # Derived, the same on every node (never Debian's generated secret_key file), and private to horizon.
+    assert settings["SECRET_KEY"] == horizon_secret_key(IDENTITY) and len(settings["SECRET_KEY"]) >= 50
+    assert (local.mode, local.owner, local.group) == (0o640, "root", "horizon")
+    assert "secret_key" not in local.content.replace("SECRET_KEY", "")
+    # Debian's snippet of the same name set a per-process local memory cache: replaced, memcached at its VIP.
+    cache = _settings(files["/etc/openstack-dashboard/local_settings.d/_0006_debian_cache.py"].content)["CACHES"]
+    assert cache["default"]["LOCATION"] == "10.0.0.201:11211"
+    assert cache["default"]["BACKEND"].endswith("PyMemcacheCache")
+    uwsgi = configparser.ConfigParser(interpolation=None, strict=False)
+    uwsgi.read_string(files["/etc/openstack-dashboard/nodeos-uwsgi.ini"].content)
+    ini = uwsgi["uwsgi"]
+    assert ini["shared-socket"] == "10.0.0.208:80" and ini["http-socket"] == "=0"  # on its VIP
+    assert ini["static-map"] == "/static=/var/lib/openstack-dashboard/static"
+    assert ini["skip-atexit"] == "true" and ini["uid"] == "horizon"
+    assert ini["wsgi-file"] == "/usr/share/openstack-dashboard/wsgi.py"
+
+
+def test_horizon_waits_for_the_vips_it_names():
+    for missing in ("horizon", "keystone", "memcached"):
+        with pytest.raises(ConfigError, match=f"{missing} has no VIP yet"):
+            render("horizon", context(vips={k: v for k, v in VIPS.items() if k != missing}))
 
 
 def test_nova_points_at_the_vips_with_this_nodes_address_and_the_control_host():

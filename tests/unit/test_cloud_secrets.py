@@ -44,9 +44,17 @@ def test_one_password_per_purpose(identity: ClusterIdentity) -> None:
         secrets.db_password(identity, "keystone"), secrets.db_password(identity, "nova"),
         secrets.service_password(identity, "nova"), secrets.admin_password(identity), secrets.mq_password(identity),
         secrets.db_root_password(identity), secrets.health_password(identity), secrets.erlang_cookie(identity),
+        secrets.horizon_secret_key(identity),
     ]
     assert len(set(passwords)) == len(passwords)
     assert secrets.db_password(identity, "nova") == secrets.cloud_password(identity, "db/nova")
+
+
+def test_horizons_secret_key_is_derived_long_enough_for_django(tmp_path: Path, identity: ClusterIdentity) -> None:
+    key = secrets.horizon_secret_key(identity)
+    assert key == secrets.horizon_secret_key(load_identity(tmp_path / "identity.json"))  # every node's the same
+    assert re.fullmatch(r"[0-9a-f]{64}", key)  # Django's deploy check wants 50 characters or more
+    assert key == identity.derive_key("cloud/horizon/secret-key", length=32).hex()
 
 
 def test_other_cluster_other_password(identity: ClusterIdentity, other_cluster: ClusterIdentity) -> None:
