@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import secrets
-import socket
 import threading
 import time
 import urllib.parse
@@ -22,6 +21,8 @@ import pytest
 from nodeos.cloud.horizon_probe import LOGIN_PATH, PROJECT_PAGE, HorizonSessions
 from nodeos.services.health import TIMED_OUT, CheckTarget, run_check, timed_out
 from nodeos.services.catalog import HealthCheckSpec
+
+from .test_health_checks import free_port
 
 PASSWORD = "right-password"
 
@@ -124,12 +125,6 @@ def board() -> Iterator[Dashboard]:
     yield state
     server.shutdown()
     server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_working_dashboard_logs_the_admin_in_and_opens_the_project_page(board: Dashboard) -> None:
