@@ -25,6 +25,11 @@ Record = dict[str, Any]
 KINDS = ("lease", "arp", "mapping", "write", "readback", "poll", "fault", "event")
 
 
+def event_name(record: Record) -> str:
+    """An `event` record's name: the event log calls it `kind` (histories before 2026-12-02 left `event` empty)."""
+    return str(record.get("event") or record.get("kind") or "")
+
+
 class HistoryError(ValueError):
     """A history file that cannot be read back (its path and line in the message)."""
 

@@ -203,9 +203,9 @@ class ClientObserver:
                     "write_interval": WRITE_INTERVAL}
         self.proc = self._spawn(CLIENT, self.cfg)
 
-    def _spawn(self, script: str, cfg: dict[str, Any], **kwargs: Any) -> subprocess.Popen:
+    def _spawn(self, script: str, cfg: dict[str, Any]) -> subprocess.Popen:
         proc = subprocess.Popen(["ip", "netns", "exec", self.lab.add_client(), sys.executable, "-c", script],
-                                stdin=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+                                stdin=subprocess.PIPE, text=True, start_new_session=True)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(cfg) + "\n")
         proc.stdin.close()
@@ -226,17 +226,15 @@ class ClientObserver:
         """The writer's store read back whole, as a `readback` record; None, or why it could not be."""
         if not self.auth:
             return None
-        proc = self._spawn(READ_BACK, {"auth": self.auth, "password": self.password, "prefix": self.prefix},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cfg = {"auth": self.auth, "password": self.password, "prefix": self.prefix}
         try:
-            out, err = proc.communicate(timeout=timeout)
+            done = subprocess.run(["ip", "netns", "exec", self.lab.add_client(), sys.executable, "-c", READ_BACK],
+                                  input=json.dumps(cfg) + "\n", capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
             return "reading the projects back timed out"
-        if proc.returncode != 0:
-            return f"reading the projects back failed: {err.strip()[-300:]}"
-        history.record("readback", time.monotonic(), store="keystone-projects", keys=json.loads(out))
+        if done.returncode != 0:
+            return f"reading the projects back failed: {done.stderr.strip()[-300:]}"
+        history.record("readback", time.monotonic(), store="keystone-projects", keys=json.loads(done.stdout))
         return None
 
     def close(self) -> None:

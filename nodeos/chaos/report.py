@@ -17,7 +17,7 @@ import jinja2
 
 from nodeos.bench.stats import summarize
 
-from .history import History
+from .history import History, event_name
 from .invariants import Violation, incidents, unavailability_windows
 
 PHASES = ("injected", "detected", "decided", "answering", "undone", "healthy")
@@ -53,8 +53,8 @@ def build(history: History, violations: list[Violation], meta: dict[str, Any]) -
         rows.append({
             "id": incident["id"], "fault": incident["fault"], "target": incident["target"], "phases": relative,
             "state": incident["state"],
-            "events": [{"t": round(e["t"] - start, 3), "node": e.get("node", ""), "event": e.get("event", "")}
-                       for e in events if start <= e["t"] <= end and str(e.get("event", "")).startswith(DECISION_EVENTS)],
+            "events": [{"t": round(e["t"] - start, 3), "node": e.get("node", ""), "event": event_name(e)}
+                       for e in events if start <= e["t"] <= end and event_name(e).startswith(DECISION_EVENTS)],
             "windows": [{"api": w.api, "start": round(w.start - start, 3),
                          "end": None if w.end is None else round(w.end - start, 3)}
                         for w in windows if w.start <= end and (w.end is None or w.end >= start)],

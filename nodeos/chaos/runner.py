@@ -29,7 +29,7 @@ from nodeos.cluster.identity import load_identity
 from nodeos.lab.lab import Lab, LabError, destroy
 from nodeos.lab.services import kill_service
 
-from .history import History
+from .history import History, event_name
 from .invariants import check
 from .observers import ClientObserver, LeaseSampler, MountSampler
 from .report import build, render_html, write_json
@@ -45,6 +45,8 @@ DETECT_EVENTS = ("node.lost", "service.exited", "service.unhealthy", "service.fa
                  "monitor.elected", "fence.local")
 DECIDE_EVENTS = ("service.restart", "service.restarting", "service.migrating", "storage.volume_fenced",
                  "monitor.decision", "cloud.decision")
+DETECTION_GRACE = 3.0  # seconds after a fault is undone before its recovery is looked for
+CONFIRM_AFTER = 2.0  # a recovery seen twice, this far apart
 RESULTS = Path("chaos-results")
 
 
@@ -76,6 +78,7 @@ class Campaign:
         self.undo: list[Callable[[], None]] = []
         self.clock_offset = time.time() - time.monotonic()  # events carry wall time; the history, monotonic
         self.seen_events: set[int] = set()
+        self.recovered_at = 0.0  # when the last confirmed recovery was first seen
 
     # -- faults ---------------------------------------------------------------
     def resolve(self, fault: Fault) -> str:
@@ -137,6 +140,14 @@ class Campaign:
     def recovered(self) -> bool:
         return not self.lab.spec.partitioned and self.lab.cluster_view()["formed"] and settled(self.lab)
 
+    def recovered_for_sure(self) -> bool:
+        """Recovered, and still so a moment later (not a status read between a kill and its detection)."""
+        if not self.recovered():
+            return False
+        self.recovered_at = time.monotonic()
+        time.sleep(CONFIRM_AFTER)
+        return self.recovered()
+
     def state(self) -> str:
         rows = services_view(self.lab).get("services", [])
         unhealthy = [f"{r['name']}={r['health']}" for r in rows if not str(r["health"]).startswith("healthy")]
@@ -164,8 +175,10 @@ class Campaign:
         for ident, fault, target in done:  # a crashed node back on, a cable back in: the cluster heals from here
             self.history.record("fault", time.monotonic(), id=ident, fault=fault.fault, target=target, phase="undone")
         bound = max(self.bounds[f.fault] for f in round_.faults)
-        ok = wait_for(self.recovered, max(1.0, bound - (time.monotonic() - injected)), interval=1.0)
-        now = time.monotonic()
+        # The status lags a fault by a check interval or two: a look at once could see the health of before.
+        time.sleep(DETECTION_GRACE)
+        ok = wait_for(self.recovered_for_sure, max(1.0, bound - (time.monotonic() - injected)), interval=1.0)
+        now = self.recovered_at if ok else time.monotonic()
         for ident, fault, target in done:
             if ok:
                 self.history.record("fault", now, id=ident, fault=fault.fault, target=target, phase="healthy")
@@ -192,7 +205,7 @@ class Campaign:
                 if event["seq"] not in self.seen_events:
                     self.seen_events.add(event["seq"])
                     fields = {k: v for k, v in event.items() if k not in ("ts", "event", "k", "t")}
-                    self.history.record("event", event["ts"] - self.clock_offset, event=event.get("event", ""), **fields)
+                    self.history.record("event", event["ts"] - self.clock_offset, event=event_name(event), **fields)
             return  # one node's log is the replicated one
 
     # -- the campaign ---------------------------------------------------------------
@@ -233,7 +246,10 @@ class Campaign:
                 sampler.stop()
             client.stop(self.history)
             self.collect_events()
-        problem = client.read_back(self.history)
+        try:
+            problem = client.read_back(self.history)
+        except (OSError, ValueError) as exc:  # the report is written all the same; the checker flags the writes
+            problem = f"reading the writes back failed: {exc}"
         if problem:
             self.say(problem)
         client.close()
@@ -252,9 +268,9 @@ class Campaign:
             start, end = incident["injected"], incident.get("healthy")
             if end is None:
                 continue
-            detected = next((e["t"] for e in events if start <= e["t"] <= end and e["event"] in DETECT_EVENTS), None)
+            detected = next((e["t"] for e in events if start <= e["t"] <= end and event_name(e) in DETECT_EVENTS), None)
             decided = next((e["t"] for e in events if (detected or start) <= e["t"] <= end
-                            and e["event"] in DECIDE_EVENTS), None)
+                            and event_name(e) in DECIDE_EVENTS), None)
             failed = [p["t"] for p in polls if start <= p["t"] <= end and not p["ok"]]
             answering = start if not failed else next((p["t"] for p in polls if p["t"] > max(failed) and p["ok"]), None)
             for phase, t in (("detected", detected), ("decided", decided), ("answering", answering)):

@@ -217,3 +217,13 @@ def test_an_event_with_fields_named_like_the_records_own_is_kept() -> None:
     h = History()
     h.record("event", 1.0, kind="restart", node="n1", event="service.restart")
     assert h.of("event") == [{"k": "event", "t": 1.0, "kind": "restart", "node": "n1", "event": "service.restart"}]
+
+
+def test_the_event_log_s_kind_names_an_event_on_the_timeline() -> None:
+    from nodeos.chaos.history import event_name
+
+    h = healthy_history()
+    h.record("event", 5.4, kind="service.migrating", event="", service="mariadb", node="n2")  # as /events gives it
+    assert event_name(h.of("event")[-1]) == "service.migrating"
+    incident = build(h, [], {})["incidents"][0]
+    assert {"t": 0.9, "node": "n2", "event": "service.migrating"} in incident["events"]
