@@ -231,11 +231,14 @@ class Campaign:
         schedule = plan(self.options.seed, self.options.rounds, self.options.faults, sorted(self.lab.spec.nodes),
                         [r["name"] for r in services_view(self.lab).get("services", [])], self.options.overlap)
         samplers, client = self.observers(f"chaos-{self.options.seed}-{int(started)}-")
-        interrupted = False
+        interrupted, aborted = False, ""
         try:
             time.sleep(2.0)  # the observers' first samples before the first fault
             for round_ in schedule:
                 self.run_round(round_)
+        except LabError as exc:  # the lab could not be healed: the history so far is still written
+            aborted = str(exc)
+            self.say(f"aborted: {exc}")
         except KeyboardInterrupt:
             interrupted = True
             self.say("interrupted: undoing the faults in force and healing the lab")
@@ -257,7 +260,7 @@ class Campaign:
         meta = {"seed": self.options.seed, "rounds": self.options.rounds, "faults": ",".join(self.options.faults),
                 "lab": self.lab.spec.name, "catalog": self.lab.spec.catalog, "nodes": len(self.lab.spec.nodes),
                 "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
-                "duration_s": round(time.time() - started, 1), "interrupted": interrupted}
+                "duration_s": round(time.time() - started, 1), "interrupted": interrupted, "aborted": aborted}
         return build(self.history, check(self.history, self.bounds), meta)
 
     def add_derived_phases(self) -> None:

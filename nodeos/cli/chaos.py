@@ -66,6 +66,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 3
     _print_summary(report)
     print(f"wrote {out}/history.jsonl, report.json, report.html")
+    if report["meta"].get("aborted"):
+        print(f"aborted: {report['meta']['aborted']}", file=sys.stderr)
+        return 3
     if report["meta"].get("interrupted"):
         return 130
     return 0 if report["ok"] else 1
