@@ -68,15 +68,17 @@ class LeaseSampler(_Sampler):
         self.lab, self.history = lab, history
 
     def sample(self, t: float) -> None:
-        holders = []
-        for name in sorted(self.lab.spec.nodes):
-            try:
-                code, body = request(self.lab.node_socket(name), "GET", "/lease", timeout=0.3)
-            except ControlError:
-                continue  # down, hung or cut off: it answers nothing, it holds nothing we can see
-            if code == 200 and body.get("may_act"):
-                holders.append(name)
-        self.history.record("lease", t, holders=holders)
+        self.history.record("lease", t, holders=[n for n in sorted(self.lab.spec.nodes) if may_act(self.lab, n, 0.3)])
+
+
+def may_act(lab: Lab, name: str, timeout: float) -> bool:
+    """The node's own answer: it holds the Monitor lease. Down, hung or cut off: it answers
+    nothing, so it holds nothing we can see."""
+    try:
+        code, body = request(lab.node_socket(name), "GET", "/lease", timeout=timeout)
+    except ControlError:
+        return False
+    return code == 200 and bool(body.get("may_act"))
 
 
 def volume_mounts(mountinfo: str, roots: dict[str, str]) -> dict[str, list[str]]:

@@ -11,7 +11,6 @@ force and still writes the history and the report.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import threading
 import time
@@ -30,8 +29,8 @@ from nodeos.lab.lab import Lab, LabError, destroy
 from nodeos.lab.services import kill_service
 
 from .history import History, event_name
-from .invariants import check
-from .observers import ClientObserver, LeaseSampler, MountSampler
+from .invariants import check, incidents
+from .observers import ClientObserver, LeaseSampler, MountSampler, may_act
 from .report import build, render_html, write_json
 from .schedule import MONITOR, Fault, Round, plan
 
@@ -84,7 +83,7 @@ class Campaign:
     def resolve(self, fault: Fault) -> str:
         if fault.target != MONITOR:
             return fault.target
-        holder = next((n for n in sorted(self.lab.spec.nodes) if _may_act(self.lab, n)), None)
+        holder = next((n for n in sorted(self.lab.spec.nodes) if may_act(self.lab, n, 0.5)), None)
         if holder is None:
             raise LabError("monitor-crash: no node holds the Monitor lease")
         return holder
@@ -133,7 +132,7 @@ class Campaign:
         for name, node in self.lab.spec.nodes.items():
             if node.disconnected:
                 self.lab.reconnect(name)
-            if node.pid is None or not _alive(node.pid):
+            if not self.lab.agent_alive(name):
                 self.lab.start_agent(name)
 
     # -- rounds ---------------------------------------------------------------
@@ -267,9 +266,9 @@ class Campaign:
         """detected / decided from the event log, answering from the client's polls."""
         events = self.history.of("event")
         polls = self.history.of("poll")
-        for incident in _incidents(self.history):
-            start, end = incident["injected"], incident.get("healthy")
-            if end is None:
+        for incident in incidents(self.history).values():
+            start, end = incident["phases"].get("injected"), incident["phases"].get("healthy")
+            if start is None or end is None:
                 continue
             detected = next((e["t"] for e in events if start <= e["t"] <= end and event_name(e) in DETECT_EVENTS), None)
             decided = next((e["t"] for e in events if (detected or start) <= e["t"] <= end
@@ -282,36 +281,11 @@ class Campaign:
                                         target=incident["target"], phase=phase)
 
 
-def _incidents(history: History) -> list[dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for record in history.of("fault"):
-        found.setdefault(record["id"], {"id": record["id"], "fault": record["fault"], "target": record["target"]})
-        found[record["id"]].setdefault(record["phase"], record["t"])
-    return [i for i in found.values() if "injected" in i]
-
-
 def _try_kill(lab: Lab, service: str) -> str | None:
     try:
         return kill_service(lab, service)
     except LabError:
         return None
-
-
-def _may_act(lab: Lab, name: str) -> bool:
-    try:
-        code, body = request(lab.node_socket(name), "GET", "/lease", timeout=0.5)
-    except ControlError:
-        return False
-    return code == 200 and bool(body.get("may_act"))
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def write_outputs(campaign: Campaign, report: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:

@@ -288,6 +288,10 @@ class Lab:
         node.watchdog_pid = _spawn(argv, Path(node.state_dir) / "watchdog.log")
         self.save()
 
+    def agent_alive(self, name: str) -> bool:
+        node = self.node(name)
+        return node.pid is not None and _alive(node.pid)
+
     def kill_agent(self, name: str) -> int:
         """SIGKILL the agent only: its services, VIPs, guard and network stay (a crashed daemon)."""
         node = self.node(name)
