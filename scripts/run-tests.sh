@@ -4,7 +4,7 @@ set -uo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 mkdir -p artifacts
-"$top/.venv/bin/pytest" -p no:cacheprovider -ra --durations=15 "$@"
+"$top/.venv/bin/pytest" -p no:cacheprovider -ra --durations=40 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "run-tests: no tests were collected: failing" >&2

@@ -115,8 +115,8 @@ TCG_CONFIG = (
 STORAGE_CONFIG = ("storage.tuning=lab", "catalog=storage")
 
 
-def build_image(name: str, config_set: tuple[str, ...]) -> BuiltImage:
-    """Build images/<name>.yaml into images/build/<name>/ (DIB caches make rebuilds quick).
+def build_image(name: str, config_set: tuple[str, ...], output_name: str | None = None) -> BuiltImage:
+    """Build images/<name>.yaml into images/build/<output_name or name>/ (DIB caches make rebuilds quick).
 
     NODEOS_IMAGE_TEST_REUSE=1 reuses an existing build whose recorded inputs
     (elements, manifest, nodeos sources, --set values) are unchanged, to
@@ -127,7 +127,7 @@ def build_image(name: str, config_set: tuple[str, ...]) -> BuiltImage:
     from nodeos.image.build import BuildError, BuildOptions, build, sha256_file, tree_digest
     from nodeos.image.manifest import ELEMENTS_DIR, load_manifest
 
-    output = REPO / "images" / "build" / name
+    output = REPO / "images" / "build" / (output_name or name)
     reuse = os.environ.get("NODEOS_IMAGE_TEST_REUSE")
     if reuse == "any" and (output / "manifest.json").exists():
         return BuiltImage(output, json.loads((output / "manifest.json").read_text()), 0.0)
@@ -167,6 +167,13 @@ def minimal_image() -> BuiltImage:
 def cloud_image() -> BuiltImage:
     """images/cloud.yaml (Ceph, OpenStack packages) running the storage catalog, built once per session."""
     return build_image("cloud", slow_machine_config() + STORAGE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def openstack_image() -> BuiltImage:
+    """images/cloud.yaml as shipped (its own cloud catalog: the OpenStack control plane), with
+    Ceph's small-node settings, built once per session into images/build/cloud-openstack/."""
+    return build_image("cloud", slow_machine_config() + ("storage.tuning=lab",), output_name="cloud-openstack")
 
 
 # ------------------------------------------------------------------ the LAN

@@ -1,7 +1,7 @@
 """The OpenStack control plane's message broker (issue 9): RabbitMQ on its volume, configured by the agents.
 
 One 3-node lab per module with the `lab-cloud` catalog's Ceph and RabbitMQ
-(the rest of the cloud is test_cloud_identity.py's): the agents write the
+(the rest of the cloud is the cloud package's, tests/lab/cloud): the agents write the
 broker's files from the replicated state, it starts on its RBD volume with
 the node name rabbit@localhost, and the openstack user (its password derived
 from the cluster secret) publishes and consumes through the VIP. Clients run
@@ -33,7 +33,7 @@ from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
 from .cluster_helpers import is_root, rss_mb, status_json, teardown, wait_until
-from .test_cloud_identity import catalog_for
+from .cloud.helpers import catalog_for
 from .test_storage_agent import SETTLE, live_nodes, settled
 
 pytestmark = [

@@ -1,7 +1,6 @@
 """nova's control plane in the lab-cloud catalog: nova-api, nova-conductor and nova-scheduler, kept healthy.
 
-One 3-node lab per module with the `lab-cloud` catalog and no configuration:
-the jobs make nova's three databases and cells v2 (cell0, cell1) and register
+On the package's cloud (conftest.py): the jobs make nova's three databases and cells v2 (cell0, cell1) and register
 the `compute` service in keystone; Debian's nova-api answers under uWSGI at
 its VIP. The real `openstack` client lists nova's services from the lab's
 client namespace: the conductor and the scheduler are `up` under the one host
@@ -14,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from typing import Any, Iterator
 
 import pytest
 
@@ -22,8 +20,8 @@ from nodeos.cloud.registry import CONTROL_HOST
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from .cluster_helpers import is_root, status_json, wait_until
-from .test_cloud_identity import answers, catalog_for, cloud_lab, live_node, openstack, rows
+from ..cluster_helpers import is_root, status_json, wait_until
+from .helpers import answers, healthy, live_node, openstack, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -33,24 +31,6 @@ pytestmark = [
 ]
 
 DAEMONS = ("nova-conductor", "nova-scheduler")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    # glance too: nova.conf names glance's VIP ([glance] endpoint_override), so nova's jobs and
-    # services wait for it; without glance-api in the catalog they would wait for ever.
-    catalog = catalog_for(("nova-scheduler", "glance-api"), tmp_path_factory.mktemp("catalog") / "catalog.yaml")
-    for lab in cloud_lab("nova-api", catalog):
-        started = time.monotonic()
-        wait_until(lambda: all(healthy(lab, daemon) for daemon in DAEMONS), 180,
-                   "nova-conductor and nova-scheduler healthy", interval=1.0)
-        print(f"\nnova-conductor and nova-scheduler healthy {time.monotonic() - started:.1f}s after nova-api")
-        yield lab
-
-
-def healthy(lab: Lab, service: str) -> dict[str, Any] | None:
-    row = rows(lab).get(service)
-    return row if row and row["health"] == "healthy" else None
 
 
 def up_in_nova(lab: Lab, binary: str, host: str) -> bool:

@@ -1,7 +1,6 @@
 """horizon (the dashboard) in the lab-cloud catalog, kept healthy.
 
-One 3-node lab per module with lab-cloud trimmed to Ceph, horizon and what it depends on
-(keystone, memcached, MariaDB): Debian's openstack-dashboard answers under uWSGI on port 80 of
+On the package's cloud (conftest.py): Debian's openstack-dashboard answers under uWSGI on port 80 of
 its VIP, configured by the agents (keystone at its VIP, sessions in memcached at its VIP, a
 secret key derived from the cluster secret). A browser's session (requests, from the lab's
 client namespace) reads the login page and its static files, logs in as the admin and sees a
@@ -16,15 +15,15 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from .cluster_helpers import is_root, wait_until
-from .test_cloud_identity import catalog_for, cloud_lab, healthy_at_vip, openrc_env, rows
+from ..cluster_helpers import is_root, wait_until
+from .helpers import healthy_at_vip, openrc_env, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -33,7 +32,7 @@ pytestmark = [
                        reason="openstack-dashboard is not installed (scripts/apt-packages.txt)"),
 ]
 
-PROJECT_PAGE = "/project/api_access/"  # a page of the project that asks no API but keystone (none other runs here)
+PROJECT_PAGE = "/project/api_access/"  # a page of the project that asks no API but keystone
 
 # A browser, as far as the login goes: requests' Session keeps the cookies (csrftoken, sessionid).
 BROWSER = r"""
@@ -66,11 +65,6 @@ out.update(status=landed.status_code, url=landed.url.removeprefix(base), body=la
            redirects=[r.status_code for r in landed.history], cookies=session.cookies.get_dict())
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from cloud_lab("horizon", catalog_for("horizon", tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
 
 
 def browser(lab: Lab, *args: str) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """neutron-server (the networking API) in the lab-cloud catalog, kept healthy.
 
-One 3-node lab per module with lab-cloud trimmed to Ceph, neutron-server and what it
-depends on (MariaDB, RabbitMQ, memcached, keystone): the jobs make neutron's database
+On the package's cloud (conftest.py): the jobs make neutron's database
 and schema and register the `network` service in keystone; Debian's neutron-api answers
 under uWSGI at its VIP. The real `openstack` client creates a VXLAN network and a subnet
 with no agent anywhere (ML2's linuxbridge driver needs one only to bind ports). Then
@@ -13,15 +12,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from .cluster_helpers import is_root, status_json, wait_until
-from .test_cloud_identity import answers, catalog_for, cloud_lab, healthy_at_vip, live_node, openstack, rows
+from ..cluster_helpers import is_root, status_json, wait_until
+from .helpers import answers, healthy_at_vip, live_node, openstack, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -31,11 +30,6 @@ pytestmark = [
 ]
 
 NETWORK, SUBNET = "lab-net", "lab-subnet"
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from cloud_lab("neutron-server", catalog_for("neutron-server", tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
 
 
 def names(lab: Lab, *args: str) -> set[str]:

@@ -1,7 +1,6 @@
 """placement-api in the lab-cloud catalog: stateless, its data in MariaDB, kept healthy by the Monitor.
 
-One 3-node lab per module with the `lab-cloud` catalog and no configuration:
-the jobs make placement's database and schema and register it in keystone
+On the package's cloud (conftest.py): the jobs make placement's database and schema and register it in keystone
 (service type `placement` at its VIP), and Debian's placement-api answers
 under uWSGI at its VIP. The real `openstack` client (with osc-placement)
 lists and creates resource providers from the lab's client namespace; then
@@ -14,15 +13,15 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from .cluster_helpers import is_root, status_json, wait_until
-from .test_cloud_identity import answers, catalog_for, cloud_lab, healthy_at_vip, live_node, openstack, rows
+from ..cluster_helpers import is_root, status_json, wait_until
+from .helpers import answers, healthy_at_vip, live_node, openstack, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -34,11 +33,6 @@ pytestmark = [
 SERVICE = "placement-api"
 # 1.2 is where `resource provider list/create` begin in osc-placement; Zed's placement speaks 1.0-1.39.
 VERSION = ("--os-placement-api-version", "1.2")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from cloud_lab(SERVICE, catalog_for(SERVICE, tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
 
 
 @pytest.fixture(scope="module")

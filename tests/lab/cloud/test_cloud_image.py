@@ -1,7 +1,6 @@
 """glance-api in the lab-cloud catalog (issue 9): images in a Ceph pool, so they survive glance moving.
 
-One 3-node lab per module with the `lab-cloud` catalog and no configuration:
-the Monitor makes the Ceph pool `images` and the cephx user client.glance,
+On the package's cloud (conftest.py): the Monitor makes the Ceph pool `images` and the cephx user client.glance,
 the jobs make glance's database and schema and register it in keystone, and
 glance-api answers at its VIP. The real `openstack` client uploads an image
 from the lab's client namespace; Ceph is asked directly (the admin keyring
@@ -18,17 +17,16 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from .cluster_helpers import cli, is_root, status_json, wait_until
-from .test_cloud_identity import (answers, catalog_for, cloud_lab, healthy_at_vip, live_node, monitor_node, openrc_env, openstack,
-                                  restored, rows)
-from .test_storage_agent import ceph_dir
+from ..cluster_helpers import cli, is_root, status_json, wait_until
+from ..test_storage_agent import ceph_dir
+from .helpers import answers, healthy_at_vip, live_node, monitor_node, openrc_env, openstack, restored, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -42,11 +40,6 @@ IMAGE_BYTES = 4 << 20  # random, so a wrong block anywhere changes the digest
 
 def glance_healthy(lab: Lab) -> dict[str, Any] | None:
     return healthy_at_vip(lab, "glance-api")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from cloud_lab("glance-api", catalog_for("glance-api", tmp_path_factory.mktemp("catalog") / "catalog.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """cinder in the lab-cloud catalog: cinder-api, cinder-scheduler and cinder-volume (RBD), kept healthy.
 
-One 3-node lab per module with lab-cloud trimmed to Ceph, cinder, glance (the
-client's `volume create` needs an image service in the catalog) and what they
-depend on, and no configuration: the Monitor makes the Ceph pool `cinder`
+On the package's cloud (conftest.py): the Monitor makes the Ceph pool `cinder`
 and the cephx user client.cinder, the jobs make cinder's database and schema
 and register the `volumev3` service in keystone, and Debian's cinder-api
 answers under uWSGI at its VIP. The real `openstack` client lists cinder's
@@ -18,7 +16,7 @@ import json
 import re
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,9 +24,9 @@ from nodeos.cloud.registry import CINDER_VOLUME_HOST, CONTROL_HOST
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from .cluster_helpers import is_root, status_json, wait_until
-from .test_cloud_identity import answers, catalog_for, cloud_lab, live_node, openrc_env, openstack, rows
-from .test_storage_agent import ceph_dir
+from ..cluster_helpers import is_root, status_json, wait_until
+from ..test_storage_agent import ceph_dir
+from .helpers import answers, healthy, live_node, openrc_env, openstack, rows
 
 pytestmark = [
     pytest.mark.lab,
@@ -42,31 +40,12 @@ POOL = "cinder"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    # glance too: the client's `volume create` (python-openstackclient 6) looks the image service
-    # up in the catalog even without --image, and fails without one.
-    catalog = catalog_for((*DAEMONS, "glance-api"), tmp_path_factory.mktemp("catalog") / "catalog.yaml")
-    for lab in cloud_lab("cinder-api", catalog):
-        started = time.monotonic()
-        wait_until(lambda: all(healthy(lab, daemon) for daemon in (*DAEMONS, "glance-api")), 180,
-                   "cinder-scheduler, cinder-volume and glance-api healthy", interval=1.0)
-        print(f"\ncinder-scheduler, cinder-volume and glance-api healthy {time.monotonic() - started:.1f}s "
-              "after cinder-api")
-        yield lab
-
-
-@pytest.fixture(scope="module")
 def volume(lab: Lab) -> dict[str, Any]:
     """A 1 GiB volume made with the real client, `available` (cinder-volume made its RBD image)."""
     started = time.monotonic()
     made = create_volume(lab, f"vol-{int(time.time())}")
     print(f"\nvolume of 1 GiB available {time.monotonic() - started:.1f}s after `volume create`")
     return made
-
-
-def healthy(lab: Lab, service: str) -> dict[str, Any] | None:
-    row = rows(lab).get(service)
-    return row if row and row["health"] == "healthy" else None
 
 
 def create_volume(lab: Lab, name: str) -> dict[str, Any]:
