@@ -214,6 +214,7 @@ class WatchSampler(_Sampler):
         self.prefix = ["nsenter", f"--net=/run/netns/{lab.add_client()}"] if images else []
         self.blocklist: set[str] | None = None
         self.blocklist_at = float("-inf")  # when the cached copy was asked for
+        self.seen: dict[str, set[str]] = {image: set() for image in images}  # every watcher address so far
         self.started = False
 
     def start(self) -> None:
@@ -255,8 +256,12 @@ class WatchSampler(_Sampler):
             return  # asked while stopping: the campaign's history has ended
         if rows is None:
             self.history.record("watch", t, volume=image, watchers=[], absent=True)
-        else:
-            self.history.record("watch", t, volume=image, watchers=rows)
+            return
+        assert self.blocklist is not None
+        # Earlier watchers the blocklist names now: a holder fenced while the observer was blind.
+        fenced_seen = sorted(a for a in self.seen[image] if is_fenced(a, self.blocklist))
+        self.seen[image] |= {row["address"] for row in rows}
+        self.history.record("watch", t, volume=image, watchers=rows, fenced_seen=fenced_seen)
 
     def _status_rows(self, image: str) -> tuple[float, list[dict[str, Any]] | None]:
         """(when asked, rows); rows None when the image does not exist (nobody can write it)."""

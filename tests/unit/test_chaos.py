@@ -110,8 +110,16 @@ def test_unknown_watch_samples_are_neither_a_writer_nor_a_pass() -> None:
     leaving = history((0.0, [watch("n1")]), (0.5, None), (1.0, [watch("n1", fenced=True)]), (1.5, None), (2.0, []))
     assert one_writer_per_volume(leaving) == []
     assert one_writer_per_volume(history((0.0, []), (0.5, None), (1.0, [watch("n2")]))) == []
-    # Blind across a handover: whether n1 was fenced before n2 attached was not seen.
-    hidden = history((0.0, [watch("n1")]), (0.5, None), (1.0, None), (1.5, [watch("n1", fenced=True), watch("n2")]))
+    # Blind across a handover whose old writer is blocklisted at its end (still watching, or gone
+    # and named in fenced_seen): Ceph refuses the old writer's writes, no violation.
+    fenced_after = history((0.0, [watch("n1")]), (0.5, None), (1.0, [watch("n1", fenced=True), watch("n2")]))
+    assert one_writer_per_volume(fenced_after) == []
+    gone = history((0.0, [watch("n1")]), (0.5, None), (1.0, [watch("n2")]))
+    gone.of("watch")[-1]["fenced_seen"] = [watch("n1")["address"]]
+    assert one_writer_per_volume(gone) == []
+    # Blind across a handover whose old writer is not known fenced: whether n1 could still write
+    # while n2 did was not seen.
+    hidden = history((0.0, [watch("n1")]), (0.5, None), (1.0, None), (1.5, [watch("n2")]))
     found = one_writer_per_volume(hidden)
     assert [(v.invariant, v.at) for v in found] == [("one-writer-per-volume", 0.5)]
     assert found[0].detail == (f"volume {VOLUME} not verified: its watchers unknown at 0.500s to 1.000s (2 samples), "
