@@ -5,7 +5,14 @@ agents' events and the observers' samples sort into one timeline. Kinds (`k`):
 
   lease    {holders: [node]}               the Monitor lease holders one sampler saw at one instant
   arp      {vip, macs: [mac]}              the MACs that answered one ARP who-has for a VIP
-  mapping  {volume, rw: [node]}            the nodes that mapped a volume read-write at one instant
+  watch    {volume, watchers: [{address, node, fenced}] | null, absent?, error?}
+                                           a volume image's Ceph watchers at one instant: each
+                                           client instance, its lab node (null: not a node's IP),
+                                           and whether the blocklist (read before) fences it;
+                                           watchers null: unknown (why in error), never "none";
+                                           absent: the image does not exist (nobody can write it)
+  mapping  {volume, rw: [node]}            the nodes that had a volume mounted read-write at one
+                                           instant (information only: a fenced mount cannot write)
   write    {store, key}                    a write acknowledged to the writer (only acknowledged ones)
   readback {store, keys: [key]}            every key read back from a store at the end
   poll     {api, ok, detail}               one client request through a VIP
@@ -22,7 +29,7 @@ from typing import Any, Iterable, Iterator
 
 Record = dict[str, Any]
 
-KINDS = ("lease", "arp", "mapping", "write", "readback", "poll", "fault", "event")
+KINDS = ("lease", "arp", "watch", "mapping", "write", "readback", "poll", "fault", "event")
 
 
 def event_name(record: Record) -> str:

@@ -1,8 +1,13 @@
 """The neutral observers of a campaign on a lab: none of them asks the Monitor what it believes.
 
 * leases: every node's control socket, `/lease` (whether that node may act), every 50 ms;
-* mounts: the host's mount table, every 200 ms: a volume is mounted read-write under which
-  node's root (the lab's nodes share the host's kernel, so this is the kernel's own view);
+* watchers: Ceph itself, from the client namespace with the admin key, every 0.5 s: each
+  volume image's watchers (`rbd status`: the client instances that have it open, each mapped
+  to a lab node by its IP) and whether the cluster's blocklist fences each one. Only a watch
+  that is not blocklisted can write; the mount table cannot tell (a fenced node's file
+  system stays mounted until its agent unmounts it);
+* mounts: the host's mount table, every 200 ms, for information only: a volume is mounted
+  read-write under which node's directory (how long a fenced node kept it mounted);
 * the client (a process in the lab's client namespace, on the LAN like any client): an ARP
   who-has for every VIP, the APIs through their VIPs every 0.5 s, and a writer whose
   acknowledged writes are read back at the end.
@@ -13,6 +18,7 @@ Every record carries the host's monotonic clock, shared by every process and nam
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,12 +29,27 @@ from typing import Any
 
 from nodeos.cluster.control import ControlError, request
 from nodeos.lab.lab import Lab
-from nodeos.lab.mountns import node_root
+from nodeos.services.catalog import load_catalog
+from nodeos.services.layer import resolve_catalog_path
+from nodeos.storage.conf import CephPaths
+from nodeos.storage.keys import ADMIN
+from nodeos.storage.ops import POOL_VOLUMES, volume_image
+from nodeos.storage.volume_spec import VolumeError, Watcher, parse_blocklist, parse_watchers
 
 from .history import History
+from .invariants import writers
 
 LEASE_INTERVAL = 0.05
 MOUNT_INTERVAL = 0.2
+WATCH_INTERVAL = 0.5
+# One CLI call; then it is killed and the sample is unknown (a client stuck on a dead OSD
+# stays stuck for 20 s, storage/volumes.py). The conf's own op time-outs end it sooner.
+WATCH_TIMEOUT = 5.0
+WATCH_OP_TIMEOUT = 3
+# The blocklist only grows (10-year fences), so a copy from before a status is a sound
+# "fenced"; it is read again this often, and at once before two nodes' watches are recorded.
+BLOCKLIST_EVERY = 5.0
+ENOENT = 2
 POLL_INTERVAL = 0.5
 WRITE_INTERVAL = 1.0
 VOLUME_FS = ("ext4", "xfs")
@@ -46,9 +67,9 @@ class _Sampler:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -99,12 +120,15 @@ def volume_mounts(mountinfo: str, roots: dict[str, str]) -> dict[str, list[str]]
 
 
 class MountSampler(_Sampler):
+    """Informational: `one_writer_per_volume` checks the watchers, not the mounts."""
+
     interval = MOUNT_INTERVAL
 
     def __init__(self, lab: Lab, history: History) -> None:
         super().__init__()
         self.history = history
-        self.roots = {name: str(node_root(Path(node.state_dir))) for name, node in lab.spec.nodes.items()}
+        # The node's whole state dir: lab-cloud mounts under its root/, lab-storage under services/.
+        self.roots = {name: str(Path(node.state_dir)) for name, node in lab.spec.nodes.items()}
         self.seen: set[str] = set()
 
     def sample(self, t: float) -> None:
@@ -112,6 +136,188 @@ class MountSampler(_Sampler):
         self.seen |= set(mounts)
         for volume in sorted(self.seen):  # a volume mounted nowhere is a sample too (none is not two)
             self.history.record("mapping", t, volume=volume, rw=sorted(mounts.get(volume, [])))
+
+
+# -- Ceph's watchers ---------------------------------------------------------------------
+
+def volume_images(catalog: str | None) -> list[str]:
+    """pool/image of every volume the catalog declares, sorted; [] without a catalog or volumes."""
+    path = resolve_catalog_path(catalog)
+    if path is None:
+        return []
+    return sorted(f"{POOL_VOLUMES}/{volume_image(spec.name)}" for spec in load_catalog(path) if spec.volume)
+
+
+def address_ip(address: str) -> str:
+    """The IP of a Ceph entity address (`10.0.0.1:0/123`, `v1:10.0.0.1:6789/0`, `[fd00::1]:0/5`)."""
+    host = address.split("/", 1)[0]
+    for kind in ("v1:", "v2:", "any:"):
+        host = host.removeprefix(kind)
+    return host.rpartition(":")[0].strip("[]")
+
+
+def is_fenced(address: str, blocklist: set[str]) -> bool:
+    """Listed as this instance, or its whole IP listed (`IP:0/0`, which fences every client there)."""
+    ip = address_ip(address)
+    return address in blocklist or any(address_ip(b) == ip and b.endswith(":0/0") for b in blocklist)
+
+
+def watch_rows(watchers: list[Watcher], blocklist: set[str], ips: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per watcher: its address, the lab node with its IP (None: not a node), fenced or not."""
+    return [{"address": w.address, "node": ips.get(address_ip(w.address)), "fenced": is_fenced(w.address, blocklist)}
+            for w in watchers]
+
+
+def image_missing(stderr: str) -> bool:
+    """`rbd status` failed because the pool or image does not exist (nobody can write it), not for
+    another ENOENT (a keyring not found)."""
+    return "error opening" in stderr and "No such file or directory" in stderr
+
+
+def _last_line(stderr: str) -> str:
+    """The CLI's own message (librados logs lines with timestamps before it)."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1][-200:] if lines else "no message"
+
+
+def observer_conf(node_conf: str, keyring: str, run_dir: str) -> str:
+    """A client conf of the observer's own: a node's fsid and mons, short time-outs, nothing in the
+    node's directories (its admin socket and log stay in `run_dir`)."""
+    keep = [line.strip() for line in node_conf.splitlines()
+            if line.strip().split("=", 1)[0].strip() in ("fsid", "mon_host")]
+    if len(keep) < 2:
+        raise VolumeError("the node's ceph.conf names no fsid or mon_host")
+    options = [*keep, "auth_client_required = cephx", "mon_client_hunt_interval = 1.0",
+               f"client_mount_timeout = {WATCH_OP_TIMEOUT}", f"rados_mon_op_timeout = {WATCH_OP_TIMEOUT}",
+               f"rados_osd_op_timeout = {WATCH_OP_TIMEOUT}", f"run_dir = {run_dir}",
+               f"admin_socket = {run_dir}/$name.$pid.asok", f"log_file = {run_dir}/$name.log", f"keyring = {keyring}"]
+    return "[global]\n" + "\n".join(options) + "\n"
+
+
+class CephUnknown(Exception):
+    """A Ceph question the observer could not get answered (why, in the message)."""
+
+
+class WatchSampler(_Sampler):
+    """Every volume image's watchers and their fencing, from the client namespace (on the LAN, with
+    the majority in a partition), so a down or cut-off node does not blind it. Nothing to do, and
+    no thread, when the catalog has no volume."""
+
+    interval = WATCH_INTERVAL
+
+    def __init__(self, lab: Lab, history: History, images: list[str]) -> None:
+        super().__init__()
+        self.lab, self.history, self.images = lab, history, images
+        self.ips = {node.ip: name for name, node in lab.spec.nodes.items()}
+        self.dir = Path(tempfile.mkdtemp(prefix="nodeos-chaos-watch-"))
+        self.conf = self.dir / "ceph.conf"
+        self.prefix = ["nsenter", f"--net=/run/netns/{lab.add_client()}"] if images else []
+        self.blocklist: set[str] | None = None
+        self.blocklist_at = float("-inf")  # when the cached copy was asked for
+        self.seen: dict[str, set[str]] = {image: set() for image in images}  # every watcher address so far
+        self.started = False
+
+    def start(self) -> None:
+        if self.images:
+            self.started = True
+            super().start()
+
+    def stop(self, timeout: float = 4 * WATCH_TIMEOUT) -> None:
+        if self.started:  # a round in flight ends within its CLI time-outs, unrecorded
+            super().stop(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def sample(self, t: float) -> None:
+        try:
+            self._write_conf()
+        except (OSError, VolumeError) as exc:
+            for image in self.images:
+                self._unknown(image, time.monotonic(), f"no client conf: {exc}")
+            return
+        for image in self.images:
+            if self._stop.is_set():
+                return
+            self.sample_image(image)
+
+    def sample_image(self, image: str) -> None:
+        """One record; two nodes' un-fenced watches are asked again with a fresh blocklist first
+        (a fence may have landed after the cached copy was read)."""
+        try:
+            if time.monotonic() - self.blocklist_at > BLOCKLIST_EVERY:
+                self._refresh_blocklist()
+            t, rows = self._status_rows(image)
+            if rows is not None and len(writers(rows)) > 1:
+                self._refresh_blocklist()
+                t, rows = self._status_rows(image)
+        except CephUnknown as exc:
+            self._unknown(image, time.monotonic(), str(exc))
+            return
+        if self._stop.is_set():
+            return  # asked while stopping: the campaign's history has ended
+        if rows is None:
+            self.history.record("watch", t, volume=image, watchers=[], absent=True)
+            return
+        assert self.blocklist is not None
+        # Earlier watchers the blocklist names now: a holder fenced while the observer was blind.
+        fenced_seen = sorted(a for a in self.seen[image] if is_fenced(a, self.blocklist))
+        self.seen[image] |= {row["address"] for row in rows}
+        self.history.record("watch", t, volume=image, watchers=rows, fenced_seen=fenced_seen)
+
+    def _status_rows(self, image: str) -> tuple[float, list[dict[str, Any]] | None]:
+        """(when asked, rows); rows None when the image does not exist (nobody can write it)."""
+        assert self.blocklist is not None
+        t = time.monotonic()
+        done = self._cli("rbd status", ["rbd", "--conf", str(self.conf), "--id", "admin", "status", image,
+                                        "--format", "json"], ok=(0, ENOENT))
+        if done.returncode == ENOENT:
+            if not image_missing(done.stderr):
+                raise CephUnknown(f"rbd status failed ({ENOENT}): {_last_line(done.stderr)}")
+            return t, None
+        try:
+            return t, watch_rows(parse_watchers(done.stdout), self.blocklist, self.ips)
+        except (VolumeError, ValueError, KeyError, TypeError) as exc:  # odd output: unknown, never "nobody"
+            raise CephUnknown(f"rbd status: {exc}") from None
+
+    def _refresh_blocklist(self) -> None:
+        self.blocklist, self.blocklist_at = None, float("-inf")
+        asked = time.monotonic()
+        done = self._cli("blocklist ls", ["ceph", "--conf", str(self.conf), "--name", ADMIN, "--connect-timeout",
+                          str(WATCH_OP_TIMEOUT), "osd", "blocklist", "ls", "--format", "json"])
+        try:
+            self.blocklist = {entry.address for entry in parse_blocklist(done.stdout)}
+        except (VolumeError, ValueError, KeyError, TypeError) as exc:
+            raise CephUnknown(f"blocklist ls: {exc}") from None
+        self.blocklist_at = asked
+
+    def _cli(self, what: str, argv: list[str], ok: tuple[int, ...] = (0,)) -> "subprocess.CompletedProcess[str]":
+        try:
+            done = subprocess.run([*self.prefix, *argv], capture_output=True, text=True, timeout=WATCH_TIMEOUT,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise CephUnknown(f"{what}: no answer in {WATCH_TIMEOUT:.0f}s") from None
+        except OSError as exc:
+            raise CephUnknown(f"{what}: {exc}") from None
+        if done.returncode not in ok:
+            raise CephUnknown(f"{what} failed ({done.returncode}): {_last_line(done.stderr)}")
+        return done
+
+    def _write_conf(self) -> None:
+        """From the node conf written last (a down node's conf stops changing), read each round:
+        the mons may change during a campaign."""
+        confs = [CephPaths(str(Path(n.state_dir) / "ceph")) for n in self.lab.spec.nodes.values()]
+        present = [p for p in confs if Path(p.conf).exists() and Path(p.keyring(ADMIN)).exists()]
+        if not present:
+            raise VolumeError("no node has a ceph.conf and the admin keyring yet")
+        newest = max(present, key=lambda p: Path(p.conf).stat().st_mtime)
+        text = observer_conf(Path(newest.conf).read_text(), newest.keyring(ADMIN), str(self.dir))
+        if not self.conf.exists() or self.conf.read_text() != text:
+            tmp = self.conf.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.conf)
+
+    def _unknown(self, image: str, t: float, why: str) -> None:
+        if not self._stop.is_set():  # a call cut short by stopping is no blind spot of the campaign
+            self.history.record("watch", t, volume=image, watchers=None, error=why)
 
 
 CLIENT = r'''

@@ -30,7 +30,7 @@ from nodeos.lab.services import kill_service
 
 from .history import History, event_name
 from .invariants import check, incidents
-from .observers import ClientObserver, LeaseSampler, MountSampler, may_act
+from .observers import ClientObserver, LeaseSampler, MountSampler, WatchSampler, may_act, volume_images
 from .report import build, render_html, write_json
 from .schedule import MONITOR, Fault, Round, plan
 
@@ -220,7 +220,10 @@ class Campaign:
             if "glance-api" in vip_of:
                 reads["images"] = f"http://{vip_of['glance-api']}:{GLANCE_PORT}/v2/images"
         password = admin_password(load_identity(self.lab.identity_path)) if auth else ""
-        samplers = [LeaseSampler(self.lab, self.history), MountSampler(self.lab, self.history)]
+        samplers: list[Any] = [LeaseSampler(self.lab, self.history)]
+        images = volume_images(self.lab.spec.catalog)
+        if images:  # the `lab` catalog has no volume: nothing to watch, no Ceph to ask
+            samplers += [WatchSampler(self.lab, self.history, images), MountSampler(self.lab, self.history)]
         for sampler in samplers:
             sampler.start()
         return samplers, ClientObserver(self.lab, vips, http, auth, password, reads, prefix)

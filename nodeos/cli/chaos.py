@@ -19,8 +19,9 @@ from typing import Any
 
 EPILOG = """FILE is a campaign's history (JSON lines: what the observers recorded) or a report
 (JSON) written before. From a history the invariants are checked again: at most one
-Monitor lease holder at a time, one MAC per VIP, one read-write mapping per volume,
-no acknowledged write lost, every fault healthy again within its bound."""
+Monitor lease holder at a time, one MAC per VIP, one node per volume holding a Ceph
+watch the blocklist does not fence (unknown samples are no pass), no acknowledged write
+lost, every fault healthy again within its bound."""
 
 
 def _bounds(pairs: list[str]) -> dict[str, float]:

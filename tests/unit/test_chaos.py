@@ -15,6 +15,12 @@ from nodeos.chaos.schedule import FAULTS, MONITOR, TAKES_A_NODE, ScheduleError, 
 
 NODES = ["n1", "n2", "n3"]
 SERVICES = ["keystone", "mariadb", "memcached"]
+VOLUME = "nodeos-volumes/svc-mariadb"
+
+
+def watch(node: str, fenced: bool = False, nonce: int = 1) -> dict[str, object]:
+    """One watcher row as the watch sampler records it (node n1 is 10.77.0.11)."""
+    return {"address": f"10.77.0.{10 + int(node[1:])}:0/{nonce}", "node": node, "fenced": fenced}
 
 
 def healthy_history() -> History:
@@ -24,7 +30,7 @@ def healthy_history() -> History:
         t = float(i)
         h.record("lease", t, holders=["n1"] if i < 5 else ["n2"])
         h.record("arp", t, vip="10.0.0.200", macs=["02:00:00:00:00:01"] if i < 5 else ["02:00:00:00:00:02"])
-        h.record("mapping", t, volume="rbd/mariadb", rw=["n1"] if i < 5 else ([] if i == 5 else ["n2"]))
+        h.record("watch", t, volume=VOLUME, watchers=[watch("n1")] if i < 5 else ([] if i == 5 else [watch("n2")]))
         h.record("poll", t, api="token", ok=i not in (5, 6))
         h.record("write", t, store="mariadb", key=i)
     h.record("readback", 11.0, store="mariadb", keys=list(range(10)))
@@ -63,11 +69,111 @@ def test_a_vip_answered_by_two_macs_is_reported_for_that_vip_only() -> None:
     assert one_mac_per_vip(h2) == []
 
 
-def test_a_volume_mapped_read_write_on_two_nodes_is_reported() -> None:
+def test_two_nodes_with_un_blocklisted_watches_on_one_volume_are_reported() -> None:
     h = healthy_history()
-    h.record("mapping", 5.5, volume="rbd/mariadb", rw=["n1", "n2"])  # planted
+    h.record("watch", 5.5, volume=VOLUME, watchers=[watch("n1"), watch("n2")])  # planted: both could write
+    h.record("watch", 5.6, volume=VOLUME, watchers=[watch("n2"), watch("n1")])
     found = one_writer_per_volume(h)
-    assert [v.detail for v in found] == ["volume rbd/mariadb mapped read-write on ['n1', 'n2'] at 5.500s"]
+    assert [(v.at, v.detail) for v in found] == [
+        (5.5, f"volume {VOLUME} writable from ['n1', 'n2'] (un-blocklisted watches) at 5.500s to 5.600s (2 samples)")]
+    assert [v.invariant for v in check(h)] == ["one-writer-per-volume"]
+
+
+def test_an_old_holder_blocklisted_before_the_new_watch_appears_is_no_violation() -> None:
+    """The false alarm of the mount observer: the old node's watch lingers, fenced, while the
+    new holder's appears; and its file system is still mounted read-write (mapping)."""
+    h = healthy_history()
+    h.record("watch", 5.5, volume=VOLUME, watchers=[watch("n1", fenced=True)])
+    h.record("watch", 5.6, volume=VOLUME, watchers=[watch("n1", fenced=True), watch("n2")])
+    h.record("mapping", 5.6, volume="/var/lib/mysql", rw=["n1", "n2"])  # information only
+    # Two instances on one node (a dead helper's watch and its successor's) are one node.
+    h.record("watch", 5.7, volume=VOLUME, watchers=[watch("n2", nonce=1), watch("n2", nonce=2)])
+    assert one_writer_per_volume(h) == [] and check(h) == []
+    # A watch from outside the lab stands for itself: with a node's, two writers.
+    h.record("watch", 9.5, volume=VOLUME, watchers=[watch("n2"), {"address": "10.9.9.9:0/7", "node": None,
+                                                                "fenced": False}])
+    assert "['10.9.9.9:0/7', 'n2']" in one_writer_per_volume(h)[0].detail
+
+
+def test_unknown_watch_samples_are_neither_a_writer_nor_a_pass() -> None:
+    def history(*samples: tuple[float, list[dict[str, object]] | None]) -> History:
+        h = History()
+        for t, rows in samples:
+            h.record("watch", t, volume=VOLUME, watchers=rows, **({} if rows is not None else {"error": "timed out"}))
+        return h
+
+    # Blind while one node held it, before and after: no writer counted from the gap, no violation.
+    steady = history((0.0, [watch("n1")]), (0.5, None), (1.0, None), (1.5, [watch("n1")]))
+    assert one_writer_per_volume(steady) == []
+    # Blind while its one writer left (its node crashed: the image's header on a dead OSD), or
+    # while one arrived: one writer at most in the gap either way.
+    leaving = history((0.0, [watch("n1")]), (0.5, None), (1.0, [watch("n1", fenced=True)]), (1.5, None), (2.0, []))
+    assert one_writer_per_volume(leaving) == []
+    assert one_writer_per_volume(history((0.0, []), (0.5, None), (1.0, [watch("n2")]))) == []
+    # Blind across a handover whose old writer is blocklisted at its end (still watching, or gone
+    # and named in fenced_seen): Ceph refuses the old writer's writes, no violation.
+    fenced_after = history((0.0, [watch("n1")]), (0.5, None), (1.0, [watch("n1", fenced=True), watch("n2")]))
+    assert one_writer_per_volume(fenced_after) == []
+    gone = history((0.0, [watch("n1")]), (0.5, None), (1.0, [watch("n2")]))
+    gone.of("watch")[-1]["fenced_seen"] = [watch("n1")["address"]]
+    assert one_writer_per_volume(gone) == []
+    # Blind across a handover whose old writer is not known fenced: whether n1 could still write
+    # while n2 did was not seen.
+    hidden = history((0.0, [watch("n1")]), (0.5, None), (1.0, None), (1.5, [watch("n2")]))
+    found = one_writer_per_volume(hidden)
+    assert [(v.invariant, v.at) for v in found] == [("one-writer-per-volume", 0.5)]
+    assert found[0].detail == (f"volume {VOLUME} not verified: its watchers unknown at 0.500s to 1.000s (2 samples), "
+                               "writers before ['n1'], after ['n2']; first error: timed out")
+    # Never seen at all, or blind at the end: no pass either.
+    assert len(one_writer_per_volume(history((0.0, None), (0.5, None)))) == 1
+    assert "after unknown" in one_writer_per_volume(history((0.0, [watch("n1")]), (0.5, None)))[0].detail
+    # Unknown samples between two writers' samples do not merge or make an episode of their own.
+    split = history((0.0, [watch("n1"), watch("n2")]), (0.5, None), (1.0, [watch("n1"), watch("n2")]))
+    assert sorted(v.detail.split(" at ")[0] for v in one_writer_per_volume(split)) == [
+        f"volume {VOLUME} not verified: its watchers unknown",
+        f"volume {VOLUME} writable from ['n1', 'n2'] (un-blocklisted watches)"]
+
+
+def test_the_watch_observer_maps_addresses_to_nodes_and_fences_by_instance_or_ip() -> None:
+    from nodeos.chaos.observers import (_last_line, address_ip, image_missing, is_fenced, observer_conf,
+                                        volume_images, watch_rows)
+    from nodeos.storage.volume_spec import VolumeError, Watcher
+
+    assert address_ip("10.77.0.11:0/3016213853") == "10.77.0.11"
+    assert address_ip("v1:10.77.0.12:6789/0") == "10.77.0.12" and address_ip("[fd00::1]:0/5") == "fd00::1"
+    blocklist = {"10.77.0.11:0/111", "10.77.0.13:0/0"}
+    assert is_fenced("10.77.0.11:0/111", blocklist) and not is_fenced("10.77.0.11:0/222", blocklist)
+    assert is_fenced("10.77.0.13:0/999", blocklist)  # the whole IP fenced
+    ips = {"10.77.0.11": "n1", "10.77.0.12": "n2"}
+    rows = watch_rows([Watcher("10.77.0.11:0/111", "client.4", 1), Watcher("10.77.0.12:0/5", "client.9", 2),
+                       Watcher("10.77.0.5:0/6", "client.10", 3)], blocklist, ips)
+    assert rows == [{"address": "10.77.0.11:0/111", "node": "n1", "fenced": True},
+                    {"address": "10.77.0.12:0/5", "node": "n2", "fenced": False},
+                    {"address": "10.77.0.5:0/6", "node": None, "fenced": False}]
+    assert image_missing("rbd: error opening image svc-x: (2) No such file or directory")
+    assert not image_missing("auth: unable to find a keyring on /k: (2) No such file or directory")
+    assert _last_line("2026-12-02T03:08:51 7f1b -1 librbd: failed\nrbd: error opening image x: (110) Connection "
+                      "timed out\n") == "rbd: error opening image x: (110) Connection timed out"
+    conf = observer_conf("[global]\nfsid = f\nmon_host = [v2:10.77.0.11:3300]\nlog_file = /node/log\n", "/k", "/tmp/w")
+    assert "fsid = f" in conf and "mon_host = [v2:10.77.0.11:3300]" in conf and "keyring = /k" in conf
+    assert "/node/" not in conf and "run_dir = /tmp/w" in conf and "rados_osd_op_timeout" in conf
+    with pytest.raises(VolumeError, match="no fsid or mon_host"):
+        observer_conf("[global]\n", "/k", "/tmp/w")
+    assert volume_images("lab-storage") == ["nodeos-volumes/svc-mariadb"]
+    assert volume_images("lab") == [] and volume_images(None) == []
+
+
+def test_the_watch_observer_does_nothing_without_volumes() -> None:
+    from types import SimpleNamespace
+
+    from nodeos.chaos.observers import WatchSampler
+
+    h = History()
+    lab = SimpleNamespace(spec=SimpleNamespace(nodes={}))  # never asked for a client namespace
+    sampler = WatchSampler(lab, h, [])  # type: ignore[arg-type]
+    sampler.start()
+    sampler.stop()
+    assert len(h) == 0 and not sampler.dir.exists() and not sampler.started
 
 
 def test_a_dropped_acknowledged_write_is_reported_and_so_is_a_store_never_read_back() -> None:
@@ -182,7 +288,7 @@ def test_chaos_report_checks_a_history_and_exits_by_what_it_found(tmp_path: Path
     clean, planted = tmp_path / "clean.jsonl", tmp_path / "planted.jsonl"
     healthy_history().dump(clean)
     h = healthy_history()
-    h.record("mapping", 5.5, volume="rbd/mariadb", rw=["n1", "n2"])
+    h.record("watch", 5.5, volume=VOLUME, watchers=[watch("n1"), watch("n2")])
     h.dump(planted)
     assert main(["chaos", "report", str(clean)]) == 0
     assert "no invariant violated" in capsys.readouterr().out and (tmp_path / "clean.html").exists()
