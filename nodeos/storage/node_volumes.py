@@ -1,7 +1,9 @@
 """A node's side of volumes: attach, record, mount before a service starts; the reverse after it stops.
 
 The order is the fence's (ops.py, DESIGN.md invariant 3):
-1. attach (rbd-fuse + loop here, kernel rbd on real nodes: volumes.py);
+1. attach (rbd-fuse + loop here, kernel rbd on real nodes: volumes.py),
+   after blocklisting this node's own dead earlier clients of the image (a
+   reboot's: `volumes.fence_own_stale`), which the record names (`fenced_own`);
 2. record the client instance address in the replicated state and wait for
    the commit (`volume_attached`): a node that dies after writing must be
    fenceable by that address, so nothing is written before it is known;
@@ -49,7 +51,8 @@ class NodeVolumes:
         self._attached[service] = attachment
         try:
             result = self.submit_sync({"op": "volume_attached", "now": time.time(), "service": service,
-                                       "node": self.node_id, "client": attachment.address})
+                                       "node": self.node_id, "client": attachment.address,
+                                       "fenced_own": list(attachment.fenced_own)})
         except Exception as exc:  # no commit: nothing may be written under this address
             raise VolumeError(f"{service}: recording the attachment failed: {exc}") from None
         if not result.get("ok"):
