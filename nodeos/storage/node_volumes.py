@@ -42,12 +42,17 @@ class NodeVolumes:
         self.submit_sync = submit_sync
         self._attached: dict[str, Attachment] = {}
         self._failed_at: dict[str, float] = {}  # a failed release is retried every RETRY_RELEASE, not every pass
+        # Services whose volume this node held before: a leftover released (a reboot in the lab keeps
+        # /run), or the state naming this node the holder (a real reboot: /run is empty). Their attach
+        # fences this node's dead earlier clients first (volumes.fence_own_stale).
+        self._held_before: set[str] = set()
 
     def prepare(self, service: str, fs: str, mount_point: str) -> None:
         """Attach, record and mount `service`'s volume at `mount_point`; VolumeError if anything fails."""
         started = time.monotonic()
         image = volume_image(service)
-        attachment = self.io.attach(self.ceph, POOL_VOLUMES, image)
+        attachment = self.io.attach(self.ceph, POOL_VOLUMES, image, fence_own=service in self._held_before)
+        self._held_before.discard(service)
         self._attached[service] = attachment
         try:
             result = self.submit_sync({"op": "volume_attached", "now": time.time(), "service": service,
@@ -102,11 +107,16 @@ class NodeVolumes:
 
     def detach_unwanted(self, state: ClusterState, keep: set[str], submit: Callable[[dict[str, Any]], None]) -> None:
         """Detach every volume here that no service here should use now (crash leftovers, fenced, moved)."""
+        volumes_state = state.storage.get("volumes") or {}
+        self._held_before |= {service for service, volume in volumes_state.items()
+                              if isinstance(volume, dict) and volume.get("holder") == self.node_id
+                              and volume.get("client") and service not in self._attached}
         for service in sorted(self.held_here() - keep):
             if time.monotonic() - self._failed_at.get(service, float("-inf")) < RETRY_RELEASE:
                 continue
             log.event("volume.detaching_unwanted", level="warning", service=service,
                       holder=((state.storage.get("volumes") or {}).get(service) or {}).get("holder"))
+            self._held_before.add(service)
             self.release(service, submit)
 
     def _drop(self, service: str) -> None:

@@ -428,7 +428,7 @@ def probe_backend() -> str:
 
 
 def attach(node: CephNode, pool: str, image: str, *, name: str | None = None,
-           backend: str | None = None) -> Attachment:
+           backend: str | None = None, fence_own: bool = False) -> Attachment:
     """Attach pool/image read-write on `node` as the node's own client; the Attachment names the holder.
 
     Safe to call again: an intact attachment of this image on this node is
@@ -436,6 +436,10 @@ def attach(node: CephNode, pool: str, image: str, *, name: str | None = None,
     ls`); leftovers of a broken or fenced one are cleaned up first. The
     caller must have fenced every other holder (`holders`) before: with
     rbd-fuse, exclusive-lock hands the image over to any writer.
+
+    `fence_own`: this node held the image before (a reboot, a crash of its
+    helper): its dead earlier clients are blocklisted first (`fence_own_stale`).
+    Only then: two more Ceph calls on every attach would slow every failover.
     """
     name = name or node_entity(node.node_id)
     vdir = volume_dir(node, pool, image)
@@ -451,7 +455,8 @@ def attach(node: CephNode, pool: str, image: str, *, name: str | None = None,
     if backend not in (KRBD, FUSE):
         raise VolumeError(f"unknown attach back-end {backend!r}")
     started = time.monotonic()
-    fenced = fence_own_stale(node, pool, image, name=name)  # nothing of ours holds it now: what does is dead
+    # Nothing of ours holds it now: what holds it at our IP is dead.
+    fenced = fence_own_stale(node, pool, image, name=name) if fence_own else []
     attachment = (_attach_krbd if backend == KRBD else _attach_fuse)(node, pool, image, name, vdir)
     attachment = dataclasses.replace(attachment, fenced_own=tuple(fenced))
     log.event("volume.attached", node=node.node_id, image=attachment.spec, backend=backend,

@@ -111,3 +111,7 @@ def test_rebooted_holder_gets_its_volume_back_fencing_only_its_own_dead_client(l
     assert all(address.split(":")[0] == holder_ip for address in added), \
         f"a client of another node was blocklisted: {sorted(added)} (the rebooted node is {holder_ip})"
     assert new_client and new_client not in blocklisted(lab, other), "the new incarnation's client is blocklisted"
+    if home == holder:  # kept by the rebooted node: it fenced its dead client itself, and said so
+        lines = cli("events", "--json", "--lab", lab.spec.name, "--lab-node", other).stdout.splitlines()
+        attached = [e for e in map(json.loads, lines) if e["ts"] >= rebooted_wall and e["kind"] == "storage.volume_attached"]
+        assert any(old_client in (e.get("fenced_own") or []) for e in attached), attached

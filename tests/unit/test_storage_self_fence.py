@@ -109,7 +109,44 @@ def test_attach_fences_its_own_dead_client_before_the_helper_starts(monkeypatch:
                                   "10.77.0.1:0/5", str(tmp_path))
 
     monkeypatch.setattr(volumes, "_attach_fuse", fake_attach)
-    attachment = volumes.attach(node(tmp_path), "volumes", "svc-db", backend="fuse")
+    attachment = volumes.attach(node(tmp_path), "volumes", "svc-db", backend="fuse", fence_own=True)
     assert order == ["fence", "attach"]
     assert attachment.fenced_own == (DEAD,)  # for the replicated record (volume_attached)
     assert volumes.Attachment.from_wire(attachment.to_wire()) == attachment
+    # A node that did not hold the image before (a failover to it) asks Ceph nothing more.
+    order.clear()
+    assert volumes.attach(node(tmp_path), "volumes", "svc-db", backend="fuse").fenced_own == ()
+    assert order == ["attach"]
+
+
+class RecordingIO:
+    """What NodeVolumes asks of volumes.py: only whether it asked for the self-fence."""
+
+    UMOUNT_TIMEOUT = 1.0
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.fence_own: list[bool] = []
+
+    def attach(self, _node: object, pool: str, image: str, fence_own: bool = False) -> volumes.Attachment:
+        self.fence_own.append(fence_own)
+        return volumes.Attachment("node1", pool, image, "client.node-node1", "fuse", "/dev/loop9", "10.77.0.1:0/5",
+                                  str(self.tmp_path))
+
+    def mount(self, attachment: volumes.Attachment, *_a: object, **_k: object) -> volumes.Attachment:
+        return attachment
+
+
+def test_only_a_volume_this_node_held_before_is_attached_with_the_self_fence(tmp_path: Path) -> None:
+    from nodeos.cluster.state import ClusterState
+    from nodeos.storage.node_volumes import NodeVolumes
+
+    io = RecordingIO(tmp_path)
+    volumes_ = NodeVolumes("node1", node(tmp_path), lambda op: {"ok": True}, io=io)
+    state = ClusterState()
+    state.storage["volumes"] = {"db": {"holder": "node1", "client": DEAD},  # this node's, before a reboot
+                                "mq": {"holder": "node2", "client": "10.77.0.2:0/7"}}  # moving here from node2
+    volumes_.detach_unwanted(state, {"db", "mq"}, lambda op: None)
+    volumes_.prepare("db", "ext4", str(tmp_path / "db"))
+    volumes_.prepare("mq", "ext4", str(tmp_path / "mq"))
+    assert io.fence_own == [True, False]
