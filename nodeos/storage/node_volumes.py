@@ -1,7 +1,9 @@
 """A node's side of volumes: attach, record, mount before a service starts; the reverse after it stops.
 
 The order is the fence's (ops.py, DESIGN.md invariant 3):
-1. attach (rbd-fuse + loop here, kernel rbd on real nodes: volumes.py);
+1. attach (rbd-fuse + loop here, kernel rbd on real nodes: volumes.py),
+   after blocklisting this node's own dead earlier clients of the image (a
+   reboot's: `volumes.fence_own_stale`), which the record names (`fenced_own`);
 2. record the client instance address in the replicated state and wait for
    the commit (`volume_attached`): a node that dies after writing must be
    fenceable by that address, so nothing is written before it is known;
@@ -40,16 +42,22 @@ class NodeVolumes:
         self.submit_sync = submit_sync
         self._attached: dict[str, Attachment] = {}
         self._failed_at: dict[str, float] = {}  # a failed release is retried every RETRY_RELEASE, not every pass
+        # Services whose volume this node held before: a leftover released (a reboot in the lab keeps
+        # /run), or the state naming this node the holder (a real reboot: /run is empty). Their attach
+        # fences this node's dead earlier clients first (volumes.fence_own_stale).
+        self._held_before: set[str] = set()
 
     def prepare(self, service: str, fs: str, mount_point: str) -> None:
         """Attach, record and mount `service`'s volume at `mount_point`; VolumeError if anything fails."""
         started = time.monotonic()
         image = volume_image(service)
-        attachment = self.io.attach(self.ceph, POOL_VOLUMES, image)
+        attachment = self.io.attach(self.ceph, POOL_VOLUMES, image, fence_own=service in self._held_before)
+        self._held_before.discard(service)
         self._attached[service] = attachment
         try:
             result = self.submit_sync({"op": "volume_attached", "now": time.time(), "service": service,
-                                       "node": self.node_id, "client": attachment.address})
+                                       "node": self.node_id, "client": attachment.address,
+                                       "fenced_own": list(attachment.fenced_own)})
         except Exception as exc:  # no commit: nothing may be written under this address
             raise VolumeError(f"{service}: recording the attachment failed: {exc}") from None
         if not result.get("ok"):
@@ -99,11 +107,16 @@ class NodeVolumes:
 
     def detach_unwanted(self, state: ClusterState, keep: set[str], submit: Callable[[dict[str, Any]], None]) -> None:
         """Detach every volume here that no service here should use now (crash leftovers, fenced, moved)."""
+        volumes_state = state.storage.get("volumes") or {}
+        self._held_before |= {service for service, volume in volumes_state.items()
+                              if isinstance(volume, dict) and volume.get("holder") == self.node_id
+                              and volume.get("client") and service not in self._attached}
         for service in sorted(self.held_here() - keep):
             if time.monotonic() - self._failed_at.get(service, float("-inf")) < RETRY_RELEASE:
                 continue
             log.event("volume.detaching_unwanted", level="warning", service=service,
                       holder=((state.storage.get("volumes") or {}).get(service) or {}).get("holder"))
+            self._held_before.add(service)
             self.release(service, submit)
 
     def _drop(self, service: str) -> None:

@@ -302,11 +302,22 @@ def _op_volume_attached(state: ClusterState, op: dict[str, Any]) -> dict[str, An
         raise OpError(f"{service}'s volume is held by {volume['holder']} ({volume['client']}) until it is fenced")
     if client in volume["fenced"]:
         raise OpError(f"client {client} was fenced")
+    fenced_own = _fenced_own(op, client)
     if (volume["holder"], volume["client"]) != (node, client):
         volume.update(holder=node, client=client, attached_at=op["now"])
+        volume["fenced"] = [*volume["fenced"], *(a for a in fenced_own if a not in volume["fenced"])][-50:]
+        before = f", after blocklisting its own earlier {', '.join(fenced_own)}" if fenced_own else ""
         state.add_event(op["now"], "storage.volume_attached", service=service, node=node, client=client,
-                        detail=f"{volume['image']} attached read-write by {client}")
+                        fenced_own=fenced_own or None, detail=f"{volume['image']} attached read-write by {client}{before}")
     return {}
+
+
+def _fenced_own(op: dict[str, Any], client: str) -> list[str]:
+    """The node's dead earlier clients it blocklisted before attaching (volumes.fence_own_stale); optional."""
+    fenced = op.get("fenced_own") or []
+    if not isinstance(fenced, list) or any(not isinstance(a, str) for a in fenced) or client in fenced:
+        raise OpError("field 'fenced_own' must list client addresses other than the new client")
+    return fenced[:10]
 
 
 @register("volume_detached")

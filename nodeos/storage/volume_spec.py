@@ -77,6 +77,40 @@ def address_ip(address: str) -> str:
     return match["v4"] or match["v6"]
 
 
+def own_stale_holders(holders: Iterable[str], node_ip: str, live: Iterable[str] = ()) -> list[str]:
+    """The holders of an image that the node about to attach it fences itself first: its own dead clients.
+
+    Asked once the node has no attachment of the image left (its leftovers
+    detached): a watcher or lock owner at the node's own IP is then a client
+    instance of an earlier boot (or a helper killed since) that Ceph keeps
+    until the OSDs' watch timeout (30 s), and nobody else fences it when the
+    node came back before it was declared lost. The safety argument:
+
+    * a live client carries the IP of the machine it runs on, and IPs are
+      unique among live nodes, so an address at another IP (another node's
+      client, or a holder the Monitor has still to fence) is never chosen;
+    * `live` (addresses this node's attachment records name, of any image)
+      is never chosen, nor is the client the node is about to start (it does
+      not exist yet);
+    * only client instances (`IP:port/nonce`, nonce not 0) are returned: a
+      fence of the node's IP would fence its own OSDs and every volume.
+    """
+    keep = set(live)
+    try:
+        own = ipaddress.ip_address(node_ip)
+    except ValueError:
+        return []
+    chosen = []
+    for address in sorted(set(holders) - keep):
+        try:
+            ip = ipaddress.ip_address(address_ip(check_instance_address(address)))
+        except (VolumeError, ValueError):
+            continue  # not one client instance: never fenced
+        if ip == own:
+            chosen.append(address)
+    return chosen
+
+
 def client_id(entity: str) -> str:
     """`client.node-a` -> `node-a` (what --id and the kernel's name= take)."""
     if not entity.startswith("client.") or len(entity) == len("client."):
@@ -118,6 +152,7 @@ class Attachment:
     fuse_dir: str | None = None  # rbd-fuse's mount point (FUSE back-end)
     mount_point: str | None = None
     fs: str | None = None
+    fenced_own: tuple[str, ...] = ()  # this node's dead earlier clients blocklisted before attaching
 
     @property
     def spec(self) -> str:
@@ -126,6 +161,7 @@ class Attachment:
     def to_wire(self) -> dict[str, Any]:
         data = asdict(self)
         data["pids"], data["pid_starts"] = list(self.pids), list(self.pid_starts)
+        data["fenced_own"] = list(self.fenced_own)
         return data
 
     @classmethod
@@ -134,6 +170,7 @@ class Attachment:
         values = {k: v for k, v in data.items() if k in known}
         values["pids"] = tuple(int(p) for p in values.get("pids", ()))
         values["pid_starts"] = tuple(float(t) for t in values.get("pid_starts", ()))
+        values["fenced_own"] = tuple(str(a) for a in values.get("fenced_own", ()))
         return cls(**values)
 
 

@@ -57,7 +57,8 @@ def node_from_wire(data: dict[str, Any]) -> CephNode:
 
 
 def _attach(args: dict[str, Any]) -> Any:
-    return volumes.attach(node_from_wire(args["node"]), str(args["pool"]), str(args["image"])).to_wire()
+    return volumes.attach(node_from_wire(args["node"]), str(args["pool"]), str(args["image"]),
+                          fence_own=bool(args.get("fence_own"))).to_wire()
 
 
 def _mount(args: dict[str, Any]) -> Any:
@@ -161,8 +162,9 @@ class RemoteVolumes:
         self.path = path
         self.timeout = timeout
 
-    def attach(self, node: CephNode, pool: str, image: str) -> Attachment:
-        return Attachment.from_wire(self._call("attach", node=node_to_wire(node), pool=pool, image=image))
+    def attach(self, node: CephNode, pool: str, image: str, fence_own: bool = False) -> Attachment:
+        return Attachment.from_wire(self._call("attach", node=node_to_wire(node), pool=pool, image=image,
+                                               fence_own=fence_own))
 
     def mount(self, attachment: Attachment, fs: str, mount_point: str, make_fs_if_blank: bool = False) -> Attachment:
         return Attachment.from_wire(self._call("mount", attachment=attachment.to_wire(), fs=fs, mount_point=mount_point,

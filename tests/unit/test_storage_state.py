@@ -237,6 +237,21 @@ def test_only_the_placed_node_may_attach_and_only_while_nobody_holds_the_volume(
     assert "10.0.0.1:0/7" in state.to_dict()["storage"]["volumes"]["mariadb"]["client"]
 
 
+def test_a_rebooted_holder_records_the_dead_clients_it_fenced_itself(state):
+    volume_state(state)
+    attach(state, "a", "10.0.0.1:0/7")
+    op = {"op": "volume_attached", "now": 9.0, "service": "mariadb", "node": "a", "client": "10.0.0.1:0/8"}
+    assert state.apply({**op, "fenced_own": ["10.0.0.1:0/8"]})["ok"] is False  # never its new client
+    assert state.apply({**op, "fenced_own": "10.0.0.1:0/7"})["ok"] is False
+    assert state.apply({**op, "fenced_own": ["10.0.0.1:0/7"]})["ok"]
+    volume = state.to_dict()["storage"]["volumes"]["mariadb"]
+    assert (volume["holder"], volume["client"], volume["fenced"]) == ("a", "10.0.0.1:0/8", ["10.0.0.1:0/7"])
+    event = state.events[-1]
+    assert event["kind"] == "storage.volume_attached" and event["fenced_own"] == ["10.0.0.1:0/7"]
+    assert "its own earlier 10.0.0.1:0/7" in event["detail"]
+    assert attach(state, "a", "10.0.0.1:0/7")["ok"] is False  # the fenced one never comes back
+
+
 def test_a_live_holder_still_releasing_is_waited_for_a_lost_one_is_fenced(state):
     from nodeos.storage.decide import must_fence, volume_actions
 

@@ -40,8 +40,8 @@ class Recorder:
     def probe_backend(self) -> str:
         return FUSE
 
-    def attach(self, node: CephNode, pool: str, image: str) -> Attachment:
-        self._record("attach", node, pool, image)
+    def attach(self, node: CephNode, pool: str, image: str, fence_own: bool = False) -> Attachment:
+        self._record("attach", node, pool, image, fence_own=fence_own)
         return ATTACHMENT
 
     def mount(self, attachment: Attachment, fs: str, mount_point: str, make_fs_if_blank: bool = False) -> Attachment:
@@ -84,8 +84,11 @@ def test_attach_and_mount_reach_volumes_with_the_node_and_the_attachment_intact(
     recorder, remote = helper
     attachment = remote.attach(NODE, "volumes", "svc-db")
     assert attachment == ATTACHMENT
-    name, (node, pool, image), _ = recorder.calls[0]
-    assert (name, node, pool, image) == ("attach", NODE, "volumes", "svc-db")
+    name, (node, pool, image), kwargs = recorder.calls[0]
+    assert (name, node, pool, image, kwargs) == ("attach", NODE, "volumes", "svc-db", {"fence_own": False})
+    remote.attach(NODE, "volumes", "svc-db", fence_own=True)  # a node that held the image before (a reboot)
+    assert recorder.calls[1][2] == {"fence_own": True}
+    recorder.calls.pop()
     mounted = remote.mount(attachment, "ext4", "/var/lib/mysql", make_fs_if_blank=True)
     assert mounted.mount_point == "/var/lib/mysql" and mounted.fs == "ext4"
     assert recorder.calls[1] == ("mount", (ATTACHMENT, "ext4", "/var/lib/mysql"), {"make_fs_if_blank": True})
