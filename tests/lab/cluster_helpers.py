@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from nodeos.cluster.control import ControlError, request
 from nodeos.lab.lab import Lab, destroy
@@ -22,6 +22,21 @@ def new_lab(nodes: int, expect: int | None = None, catalog: str | None = None, s
     if start:
         lab.start_all()
     return lab
+
+
+def mariadb_storage_lab(settle: float) -> Iterator[Lab]:
+    """A 3-node lab-storage lab with a client namespace and MariaDB healthy on its volume behind
+    its VIP (a module fixture's body), torn down after."""
+    from nodeos.bench.stateful import healthy_on
+
+    lab = new_lab(3, catalog="lab-storage")
+    lab.add_client()
+    try:
+        lab.wait_formed(timeout=60)
+        wait_until(lambda: healthy_on(lab), settle, "MariaDB healthy on its volume behind its VIP")
+        yield lab
+    finally:
+        teardown(lab)
 
 
 def teardown(lab: Lab) -> None:

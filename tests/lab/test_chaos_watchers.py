@@ -28,7 +28,7 @@ from nodeos.lab.lab import Lab
 from nodeos.storage.conf import CephPaths
 from nodeos.storage.keys import ADMIN
 
-from .cluster_helpers import is_root, new_lab, teardown, wait_until
+from .cluster_helpers import is_root, mariadb_storage_lab, wait_until
 
 pytestmark = [
     pytest.mark.lab,
@@ -43,14 +43,7 @@ MOVE = 150.0  # an agent kill: the node is lost, the holder fenced, MariaDB atta
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = new_lab(3, catalog="lab-storage")
-    lab.add_client()
-    try:
-        lab.wait_formed(timeout=60)
-        wait_until(lambda: healthy_on(lab), SETTLE, "MariaDB healthy on its volume behind its VIP")
-        yield lab
-    finally:
-        teardown(lab)
+    yield from mariadb_storage_lab(SETTLE)
 
 
 class Watching:

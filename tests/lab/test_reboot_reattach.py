@@ -24,7 +24,7 @@ from nodeos.bench.stateful import Writer, healthy_on, service_row, stored_ids, w
 from nodeos.lab.lab import Lab
 from nodeos.storage.volume_spec import parse_blocklist
 
-from .cluster_helpers import agent_events, cli, is_root, new_lab, teardown, wait_until
+from .cluster_helpers import agent_events, cli, is_root, mariadb_storage_lab, wait_until
 
 pytestmark = [
     pytest.mark.lab,
@@ -41,14 +41,7 @@ STEPS = ("volume.self_fenced", "volume.attach_retry", "volume.attach_phases", "v
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = new_lab(3, catalog="lab-storage")
-    lab.add_client()
-    try:
-        lab.wait_formed(timeout=60)
-        wait_until(lambda: healthy_on(lab), SETTLE, "MariaDB healthy on its volume behind its VIP")
-        yield lab
-    finally:
-        teardown(lab)
+    yield from mariadb_storage_lab(SETTLE)
 
 
 def volume_record(lab: Lab, node: str) -> dict[str, Any]:

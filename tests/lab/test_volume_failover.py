@@ -24,7 +24,7 @@ from nodeos.lab.services import census
 
 from nodeos.bench.stateful import Writer, healthy_on, service_row as mariadb_row, stored_ids, write_gap
 
-from .cluster_helpers import cli, is_root, new_lab, teardown, wait_until
+from .cluster_helpers import cli, is_root, mariadb_storage_lab, wait_until
 from .safety_helpers import Observers, VolumeMounts
 
 pytestmark = [
@@ -46,14 +46,7 @@ def timeline(lab: Lab, node: str, since_wall: float) -> str:
 
 @pytest.fixture(scope="module")
 def shared_lab():
-    lab = new_lab(3, catalog="lab-storage")
-    lab.add_client()
-    try:
-        lab.wait_formed(timeout=60)
-        wait_until(lambda: healthy_on(lab), SETTLE, "MariaDB healthy on its volume behind its VIP")
-        yield lab
-    finally:
-        teardown(lab)
+    yield from mariadb_storage_lab(SETTLE)
 
 
 @pytest.fixture

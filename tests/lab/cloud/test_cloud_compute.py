@@ -11,38 +11,22 @@ reported `up` again by nova itself.
 from __future__ import annotations
 
 import json
-import subprocess
-import time
-
-import pytest
 
 from nodeos.cloud.registry import CONTROL_HOST
 from nodeos.lab.lab import Lab
-from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import is_root, status_json, wait_until
-from .helpers import answers, healthy, live_node, openstack, rows
+from ..cluster_helpers import status_json, wait_until
+from .helpers import cloud_marks, healthy, killed_and_restarted, live_node, openstack, rows, up_in
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "nova-conductor"], capture_output=True).returncode != 0,
-                       reason="nova is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("nova-conductor", "nova")
 
 DAEMONS = ("nova-conductor", "nova-scheduler")
-
-
-def up_in_nova(lab: Lab, binary: str, host: str) -> bool:
-    """nova's own view, through nova-api's VIP: the daemon's record on `host` is up."""
-    services = answers(lab, "compute", "service", "list", "--service", binary)
-    return services is not None and any(s["Host"] == host and s["State"] == "up" for s in services)
 
 
 def test_conductor_and_scheduler_are_up_in_nova_under_the_control_host(lab: Lab) -> None:
     placed = rows(lab)
     for daemon in DAEMONS:
-        assert up_in_nova(lab, daemon, CONTROL_HOST), openstack(lab, "compute", "service", "list")
+        assert up_in(lab, "compute", daemon, CONTROL_HOST), openstack(lab, "compute", "service", "list")
     entry = next(e for e in openstack(lab, "catalog", "list") if e["Type"] == "compute")
     assert entry["Name"] == "nova" and f"http://{placed['nova-api']['vip']}:8774/v2.1" in json.dumps(entry["Endpoints"])
     assert openstack(lab, "server", "list") == []
@@ -54,14 +38,9 @@ def test_conductor_and_scheduler_are_up_in_nova_under_the_control_host(lab: Lab)
 
 
 def test_conductor_killed_is_restarted_and_reported_up_by_nova(lab: Lab) -> None:
-    before = rows(lab)["nova-conductor"]
-    print(kill_service(lab, "nova-conductor", lab.node_name_of(before["node"])))
-    killed = time.monotonic()
-    after = wait_until(lambda: (row := healthy(lab, "nova-conductor")) and row["restarts"] > before["restarts"] and row,
-                       120, "nova-conductor healthy again, its restart counted")
-    print(f"\nnova-conductor healthy {time.monotonic() - killed:.1f}s after the kill")
+    before, after = killed_and_restarted(lab, "nova-conductor")
     assert after["node"] == before["node"]
-    assert up_in_nova(lab, "nova-conductor", CONTROL_HOST)
+    assert up_in(lab, "compute", "nova-conductor", CONTROL_HOST)
     # The scheduler's reports go through the conductor; it is healthy again too (held, not moved, meanwhile).
     scheduler = wait_until(lambda: healthy(lab, "nova-scheduler"), 60, "nova-scheduler healthy")
     print(f"nova-scheduler: {scheduler['restarts']} restart(s) counted")

@@ -11,26 +11,18 @@ before still opens the page (it is in memcached, signed with the same key), and 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from typing import Any
 
-import pytest
-
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import is_root, wait_until
-from .helpers import healthy_at_vip, openrc_env, rows
+from ..cluster_helpers import wait_until
+from .helpers import cloud_marks, healthy_at_vip, openrc_env, rows
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(not os.path.exists("/usr/share/openstack-dashboard/wsgi.py"),
-                       reason="openstack-dashboard is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("/usr/share/openstack-dashboard/wsgi.py", "openstack-dashboard")
 
 PROJECT_PAGE = "/project/api_access/"  # a page of the project that asks no API but keystone
 

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
-
-import pytest
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import cli, is_root, wait_until
-from .helpers import CLOUD_JOBS, answers, events, healthy_at_vip, jobs_finished, openstack, rows
+from ..cluster_helpers import cli, wait_until
+from .helpers import CLOUD_JOBS, answers, cloud_marks, events, healthy_at_vip, jobs_finished, openstack, rows
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "keystone-manage"], capture_output=True).returncode != 0,
-                       reason="keystone is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("keystone-manage", "keystone")
 
 
 def test_the_openstack_client_gets_a_token_and_a_catalog_at_the_vips(lab: Lab) -> None:

@@ -24,16 +24,12 @@ import pytest
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import cli, is_root, status_json, wait_until
+from ..cluster_helpers import cli, status_json, wait_until
 from ..test_storage_agent import ceph_dir
-from .helpers import answers, healthy_at_vip, live_node, monitor_node, openrc_env, openstack, restored, rows
+from .helpers import (answers, cloud_marks, healthy_at_vip, live_node, monitor_node, openrc_env, openstack, restored,
+                      rows)
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "glance-wsgi-api"], capture_output=True).returncode != 0,
-                       reason="glance-api is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("glance-wsgi-api", "glance-api")
 
 IMAGE_BYTES = 4 << 20  # random, so a wrong block anywhere changes the digest
 

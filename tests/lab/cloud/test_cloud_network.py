@@ -10,24 +10,16 @@ neutron-server is killed: it is restarted, and the network is still listed.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
-
-import pytest
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import is_root, status_json, wait_until
-from .helpers import answers, healthy_at_vip, live_node, openstack, rows
+from ..cluster_helpers import status_json, wait_until
+from .helpers import answers, cloud_marks, healthy_at_vip, live_node, openstack, rows
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "neutron-db-manage"], capture_output=True).returncode != 0,
-                       reason="neutron is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("neutron-db-manage", "neutron")
 
 NETWORK, SUBNET = "lab-net", "lab-subnet"
 

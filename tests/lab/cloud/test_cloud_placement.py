@@ -10,7 +10,6 @@ placement is killed, and the same calls answer again with the data kept.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,10 @@ import pytest
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import is_root, status_json, wait_until
-from .helpers import answers, healthy_at_vip, live_node, openstack, rows
+from ..cluster_helpers import status_json, wait_until
+from .helpers import answers, cloud_marks, healthy_at_vip, live_node, openstack, rows
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "placement-api"], capture_output=True).returncode != 0,
-                       reason="placement-api is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("placement-api", "placement-api")
 
 SERVICE = "placement-api"
 # 1.2 is where `resource provider list/create` begin in osc-placement; Zed's placement speaks 1.0-1.39.

@@ -22,18 +22,12 @@ import pytest
 
 from nodeos.cloud.registry import CINDER_VOLUME_HOST, CONTROL_HOST
 from nodeos.lab.lab import Lab
-from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import is_root, status_json, wait_until
+from ..cluster_helpers import status_json, wait_until
 from ..test_storage_agent import ceph_dir
-from .helpers import answers, healthy, live_node, openrc_env, openstack, rows
+from .helpers import answers, cloud_marks, killed_and_restarted, live_node, openrc_env, openstack, rows, up_in
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "cinder-volume"], capture_output=True).returncode != 0,
-                       reason="cinder is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("cinder-volume", "cinder")
 
 DAEMONS = ("cinder-scheduler", "cinder-volume")
 POOL = "cinder"
@@ -61,12 +55,6 @@ def status_of(lab: Lab, volume_id: str) -> str | None:
     return shown["status"] if shown else None
 
 
-def up_in_cinder(lab: Lab, binary: str, host: str) -> bool:
-    """cinder's own view, through cinder-api's VIP: the daemon's record on `host` is up."""
-    services = answers(lab, "volume", "service", "list", "--service", binary)
-    return services is not None and any(s["Host"] == host and s["State"] == "up" for s in services)
-
-
 def rbd_images(lab: Lab, node: str) -> list[str]:
     conf = ceph_dir(lab, node) / "ceph.conf"
     argv = ["ip", "netns", "exec", lab.node(node).ns, "rbd", "--conf", str(conf), "--name", "client.admin",
@@ -78,10 +66,10 @@ def rbd_images(lab: Lab, node: str) -> list[str]:
 
 def test_scheduler_and_volume_are_up_in_cinder(lab: Lab) -> None:
     placed = rows(lab)
-    assert up_in_cinder(lab, "cinder-scheduler", CONTROL_HOST), \
+    assert up_in(lab, "volume", "cinder-scheduler", CONTROL_HOST), \
         openstack(lab, "volume", "service", "list")
     # cinder-volume reports under its fixed backend host, whatever node runs it.
-    assert up_in_cinder(lab, "cinder-volume", CINDER_VOLUME_HOST), openstack(lab, "volume", "service", "list")
+    assert up_in(lab, "volume", "cinder-volume", CINDER_VOLUME_HOST), openstack(lab, "volume", "service", "list")
     entry = next(e for e in openstack(lab, "catalog", "list") if e["Type"] == "volumev3")
     assert f"http://{placed['cinder-api']['vip']}:8776/v3/" in json.dumps(entry["Endpoints"])
     view = status_json(lab, live_node(lab))
@@ -100,17 +88,13 @@ def test_a_volume_is_available_and_an_rbd_image_in_the_cinder_pool(lab: Lab, vol
 
 
 def test_volume_killed_is_restarted_and_keeps_managing_its_volumes(lab: Lab, volume: dict[str, Any]) -> None:
-    before = rows(lab)["cinder-volume"]
-    print(kill_service(lab, "cinder-volume", lab.node_name_of(before["node"])))
-    killed = time.monotonic()
-    after = wait_until(lambda: (row := healthy(lab, "cinder-volume")) and row["restarts"] > before["restarts"] and row,
-                       120, "cinder-volume healthy again, its restart counted")
-    print(f"\ncinder-volume healthy {time.monotonic() - killed:.1f}s after the kill")
+    before, after = killed_and_restarted(lab, "cinder-volume")
+    healthy_again = time.monotonic()
     assert after["node"] == before["node"]
-    assert up_in_cinder(lab, "cinder-volume", CINDER_VOLUME_HOST)
+    assert up_in(lab, "volume", "cinder-volume", CINDER_VOLUME_HOST)
     assert volume["id"] in {v["ID"] for v in openstack(lab, "volume", "list")}
     second = create_volume(lab, f"vol2-{int(time.time())}")
-    print(f"a second volume available {time.monotonic() - killed:.1f}s after the kill")
+    print(f"a second volume available {time.monotonic() - healthy_again:.1f}s after cinder-volume was healthy again")
     assert {f"volume-{volume['id']}", f"volume-{second['id']}"} <= set(rbd_images(lab, live_node(lab)))
     # The restarted cinder-volume manages the volume made before it: it deletes its RBD image.
     deleted = subprocess.run(["ip", "netns", "exec", lab.add_client(), "openstack", "volume", "delete", volume["id"]],

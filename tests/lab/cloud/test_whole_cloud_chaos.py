@@ -15,8 +15,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from nodeos.chaos.history import History
 from nodeos.chaos.invariants import check, one_mac_per_vip
 from nodeos.chaos.runner import Campaign, Options, write_outputs
@@ -24,15 +22,9 @@ from nodeos.chaos.schedule import FAULTS, plan
 from nodeos.lab import netns
 from nodeos.lab.lab import PREFIXLEN, SUBNET_PREFIX, Lab
 
-from ..cluster_helpers import is_root
-from .helpers import rows
+from .helpers import cloud_marks, rows
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "keystone-manage"], capture_output=True).returncode != 0,
-                       reason="keystone is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("keystone-manage", "keystone")
 
 SEED, ROUNDS = 196, 9
 

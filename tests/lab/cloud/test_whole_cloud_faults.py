@@ -17,15 +17,10 @@ import pytest
 
 from nodeos.lab.lab import Lab
 
-from ..cluster_helpers import is_root, wait_until
-from .helpers import answers, holder, jobs_finished, monitor_node, openstack, rows, restored
+from ..cluster_helpers import wait_until
+from .helpers import answers, cloud_marks, holder, jobs_finished, monitor_node, openstack, restored, rows
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "keystone-manage"], capture_output=True).returncode != 0,
-                       reason="keystone is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = cloud_marks("keystone-manage", "keystone")
 
 
 @pytest.fixture(scope="module")
