@@ -18,6 +18,10 @@ agents' events and the observers' samples sort into one timeline. Kinds (`k`):
   poll     {api, ok, detail}               one client request through a VIP
   fault    {id, fault, target, phase}      phase: injected, detected, decided, healthy, answering, stuck
   event    {node, event, ...}              one entry of an agent's event log
+
+The samplers' kinds (lease, arp, watch, mapping, poll) are recorded by change
+(`ChangeRecorder`): the first and last sample of each value and one every
+KEEPALIVE seconds, not every sample.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 Record = dict[str, Any]
+Sink = Callable[[Record], None]
+KEEPALIVE = 5.0  # seconds between records of an unchanged value: the observer was still looking
 
 KINDS = ("lease", "arp", "watch", "mapping", "write", "readback", "poll", "fault", "event")
 
@@ -92,3 +98,37 @@ class History:
                 except (json.JSONDecodeError, HistoryError) as exc:
                     raise HistoryError(f"{path}:{number}: {exc}") from None
         return history
+
+
+class ChangeRecorder:
+    """One observer's samples, recorded only where they matter: the first sample of each value,
+    the last one before it changes (so an episode or an outage keeps its exact ends), and one
+    every `keepalive` seconds while nothing changes (the observer was still looking). A long
+    campaign stays small: 20 lease samples a second become a few records a minute.
+
+    Samples of one `key` (a VIP, an API, a volume) are compared by `value(fields)`; each key is
+    one observer thread's, so no lock. `flush` records what is held back, at the end."""
+
+    def __init__(self, sink: Sink, kind: str, value: Callable[[Record], Hashable],
+                 keepalive: float = KEEPALIVE) -> None:
+        self.sink, self.kind, self.value, self.keepalive = sink, kind, value, keepalive
+        self._last: dict[Hashable, tuple[Record, Hashable, float]] = {}  # key -> (its last sample, value, last recorded t)
+        self._held: dict[Hashable, Record] = {}  # key -> its last sample, not recorded yet
+
+    def sample(self, t: float, key: Hashable, /, **fields: Any) -> None:
+        record = {**fields, "k": self.kind, "t": t}
+        value = self.value(fields)
+        last = self._last.get(key)
+        if last is not None and last[1] == value and t - last[2] < self.keepalive:
+            self._held[key] = record
+            self._last[key] = (record, value, last[2])
+            return
+        if last is not None and last[1] != value and key in self._held:
+            self.sink(self._held[key])  # the last sample of the old value
+        self._held.pop(key, None)
+        self.sink(record)
+        self._last[key] = (record, value, t)
+
+    def flush(self) -> None:
+        for key in list(self._held):
+            self.sink(self._held.pop(key))

@@ -36,7 +36,7 @@ from nodeos.storage.keys import ADMIN
 from nodeos.storage.ops import POOL_VOLUMES, volume_image
 from nodeos.storage.volume_spec import VolumeError, Watcher, parse_blocklist, parse_watchers
 
-from .history import History
+from .history import ChangeRecorder, History
 from .invariants import writers
 
 LEASE_INTERVAL = 0.05
@@ -70,6 +70,10 @@ class _Sampler:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout=timeout)
+        self.flush()
+
+    def flush(self) -> None:
+        """Record the samples a ChangeRecorder held back (the last of each value)."""
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -86,10 +90,14 @@ class LeaseSampler(_Sampler):
 
     def __init__(self, lab: Lab, history: History) -> None:
         super().__init__()
-        self.lab, self.history = lab, history
+        self.lab = lab
+        self.recorder = ChangeRecorder(history.add, "lease", lambda f: tuple(f["holders"]))
 
     def sample(self, t: float) -> None:
-        self.history.record("lease", t, holders=[n for n in sorted(self.lab.spec.nodes) if may_act(self.lab, n, 0.3)])
+        self.recorder.sample(t, "lease", holders=[n for n in sorted(self.lab.spec.nodes) if may_act(self.lab, n, 0.3)])
+
+    def flush(self) -> None:
+        self.recorder.flush()
 
 
 def may_act(lab: Lab, name: str, timeout: float) -> bool:
@@ -126,7 +134,7 @@ class MountSampler(_Sampler):
 
     def __init__(self, lab: Lab, history: History) -> None:
         super().__init__()
-        self.history = history
+        self.recorder = ChangeRecorder(history.add, "mapping", lambda f: tuple(f["rw"]))
         # The node's whole state dir: lab-cloud mounts under its root/, lab-storage under services/.
         self.roots = {name: str(Path(node.state_dir)) for name, node in lab.spec.nodes.items()}
         self.seen: set[str] = set()
@@ -135,7 +143,10 @@ class MountSampler(_Sampler):
         mounts = volume_mounts(Path("/proc/self/mountinfo").read_text(), self.roots)
         self.seen |= set(mounts)
         for volume in sorted(self.seen):  # a volume mounted nowhere is a sample too (none is not two)
-            self.history.record("mapping", t, volume=volume, rw=sorted(mounts.get(volume, [])))
+            self.recorder.sample(t, volume, volume=volume, rw=sorted(mounts.get(volume, [])))
+
+    def flush(self) -> None:
+        self.recorder.flush()
 
 
 # -- Ceph's watchers ---------------------------------------------------------------------
@@ -216,6 +227,12 @@ class WatchSampler(_Sampler):
         self.blocklist_at = float("-inf")  # when the cached copy was asked for
         self.seen: dict[str, set[str]] = {image: set() for image in images}  # every watcher address so far
         self.started = False
+        # Unknown samples are one value whatever their error (the first one's is kept).
+        self.recorder = ChangeRecorder(history.add, "watch", lambda f: (
+            json.dumps(f["watchers"], sort_keys=True), bool(f.get("absent")), tuple(f.get("fenced_seen") or ())))
+
+    def flush(self) -> None:
+        self.recorder.flush()
 
     def start(self) -> None:
         if self.images:
@@ -255,13 +272,13 @@ class WatchSampler(_Sampler):
         if self._stop.is_set():
             return  # asked while stopping: the campaign's history has ended
         if rows is None:
-            self.history.record("watch", t, volume=image, watchers=[], absent=True)
+            self.recorder.sample(t, image, volume=image, watchers=[], absent=True)
             return
         assert self.blocklist is not None
         # Earlier watchers the blocklist names now: a holder fenced while the observer was blind.
         fenced_seen = sorted(a for a in self.seen[image] if is_fenced(a, self.blocklist))
         self.seen[image] |= {row["address"] for row in rows}
-        self.history.record("watch", t, volume=image, watchers=rows, fenced_seen=fenced_seen)
+        self.recorder.sample(t, image, volume=image, watchers=rows, fenced_seen=fenced_seen)
 
     def _status_rows(self, image: str) -> tuple[float, list[dict[str, Any]] | None]:
         """(when asked, rows); rows None when the image does not exist (nobody can write it)."""
@@ -317,13 +334,14 @@ class WatchSampler(_Sampler):
 
     def _unknown(self, image: str, t: float, why: str) -> None:
         if not self._stop.is_set():  # a call cut short by stopping is no blind spot of the campaign
-            self.history.record("watch", t, volume=image, watchers=None, error=why)
+            self.recorder.sample(t, image, volume=image, watchers=None, error=why)
 
 
 CLIENT = r'''
 import json, os, sys, threading, time, urllib.request
 from nodeos.services.arp import who_has
 from nodeos.cloud.probes import keystone_token, authenticated_get
+from nodeos.chaos.history import ChangeRecorder
 
 cfg = json.loads(sys.stdin.readline())  # the password too: never on a command line
 out = open(cfg["out"], "a", buffering=1)
@@ -334,12 +352,16 @@ def emit(**record):
     with lock:
         out.write(json.dumps(record) + "\n")
 
+sink = lambda record: emit(**record)
+arps = ChangeRecorder(sink, "arp", lambda f: tuple(f["macs"]))  # the ARP thread's
+polls = ChangeRecorder(sink, "poll", lambda f: f["ok"])  # the API thread's: an outage's ends, not each poll
+
 def arp_loop():
     while not stop():
         for vip in cfg["vips"]:
             t = time.monotonic()
             try:
-                emit(k="arp", t=t, vip=vip, macs=sorted(who_has("eth0", vip, 0.1)))
+                arps.sample(t, vip, vip=vip, macs=sorted(who_has("eth0", vip, 0.1)))
             except OSError:
                 pass
         time.sleep(0.2)
@@ -358,15 +380,15 @@ def api_loop():
         for name, url in cfg["http"].items():
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
-                    emit(k="poll", t=t, api=name, ok=answer.status < 400, detail=str(answer.status))
+                    polls.sample(t, name, api=name, ok=answer.status < 400, detail=str(answer.status))
             except Exception as exc:
-                emit(k="poll", t=t, api=name, ok=False, detail=type(exc).__name__)
+                polls.sample(t, name, api=name, ok=False, detail=type(exc).__name__)
         if cfg["auth"]:
             token, detail = keystone_token(cfg["auth"], "admin", cfg["password"], "admin", 2.0)
-            emit(k="poll", t=t, api="token", ok=token is not None, detail="" if token else detail[:200])
+            polls.sample(t, "token", api="token", ok=token is not None, detail="" if token else detail[:200])
             for name, url in cfg["reads"].items():
                 ok, detail = authenticated_get(url, token, 2.0) if token else (False, "no token")
-                emit(k="poll", t=time.monotonic(), api=name, ok=ok, detail="" if ok else detail[:200])
+                polls.sample(time.monotonic(), name, api=name, ok=ok, detail="" if ok else detail[:200])
             if token and t >= next_write:
                 key = f"{cfg['prefix']}{seq}"
                 try:
@@ -383,6 +405,8 @@ for thread in threads:
     thread.start()
 for thread in threads:
     thread.join()
+arps.flush()
+polls.flush()
 '''
 
 READ_BACK = r'''

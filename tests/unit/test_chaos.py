@@ -333,3 +333,28 @@ def test_the_event_log_s_kind_names_an_event_on_the_timeline() -> None:
     assert event_name(h.of("event")[-1]) == "service.migrating"
     incident = build(h, [], {})["incidents"][0]
     assert {"t": 0.9, "node": "n2", "event": "service.migrating"} in incident["events"]
+
+
+def test_samples_are_recorded_by_change_with_each_value_s_first_and_last_and_a_keepalive() -> None:
+    from nodeos.chaos.history import ChangeRecorder
+    from nodeos.chaos.invariants import unavailability_windows
+
+    h = History()
+    leases = ChangeRecorder(h.add, "lease", lambda f: tuple(f["holders"]), keepalive=1.0)
+    timeline = [["n1"]] * 30 + [["n1", "n2"]] * 3 + [["n2"]] * 10  # 20 samples a second
+    for i, holders in enumerate(timeline):
+        leases.sample(i * 0.05, "lease", holders=holders)
+    leases.flush()
+    kept = [(round(r["t"], 2), r["holders"]) for r in h.of("lease")]
+    # n1: first, a keepalive after 1 s, last; both holders: first and last; n2: first and last (flushed).
+    assert kept == [(0.0, ["n1"]), (1.0, ["n1"]), (1.45, ["n1"]), (1.5, ["n1", "n2"]), (1.6, ["n1", "n2"]),
+                    (1.65, ["n2"]), (2.1, ["n2"])]
+    # The checker sees the episode with its exact ends, as from every sample.
+    assert [v.detail for v in one_lease_holder(h)] == ["lease held by ['n1', 'n2'] at 1.500s to 1.600s (2 samples)"]
+    # An outage keeps its exact window: from the last answer before it to the first after.
+    polls = ChangeRecorder(h.add, "poll", lambda f: f["ok"])
+    for i in range(20):
+        polls.sample(i * 0.5, "token", api="token", ok=not 8 <= i < 12, detail="")
+    polls.flush()
+    assert [(w.api, w.start, w.end) for w in unavailability_windows(h)] == [("token", 3.5, 6.0)]
+    assert [p["t"] for p in h.of("poll")] == [0.0, 3.5, 4.0, 5.5, 6.0, 9.5]  # each value's first and last of 20
