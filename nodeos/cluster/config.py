@@ -29,7 +29,11 @@ class Timing:
     """Consensus and lease timings, in seconds (see DESIGN.md, invariants 1-2)."""
 
     raft_min_timeout: float = 0.4
-    raft_max_timeout: float = 1.0
+    # 0.7, not 1.0: a leader's death is followed by an election after this time-out at worst,
+    # then the new leader's first committed heartbeat; all of it must come within fence_after
+    # of the followers' last evidence, or every node fences its singletons (lab-cloud, 2026-12-02:
+    # a Monitor crash with a 0.96 s time-out fenced both survivors 10-30 ms after the election).
+    raft_max_timeout: float = 0.7
     append_entries_period: float = 0.1
     # The leader commits a heartbeat entry this often; its commit renews the lease.
     heartbeat_interval: float = 0.1
@@ -170,6 +174,10 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: timing.raft_max_timeout must exceed raft_min_timeout")
     if t.lease <= 2 * t.heartbeat_interval:
         raise ConfigError(f"{where}: timing.lease must exceed 2 x heartbeat_interval")
+    if t.fence_after < t.raft_max_timeout + 2 * t.append_entries_period:
+        raise ConfigError(f"{where}: timing.fence_after must be at least raft_max_timeout + 2 x append_entries_period "
+                          "(or a leader's crash fences every node: the next leader's first heartbeat comes after an "
+                          "election time-out)")
     if t.fence_after <= 2 * t.heartbeat_interval:
         raise ConfigError(f"{where}: timing.fence_after must exceed 2 x heartbeat_interval (or nodes fence themselves in normal operation)")
     if not margin_is_safe(t.fence_margin):

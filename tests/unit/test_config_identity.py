@@ -25,7 +25,8 @@ def test_defaults_need_no_file(tmp_path):
     ({"timing": {"fence_margin": 0.1}}, "fence_margin must exceed"),
     ({"watchdog_timeout": 0.5}, "watchdog_timeout must be between"),
     ({"watchdog": "/tmp/wd"}, "watchdog must be"),
-    ({"timing": {"fence_after": 0.15}}, "fence_after must exceed"),
+    ({"timing": {"fence_after": 0.8}}, "fence_after must be at least raft_max_timeout"),  # 0.7 + 2 x 0.1
+    ({"timing": {"heartbeat_interval": 0.6, "lease": 2.0}}, "fence_after must exceed 2 x heartbeat_interval"),
     ({"storage": {"command_timeout": 1.0}}, "storage.command_timeout must be 5 to 3600 seconds"),
     ([1, 2], "expected a mapping"),
 ])
