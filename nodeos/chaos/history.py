@@ -112,22 +112,21 @@ class ChangeRecorder:
     def __init__(self, sink: Sink, kind: str, value: Callable[[Record], Hashable],
                  keepalive: float = KEEPALIVE) -> None:
         self.sink, self.kind, self.value, self.keepalive = sink, kind, value, keepalive
-        self._last: dict[Hashable, tuple[Record, Hashable, float]] = {}  # key -> (its last sample, value, last recorded t)
+        self._last: dict[Hashable, tuple[Hashable, float]] = {}  # key -> (its value, when last recorded)
         self._held: dict[Hashable, Record] = {}  # key -> its last sample, not recorded yet
 
     def sample(self, t: float, key: Hashable, /, **fields: Any) -> None:
         record = {**fields, "k": self.kind, "t": t}
         value = self.value(fields)
         last = self._last.get(key)
-        if last is not None and last[1] == value and t - last[2] < self.keepalive:
+        if last is not None and last[0] == value and t - last[1] < self.keepalive:
             self._held[key] = record
-            self._last[key] = (record, value, last[2])
             return
-        if last is not None and last[1] != value and key in self._held:
-            self.sink(self._held[key])  # the last sample of the old value
-        self._held.pop(key, None)
+        held = self._held.pop(key, None)
+        if last is not None and last[0] != value and held is not None:
+            self.sink(held)  # the last sample of the old value
         self.sink(record)
-        self._last[key] = (record, value, t)
+        self._last[key] = (value, t)
 
     def flush(self) -> None:
         for key in list(self._held):
