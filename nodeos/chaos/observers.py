@@ -226,6 +226,7 @@ class WatchSampler(_Sampler):
         self.blocklist: set[str] | None = None
         self.blocklist_at = float("-inf")  # when the cached copy was asked for
         self.seen: dict[str, set[str]] = {image: set() for image in images}  # every watcher address so far
+        self.writers: dict[str, set[str]] = {}  # image -> the writers of its last known sample
         self.started = False
         # Unknown samples are one value whatever their error (the first one's is kept).
         self.recorder = ChangeRecorder(history.add, "watch", lambda f: (
@@ -257,16 +258,18 @@ class WatchSampler(_Sampler):
             self.sample_image(image)
 
     def sample_image(self, image: str) -> None:
-        """One record; two nodes' un-fenced watches are asked again with a fresh blocklist first
-        (a fence may have landed after the cached copy was read)."""
+        """One record. Two nodes' un-fenced watches, or writers other than the last sample's (a
+        handover, maybe seen only after a blind stretch), are asked again with a fresh blocklist
+        first: a fence may have landed after the cached copy was read."""
         try:
             if time.monotonic() - self.blocklist_at > BLOCKLIST_EVERY:
                 self._refresh_blocklist()
             t, rows = self._status_rows(image)
-            if rows is not None and len(writers(rows)) > 1:
+            if rows is not None and (len(writers(rows)) > 1 or writers(rows) != self.writers.get(image)):
                 self._refresh_blocklist()
                 t, rows = self._status_rows(image)
         except CephUnknown as exc:
+            self.writers.pop(image, None)
             self._unknown(image, time.monotonic(), str(exc))
             return
         if self._stop.is_set():
@@ -278,6 +281,7 @@ class WatchSampler(_Sampler):
         # Earlier watchers the blocklist names now: a holder fenced while the observer was blind.
         fenced_seen = sorted(a for a in self.seen[image] if is_fenced(a, self.blocklist))
         self.seen[image] |= {row["address"] for row in rows}
+        self.writers[image] = writers(rows)
         self.recorder.sample(t, image, volume=image, watchers=rows, fenced_seen=fenced_seen)
 
     def _status_rows(self, image: str) -> tuple[float, list[dict[str, Any]] | None]:
