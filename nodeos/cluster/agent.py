@@ -384,14 +384,15 @@ class Agent:
         consensus = self.consensus
         if not others or consensus is None or not self.may_act():
             return
-        recorded = consensus.cluster.read(lambda s: {str(e.get("detail", "")).split(" ", 2)[1] for e in s.events
+        recorded = consensus.cluster.read(lambda s: {str(e.get("detail", "")) for e in s.events
                                                      if e["kind"] == "cluster.split"})
         for view, members in views:
-            if view.group_id not in recorded and self._split_proposals.allow(view.group_id)[0]:
-                consensus.submit({"op": "event", "now": time.time(), "kind": "cluster.split",
-                                  "detail": f"group {view.group_id} of this cluster runs apart from this one, members "
-                                            f"{', '.join(members)}, holding {', '.join(view.holds) or 'nothing'}: "
-                                            f"formed while the rack was cut in two"})
+            # Again when what the other group holds or who is in it changes: its first beacons
+            # after a heal may predate its catalog, and "holding nothing" would stand in the log.
+            detail = (f"group {view.group_id} of this cluster runs apart from this one, members {', '.join(members)}, "
+                      f"holding {', '.join(view.holds) or 'nothing'}: formed while the rack was cut in two")
+            if detail not in recorded and self._split_proposals.allow(detail)[0]:
+                consensus.submit({"op": "event", "now": time.time(), "kind": "cluster.split", "detail": detail})
         self._maybe_dissolve(consensus, [view for view, _ in views])
 
     def _maybe_dissolve(self, consensus: Consensus, others: list[GroupView]) -> None:
