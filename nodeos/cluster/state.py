@@ -144,9 +144,16 @@ class ClusterState:
             del self.events[: len(self.events) - MAX_EVENTS]
 
     def healthy_services(self) -> set[str]:
-        """Services healthy on at least one node (what `depends_on` and jobs wait for)."""
+        """Services healthy on at least one node (what `depends_on` and jobs wait for): reported
+        healthy by an up node and, for a singleton, by the node it is placed on. A lost node's
+        last report, or the source's while a singleton moves, is stale: counting it, keystone
+        looked healthy for the whole 2 minutes it took to move off a crashed node, and glance,
+        neutron, cinder and horizon were restarted for its token timeouts instead of held."""
+        up = {n for n, rec in self.nodes.items() if rec.status == "up"}
         return {name for name, record in self.services.items()
-                if any(report.get("state") == "healthy" for report in record.health.values())}
+                if any(report.get("state") == "healthy" and node in up
+                       and (record.placement != "singleton" or node == record.node)
+                       for node, report in record.health.items())}
 
     def up_nodes(self) -> list[str]:
         return sorted(n for n, rec in self.nodes.items() if rec.status == "up")

@@ -34,6 +34,10 @@ def state() -> ClusterState:
 
 
 def healthy(state: ClusterState, service: str, node: str, now: float) -> None:
+    """`service` healthy on `node`, placed there first (a singleton's report counts only where it is placed)."""
+    record = state.services[service]
+    if record.placement == "singleton" and record.node != node:
+        apply(state, {"op": "place", "now": now, "service": service, "node": node, "by": "a", "term": 1, "reason": "t"})
     apply(state, {"op": "report_health", "now": now, "service": service, "node": node, "state": "healthy", "generation": 0})
 
 
@@ -247,7 +251,7 @@ def test_cinder_jobs_database_schema_and_registration_at_its_vip_with_the_projec
     assert finish(state, "cinder-db-sync", 5.0)["node"] == "b"  # cinder-api's node: it has cinder.conf
     for job in ("keystone-db-sync", "keystone-bootstrap"):
         finish(state, job, 6.0)
-    healthy(state, "keystone", "a", 7.0)
+    healthy(state, "keystone", "b", 7.0)
     assert finish(state, "keystone-register-cinder", 8.0)["node"] == "b"
     assert "job" not in " ".join(desired_here(state, CATALOG, "b", False, set())["cinder-api"].waiting_for)
 

@@ -232,3 +232,20 @@ def test_a_slow_instance_is_reported_but_never_restarted_and_its_dependents_are_
     assert "memcached" not in state.healthy_services()  # dependents wait (held) rather than restart
     report(state, "memcached", home, "healthy", 101.0)
     assert state.events[-1]["kind"] == "service.recovered" and state.events[-1]["detail"] == "answering in time again"
+
+
+def test_a_lost_node_s_or_a_moving_singleton_s_old_report_is_not_healthy_for_its_dependents(state):
+    """keystone's last report from a crashed node said healthy: its dependents must be held, not
+    restarted for its token timeouts, while it moves (lab-cloud chaos campaign, 2026-12-02)."""
+    run_monitor(state, 2.0)
+    home = state.services["memcached"].node
+    report(state, "memcached", home, "healthy", 3.0)
+    assert "memcached" in state.healthy_services()
+    apply(state, {"op": "node_status", "now": 4.0, "node": home, "status": "lost"})
+    assert state.services["memcached"].health[home]["state"] == "healthy"  # its last word, kept
+    assert "memcached" not in state.healthy_services()
+    run_monitor(state, 4.5)  # the move off the lost node
+    target = state.services["memcached"].node
+    assert target != home and "memcached" not in state.healthy_services()
+    report(state, "memcached", target, "healthy", 6.0)
+    assert "memcached" in state.healthy_services()
