@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
+from nodeos.bench.cluster import wait_for
 from nodeos.lab.lab import Lab
 
 from ..cluster_helpers import wait_until
@@ -51,10 +53,19 @@ def answers_with_its_data(lab: Lab, data: dict[str, str]) -> None:
 
 
 def every_worker_up(lab: Lab) -> None:
-    """nova's and cinder's own service lists: every record up, none left `down` by a worker that moved."""
+    """nova's and cinder's own service lists: every record up, none left `down` by a worker that moved.
+
+    Within a minute of nodeos calling every service healthy: a worker's record follows its reports
+    (every 10 s), and nodeos's own check of that list runs every 5 s and fails after three misses."""
     for kind in ("compute", "volume"):
-        listed = openstack(lab, kind, "service", "list")
-        assert listed and all(s["State"] == "up" for s in listed), listed
+        last: list[Any] = []
+
+        def all_up() -> bool:
+            last[:] = answers(lab, kind, "service", "list") or []
+            return bool(last) and all(s["State"] == "up" for s in last)
+
+        if not wait_for(all_up, 60.0, 2.0):
+            raise AssertionError(f"{kind} service list not all up a minute after the cloud was healthy: {last}")
 
 
 def serves_its_data_again(lab: Lab, data: dict[str, str], what: str, started: float, timeout: float = 600.0) -> None:
