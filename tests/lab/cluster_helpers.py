@@ -5,13 +5,25 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
+
 from nodeos.cluster.control import ControlError, request
 from nodeos.lab.lab import Lab, destroy
+
+
+def lab_marks(*needs: str, what: str) -> list[pytest.MarkDecorator]:
+    """A lab module's marks: a lab test, run as root, skipped while one of `needs` (a command, or
+    a file of `what`'s Debian packages) is missing."""
+    missing = [need for need in needs if shutil.which(need) is None and not os.path.exists(need)]
+    return [pytest.mark.lab,
+            pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
+            pytest.mark.skipif(bool(missing), reason=f"{what} is not installed (scripts/apt-packages.txt)")]
 
 
 def new_lab(nodes: int, expect: int | None = None, catalog: str | None = None, start: bool = True,

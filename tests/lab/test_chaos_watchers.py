@@ -28,14 +28,9 @@ from nodeos.lab.lab import Lab
 from nodeos.storage.conf import CephPaths
 from nodeos.storage.keys import ADMIN
 
-from .cluster_helpers import is_root, mariadb_storage_lab, wait_until
+from .cluster_helpers import lab_marks, mariadb_storage_lab, wait_until
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "ceph-mon", "mariadbd"], capture_output=True).returncode != 0,
-                       reason="Ceph or MariaDB is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = lab_marks("ceph-mon", "mariadbd", what="Ceph or MariaDB")
 
 SETTLE = 240.0
 MOVE = 150.0  # an agent kill: the node is lost, the holder fenced, MariaDB attached and healthy elsewhere

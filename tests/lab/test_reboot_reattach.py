@@ -24,14 +24,9 @@ from nodeos.bench.stateful import Writer, healthy_on, service_row, stored_ids, w
 from nodeos.lab.lab import Lab
 from nodeos.storage.volume_spec import parse_blocklist
 
-from .cluster_helpers import agent_events, cli, is_root, mariadb_storage_lab, wait_until
+from .cluster_helpers import agent_events, cli, lab_marks, mariadb_storage_lab, wait_until
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "ceph-mon", "mariadbd"], capture_output=True).returncode != 0,
-                       reason="Ceph or MariaDB is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = lab_marks("ceph-mon", "mariadbd", what="Ceph or MariaDB")
 
 SETTLE = 180.0
 # The events that say where a reboot's recovery time went, on the rebooted node.

@@ -12,7 +12,6 @@ row missing, or any sample with two of either. Recovery times are printed.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,10 @@ from nodeos.lab.services import census
 
 from nodeos.bench.stateful import Writer, healthy_on, service_row as mariadb_row, stored_ids, write_gap
 
-from .cluster_helpers import cli, is_root, mariadb_storage_lab, wait_until
+from .cluster_helpers import cli, lab_marks, mariadb_storage_lab, wait_until
 from .safety_helpers import Observers, VolumeMounts
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-    pytest.mark.skipif(subprocess.run(["which", "ceph-mon", "mariadbd"], capture_output=True).returncode != 0,
-                       reason="Ceph or MariaDB is not installed (scripts/apt-packages.txt)"),
-]
+pytestmark = lab_marks("ceph-mon", "mariadbd", what="Ceph or MariaDB")
 
 SERVICE = "mariadb"
 SETTLE = 180.0

@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import pytest
 import yaml
 
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 from nodeos.services.catalog import packaged_catalog
 
-from ..cluster_helpers import cli, is_root, status_json, wait_until
+from ..cluster_helpers import cli, status_json, wait_until
 
 CLOUD_SINGLETONS = ("mariadb", "rabbitmq", "memcached", "keystone", "glance-api", "placement-api",  # healthy again after a fault
                     "nova-api", "nova-conductor", "nova-scheduler", "cinder-api", "cinder-scheduler", "cinder-volume",
@@ -30,15 +28,6 @@ CLOUD_JOBS = ["cinder-db", "cinder-db-sync", "glance-db", "glance-db-sync", "key
               "keystone-register-nova", "keystone-register-placement", "neutron-db", "neutron-db-sync",
               "nova-api-db-sync", "nova-cell0-map", "nova-cell1-create", "nova-db", "nova-db-sync", "placement-db",
               "placement-db-sync"]
-
-
-def cloud_marks(needs: str, what: str) -> list[pytest.MarkDecorator]:
-    """A cloud module's marks: a lab test, run as root, skipped while `needs` (a command or a
-    file of `what`'s Debian packages) is missing."""
-    return [pytest.mark.lab,
-            pytest.mark.skipif(not is_root(), reason="needs root for namespaces"),
-            pytest.mark.skipif(shutil.which(needs) is None and not os.path.exists(needs),
-                               reason=f"{what} is not installed (scripts/apt-packages.txt)")]
 
 
 def up_in(lab: Lab, api: str, binary: str, host: str) -> bool:
@@ -67,15 +56,23 @@ def healthy_at_vip(lab: Lab, service: str) -> dict[str, Any] | None:
     return row if row and row["vip"] else None
 
 
-def killed_and_restarted(lab: Lab, service: str, timeout: float = 120.0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """SIGKILL `service` where it runs; its rows before and once healthy again with the restart counted."""
+def killed_and_restarted(lab: Lab, service: str, answered: Callable[[], Any] | None = None, what: str = "",
+                         timeout: float = 120.0) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """SIGKILL `service` where it runs; its rows before and once healthy again (at its VIP, if it
+    had one) with the restart counted, and what `answered` returned first (a client's call that
+    works again, `what` it is), timed from the kill."""
     before = rows(lab)[service]
     print(kill_service(lab, service, lab.node_name_of(before["node"])))
     killed = time.monotonic()
-    after = wait_until(lambda: (row := healthy(lab, service)) and row["restarts"] > before["restarts"] and row,
+    answer = None
+    if answered is not None:
+        answer = wait_until(answered, timeout, f"{what} again after the kill", interval=0.5)
+        print(f"\n{what} {time.monotonic() - killed:.1f}s after the kill")
+    check = healthy_at_vip if before["vip"] else healthy
+    after = wait_until(lambda: (row := check(lab, service)) and row["restarts"] > before["restarts"] and row,
                        timeout, f"{service} healthy again, its restart counted")
     print(f"\n{service} healthy {time.monotonic() - killed:.1f}s after the kill")
-    return before, after
+    return before, after, answer
 
 
 def catalog_for(service: str | tuple[str, ...], path: Path) -> str:

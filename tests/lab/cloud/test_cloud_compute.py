@@ -15,10 +15,10 @@ import json
 from nodeos.cloud.registry import CONTROL_HOST
 from nodeos.lab.lab import Lab
 
-from ..cluster_helpers import status_json, wait_until
-from .helpers import cloud_marks, healthy, killed_and_restarted, live_node, openstack, rows, up_in
+from ..cluster_helpers import lab_marks, status_json, wait_until
+from .helpers import healthy, killed_and_restarted, live_node, openstack, rows, up_in
 
-pytestmark = cloud_marks("nova-conductor", "nova")
+pytestmark = lab_marks("nova-conductor", what="nova")
 
 DAEMONS = ("nova-conductor", "nova-scheduler")
 
@@ -38,7 +38,7 @@ def test_conductor_and_scheduler_are_up_in_nova_under_the_control_host(lab: Lab)
 
 
 def test_conductor_killed_is_restarted_and_reported_up_by_nova(lab: Lab) -> None:
-    before, after = killed_and_restarted(lab, "nova-conductor")
+    before, after, _ = killed_and_restarted(lab, "nova-conductor")
     assert after["node"] == before["node"]
     assert up_in(lab, "compute", "nova-conductor", CONTROL_HOST)
     # The scheduler's reports go through the conductor; it is healthy again too (held, not moved, meanwhile).

@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 from nodeos.lab.lab import Lab
-from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import wait_until
-from .helpers import cloud_marks, healthy_at_vip, openrc_env, rows
+from ..cluster_helpers import lab_marks
+from .helpers import killed_and_restarted, openrc_env, rows
 
-pytestmark = cloud_marks("/usr/share/openstack-dashboard/wsgi.py", "openstack-dashboard")
+pytestmark = lab_marks("/usr/share/openstack-dashboard/wsgi.py", what="openstack-dashboard")
 
 PROJECT_PAGE = "/project/api_access/"  # a page of the project that asks no API but keystone
 
@@ -105,18 +103,9 @@ def test_horizon_killed_is_restarted_and_sessions_and_logins_work_again(lab: Lab
     before_login = login(lab)
     assert on_project_page(before_login)
     cookies = json.dumps(before_login["cookies"])
-    before = rows(lab)["horizon"]
-    print(kill_service(lab, "horizon", lab.node_name_of(before["node"])))
-    killed = time.monotonic()
-    answer = wait_until(lambda: logged_in(lab), 120, "a login to the project page again after the kill", interval=0.5)
-    print(f"\nlogged in again {time.monotonic() - killed:.1f}s after the kill (the login {answer['login_seconds']}s)")
-
-    def restarted() -> dict[str, Any] | None:
-        row = healthy_at_vip(lab, "horizon")
-        return row if row and row["restarts"] > before["restarts"] else None
-
-    after = wait_until(restarted, 60, "horizon healthy again, its restart counted")
-    print(f"horizon healthy {time.monotonic() - killed:.1f}s after the kill")
+    before, after, answer = killed_and_restarted(lab, "horizon", lambda: logged_in(lab),
+                                                 "a login to the project page")
+    print(f"(the login {answer['login_seconds']}s)")
     assert (after["node"], after["vip"]) == (before["node"], before["vip"])
     # The session made before the kill: in memcached, its cookie signed with the derived key.
     again = browser(lab, "page", cookies, PROJECT_PAGE)

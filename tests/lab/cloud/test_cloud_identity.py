@@ -16,10 +16,10 @@ import time
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import cli, wait_until
-from .helpers import CLOUD_JOBS, answers, cloud_marks, events, healthy_at_vip, jobs_finished, openstack, rows
+from ..cluster_helpers import cli, lab_marks, wait_until
+from .helpers import CLOUD_JOBS, answers, events, healthy_at_vip, jobs_finished, openstack, rows
 
-pytestmark = cloud_marks("keystone-manage", "keystone")
+pytestmark = lab_marks("keystone-manage", what="keystone")
 
 
 def test_the_openstack_client_gets_a_token_and_a_catalog_at_the_vips(lab: Lab) -> None:

@@ -24,12 +24,12 @@ import pytest
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import cli, status_json, wait_until
+from ..cluster_helpers import cli, lab_marks, status_json, wait_until
 from ..test_storage_agent import ceph_dir
-from .helpers import (answers, cloud_marks, healthy_at_vip, live_node, monitor_node, openrc_env, openstack, restored,
+from .helpers import (answers, healthy_at_vip, live_node, monitor_node, openrc_env, openstack, restored,
                       rows)
 
-pytestmark = cloud_marks("glance-wsgi-api", "glance-api")
+pytestmark = lab_marks("glance-wsgi-api", what="glance-api")
 
 IMAGE_BYTES = 4 << 20  # random, so a wrong block anywhere changes the digest
 

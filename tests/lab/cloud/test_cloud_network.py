@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from nodeos.lab.lab import Lab
-from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import status_json, wait_until
-from .helpers import answers, cloud_marks, healthy_at_vip, live_node, openstack, rows
+from ..cluster_helpers import lab_marks, status_json
+from .helpers import answers, killed_and_restarted, live_node, openstack, rows
 
-pytestmark = cloud_marks("neutron-db-manage", "neutron")
+pytestmark = lab_marks("neutron-db-manage", what="neutron")
 
 NETWORK, SUBNET = "lab-net", "lab-subnet"
 
@@ -50,18 +48,7 @@ def test_network_and_subnet_are_created_without_agents(lab: Lab) -> None:
 def test_neutron_server_killed_is_restarted_and_the_network_stays(lab: Lab) -> None:
     if NETWORK not in names(lab, "network", "list"):  # this test alone
         openstack(lab, "network", "create", NETWORK)
-    before = rows(lab)["neutron-server"]
-    print(kill_service(lab, "neutron-server", lab.node_name_of(before["node"])))
-    killed = time.monotonic()
-    listed = wait_until(lambda: answers(lab, "network", "list"), 120, "a network list again after the kill",
-                        interval=0.5)
-    print(f"\nnetwork list answered {time.monotonic() - killed:.1f}s after the kill")
+    before, after, listed = killed_and_restarted(lab, "neutron-server", lambda: answers(lab, "network", "list"),
+                                                 "a network list")
     assert NETWORK in {row["Name"] for row in listed}
-
-    def restarted() -> dict[str, Any] | None:
-        row = healthy_at_vip(lab, "neutron-server")
-        return row if row and row["restarts"] > before["restarts"] else None
-
-    after = wait_until(restarted, 60, "neutron-server healthy again, its restart counted")
-    print(f"neutron-server healthy {time.monotonic() - killed:.1f}s after the kill")
     assert (after["node"], after["vip"]) == (before["node"], before["vip"])

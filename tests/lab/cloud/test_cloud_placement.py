@@ -19,10 +19,10 @@ import pytest
 from nodeos.lab.lab import Lab
 from nodeos.lab.services import kill_service
 
-from ..cluster_helpers import status_json, wait_until
-from .helpers import answers, cloud_marks, healthy_at_vip, live_node, openstack, rows
+from ..cluster_helpers import lab_marks, status_json, wait_until
+from .helpers import answers, healthy_at_vip, live_node, openstack, rows
 
-pytestmark = cloud_marks("placement-api", "placement-api")
+pytestmark = lab_marks("placement-api", what="placement-api")
 
 SERVICE = "placement-api"
 # 1.2 is where `resource provider list/create` begin in osc-placement; Zed's placement speaks 1.0-1.39.

@@ -23,11 +23,11 @@ import pytest
 from nodeos.cloud.registry import CINDER_VOLUME_HOST, CONTROL_HOST
 from nodeos.lab.lab import Lab
 
-from ..cluster_helpers import status_json, wait_until
+from ..cluster_helpers import lab_marks, status_json, wait_until
 from ..test_storage_agent import ceph_dir
-from .helpers import answers, cloud_marks, killed_and_restarted, live_node, openrc_env, openstack, rows, up_in
+from .helpers import answers, killed_and_restarted, live_node, openrc_env, openstack, rows, up_in
 
-pytestmark = cloud_marks("cinder-volume", "cinder")
+pytestmark = lab_marks("cinder-volume", what="cinder")
 
 DAEMONS = ("cinder-scheduler", "cinder-volume")
 POOL = "cinder"
@@ -88,7 +88,7 @@ def test_a_volume_is_available_and_an_rbd_image_in_the_cinder_pool(lab: Lab, vol
 
 
 def test_volume_killed_is_restarted_and_keeps_managing_its_volumes(lab: Lab, volume: dict[str, Any]) -> None:
-    before, after = killed_and_restarted(lab, "cinder-volume")
+    before, after, _ = killed_and_restarted(lab, "cinder-volume")
     healthy_again = time.monotonic()
     assert after["node"] == before["node"]
     assert up_in(lab, "volume", "cinder-volume", CINDER_VOLUME_HOST)

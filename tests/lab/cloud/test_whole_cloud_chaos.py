@@ -22,9 +22,10 @@ from nodeos.chaos.schedule import FAULTS, plan
 from nodeos.lab import netns
 from nodeos.lab.lab import PREFIXLEN, SUBNET_PREFIX, Lab
 
-from .helpers import cloud_marks, rows
+from ..cluster_helpers import lab_marks
+from .helpers import rows
 
-pytestmark = cloud_marks("keystone-manage", "keystone")
+pytestmark = lab_marks("keystone-manage", what="keystone")
 
 SEED, ROUNDS = 196, 9
 

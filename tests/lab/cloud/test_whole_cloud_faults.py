@@ -19,10 +19,10 @@ import pytest
 from nodeos.bench.cluster import wait_for
 from nodeos.lab.lab import Lab
 
-from ..cluster_helpers import wait_until
-from .helpers import answers, cloud_marks, holder, jobs_finished, monitor_node, openstack, restored, rows
+from ..cluster_helpers import lab_marks, wait_until
+from .helpers import answers, holder, jobs_finished, monitor_node, openstack, restored, rows
 
-pytestmark = cloud_marks("keystone-manage", "keystone")
+pytestmark = lab_marks("keystone-manage", what="keystone")
 
 
 @pytest.fixture(scope="module")
