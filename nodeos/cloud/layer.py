@@ -50,8 +50,10 @@ def ceph_clients(catalog: Catalog) -> dict[str, ServiceClient]:
 
 
 class CloudLayer:
-    def __init__(self, node_id: str, identity: ClusterIdentity, host: Host, submit: Submit, lab: bool) -> None:
+    def __init__(self, node_id: str, identity: ClusterIdentity, host: Host, submit: Submit, lab: bool,
+                 time_scale: float = 1.0) -> None:
         self.node_id = node_id
+        self.time_scale = time_scale  # the config's service_time_scale: jobs' time-outs too
         self.identity = identity
         self.host = host
         self.submit = submit
@@ -112,7 +114,7 @@ class CloudLayer:
         try:
             ctx = context_from_state(state, catalog, self.identity, self.lab, self.node_id)
             self.host.write(render(job.config, ctx), job.config)
-            detail = self.host.run(name, commands(name, ctx), job.timeout)
+            detail = self.host.run(name, commands(name, ctx), job.timeout * self.time_scale)
             ok = True
         except (JobError, ConfigError, OSError) as exc:
             ok, detail = False, str(exc)

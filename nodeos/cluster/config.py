@@ -98,6 +98,10 @@ class NodeConfig:
     # "none", "lab" (the lab's emulation) or a device path.
     watchdog: str = "auto"
     watchdog_timeout: float = 5.0
+    # Multiplies the catalog's health-check times (interval, timeout, start period, slow
+    # grace) and the one-time jobs' time-outs: raise it on very slow machines (emulated
+    # CPUs), where a token takes seconds and a schema sync tens of minutes.
+    service_time_scale: float = 1.0
     timing: Timing = field(default_factory=Timing)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -154,6 +158,8 @@ def _validate(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: watchdog must be 'auto', 'none', 'lab' or a /dev/ path, got {config.watchdog!r}")
     if not 1.0 <= config.watchdog_timeout <= 600:
         raise ConfigError(f"{where}: watchdog_timeout must be between 1 and 600 seconds")
+    if not 1.0 <= config.service_time_scale <= 10.0:
+        raise ConfigError(f"{where}: service_time_scale must be between 1 and 10, got {config.service_time_scale}")
     storage = config.storage
     if storage.osd_disks not in ("auto", "file"):
         raise ConfigError(f"{where}: storage.osd_disks must be 'auto' or 'file', got {storage.osd_disks!r}")

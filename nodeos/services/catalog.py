@@ -14,6 +14,7 @@ bad entry there must be rejected just as clearly.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import re
@@ -188,6 +189,15 @@ class Catalog:
         """Dependencies first; ties broken by name so every node agrees."""
         return _topological_order({n: s.depends_on for n, s in self.services.items()})
 
+    def scaled(self, factor: float) -> "Catalog":
+        """The catalog with every health check's times multiplied by `factor` (the node
+        config's `service_time_scale`, for emulated CPUs); rise and fall stay."""
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, services={
+            name: dataclasses.replace(spec, health=tuple(_scaled_check(check, factor) for check in spec.health))
+            for name, spec in self.services.items()})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; `Catalog.from_dict(c.to_dict()) == c`."""
         return {
@@ -198,6 +208,14 @@ class Catalog:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<catalog dict>") -> "Catalog":
         return _build_catalog(data, _Where(source, {}))
+
+
+def _scaled_check(check: HealthCheckSpec, factor: float) -> HealthCheckSpec:
+    """Within the limits a catalog is parsed with, so the state's copy still loads."""
+    return dataclasses.replace(check, interval=min(check.interval * factor, 3600.0),
+                               timeout=min(check.timeout * factor, 600.0),
+                               start_period=min(check.start_period * factor, 3600.0),
+                               slow_grace=min(check.slow_grace * factor, 3600.0))
 
 
 def render_template(text: str, values: Mapping[str, str]) -> str:

@@ -92,7 +92,8 @@ class ServicesLayer:
         node_root = getattr(agent, "node_root", Path("/"))
         # The lab's agent writes and runs as root itself; a node's sandboxed agent through transient units.
         host = host_for(agent.config.runtime, node_root, getattr(runtime, "enter", ()))
-        self.cloud = CloudLayer(self.me, agent.identity, host, self._submit, lab=agent.config.runtime == "process")
+        self.cloud = CloudLayer(self.me, agent.identity, host, self._submit, lab=agent.config.runtime == "process",
+                                time_scale=agent.config.service_time_scale)
         self.node = NodeServices(self.me, runtime, self.vips, self._submit, agent.guardian, ceph_dir=self.storage.root,
                                  volumes=volumes, root=node_root, prepare=self.cloud.prepare)
         self.node.add_check_values(self.cloud.check_values())
@@ -237,7 +238,7 @@ class ServicesLayer:
             return
         self._catalog_proposed = now
         try:
-            catalog = load_catalog(path)
+            catalog = load_catalog(path).scaled(self.agent.config.service_time_scale)
         except CatalogError as exc:
             log.event("catalog.rejected", level="error", error=str(exc))
             return

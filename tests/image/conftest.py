@@ -173,7 +173,11 @@ def cloud_image() -> BuiltImage:
 def openstack_image() -> BuiltImage:
     """images/cloud.yaml as shipped (its own cloud catalog: the OpenStack control plane), with
     Ceph's small-node settings, built once per session into images/build/cloud-openstack/."""
-    return build_image("cloud", slow_machine_config() + ("storage.tuning=lab",), output_name="cloud-openstack")
+    slow = slow_machine_config()
+    # Under TCG a token takes seconds and a schema sync many minutes: the catalog's check
+    # times and the jobs' time-outs stretched tenfold (service_time_scale).
+    stretch = ("service_time_scale=10",) if slow else ()
+    return build_image("cloud", slow + stretch + ("storage.tuning=lab",), output_name="cloud-openstack")
 
 
 # ------------------------------------------------------------------ the LAN

@@ -603,3 +603,20 @@ def test_a_check_s_slow_grace_defaults_to_two_minutes_and_zero_turns_it_off() ->
         services:
           db: {placement: singleton, port: 3306, start: {command: [x]}, health: [{type: tcp, slow_grace: -1}]}
         """)
+
+
+def test_scaled_catalog_stretches_every_check_time_and_still_loads_from_the_state():
+    """service_time_scale (emulated CPUs): times grow, rise and fall stay, the copy the
+    Monitor commits parses again (the parse limits hold)."""
+    catalog = load_catalog(packaged_catalog("cloud"))
+    assert catalog.scaled(1.0) is catalog
+    scaled = catalog.scaled(10.0)
+    for spec in catalog:
+        for before, after in zip(spec.health, scaled[spec.name].health):
+            assert after.interval == pytest.approx(min(before.interval * 10, 3600))
+            assert after.timeout == pytest.approx(min(before.timeout * 10, 600))
+            assert after.start_period == pytest.approx(min(before.start_period * 10, 3600))
+            assert after.slow_grace == pytest.approx(min(before.slow_grace * 10, 3600))
+            assert (after.rise, after.fall, after.type) == (before.rise, before.fall, before.type)
+    assert scaled["keystone"].health[-1].timeout > catalog["keystone"].health[-1].timeout
+    assert Catalog.from_dict(scaled.to_dict()) == scaled

@@ -28,6 +28,7 @@ def test_defaults_need_no_file(tmp_path):
     ({"timing": {"fence_after": 0.8}}, "fence_after must be at least raft_max_timeout"),  # 0.7 + 2 x 0.1
     ({"timing": {"heartbeat_interval": 0.6, "lease": 2.0}}, "fence_after must exceed 2 x heartbeat_interval"),
     ({"storage": {"command_timeout": 1.0}}, "storage.command_timeout must be 5 to 3600 seconds"),
+    ({"service_time_scale": 0.5}, "service_time_scale must be between 1 and 10"),
     ([1, 2], "expected a mapping"),
 ])
 def test_config_errors_name_the_field(data, message):
