@@ -43,9 +43,13 @@ from .split import GroupView, group_to_join, holdings
 from .membership import MemberView, member_to_remove, removal_refusal, replaced_member
 from nodeos.realtime import set_realtime
 
-# 20 times a second: lease transitions, heartbeats (every heartbeat_interval) and join
-# handling need no finer grain; 50 ticks a second were a fifth of an idle agent's CPU.
-TICK = 0.05
+# Idle, 5 times a second: joins, beacons and a member's lateness need no more (a leader's
+# heartbeats ride in pysyncobj's appends: _heartbeat_due). 20 times a second while
+# something is in flux (formation, a leader waiting out its guard, a member late to
+# answer): lease transitions and lost-node detection keep their 50 ms grain. 50 ticks a
+# second were a fifth of an idle agent's CPU, 20 a sixth.
+TICK = 0.2
+TICK_BUSY = 0.05
 STATUS_SCHEMA = 1
 AGENT_PRIORITY = 10  # SCHED_RR, below the guard's (nodeos/realtime.py says why)
 LAG_WINDOW = 3000  # loop-lag samples kept (one per tick: about a minute)
@@ -104,6 +108,7 @@ class Agent:
         self._was_leader = False
         self._leader_term: int | None = None  # the term of the leadership the lease clock counts
         self._may_act = False
+        self._member_late = False  # a member answered the leader late: tick at TICK_BUSY (_liveness_tick)
         self._last_heartbeat = 0.0
         self._last_beacon = 0.0
         self._beacon_due = True
@@ -225,7 +230,7 @@ class Agent:
         try:
             self.consensus = Consensus(self.raft_addr, members, self.identity.raft_password, self.state_dir,
                                        self.config.timing, self._on_raft_state_changed, self._on_follower_heartbeat,
-                                       on_failed=self._fail, node_id=self.node_id)
+                                       on_failed=self._fail, node_id=self.node_id, on_append_due=self._heartbeat_due)
         except ConsensusError as exc:  # e.g. a damaged journal: trying again every tick cannot help
             self._fail(str(exc), event="raft.start_failed")
             return
@@ -272,10 +277,13 @@ class Agent:
             may_act = self.lease.may_act(now)
             if not leader:
                 self.predecessor.following(self.consensus.leader_addr())
-        if leader and now - self._last_heartbeat >= self.config.timing.heartbeat_interval:
-            self._propose_heartbeat(now)
+        if leader and now - self._last_heartbeat >= 2 * self.config.timing.heartbeat_interval:
+            # The first of a leadership, or one the append hook did not send (_heartbeat_due).
+            self._propose_heartbeat(now, self.consensus)
         if may_act != self._may_act:
             self._may_act = may_act
+            if may_act and self.services is not None:
+                self.services.lease_acquired()
             # "mono" is CLOCK_MONOTONIC, shared by all namespaces of one host:
             # the lab tests compare these intervals across nodes.
             log.event("lease.acquired" if may_act else "lease.released", mono=round(now, 4), term=self.consensus.term())
@@ -286,14 +294,36 @@ class Agent:
         raft_now = raft_clock()  # first: the age is never overstated
         return self.predecessor.evidence_bound(term, raft_now, time.monotonic())
 
-    def _propose_heartbeat(self, now: float) -> None:
-        assert self.consensus is not None
-        self._last_heartbeat = now
+    def _heartbeat_due(self) -> None:
+        """pysyncobj's thread, as a leader's append is about to go out: the heartbeat rides in
+        it, proposed now rather than from this loop up to a period earlier. Its interval is
+        rounded to whole append periods (the first append at or after interval - half a period)."""
+        consensus = self.consensus
+        if consensus is None:
+            return  # still being made: the loop proposes the leadership's first heartbeat
+        t = self.config.timing
+        now = time.monotonic()
+        term = consensus.term()
         with self._lease_lock:
-            token = self.lease.heartbeat_submitted(now)
+            if not (self._was_leader and self._leader_term == term):
+                return  # the loop has not started the lease clock of this leadership yet
+            if now - self._last_heartbeat < t.heartbeat_interval - t.append_entries_period / 2:
+                return
+            token = self._heartbeat_token(now)
+        self._submit_heartbeat(consensus, token, term)
 
-        term = self.consensus.term()
+    def _propose_heartbeat(self, now: float, consensus: Consensus) -> None:
+        """From the loop, which knows we lead (the lease clock counts this leadership)."""
+        with self._lease_lock:
+            token = self._heartbeat_token(now)
+        self._submit_heartbeat(consensus, token, consensus.term())
 
+    def _heartbeat_token(self, now: float) -> int:
+        """Lease lock held."""
+        self._last_heartbeat = now
+        return self.lease.heartbeat_submitted(now)
+
+    def _submit_heartbeat(self, consensus: Consensus, token: int, term: int) -> None:
         def committed(result: Any, error: Any) -> None:
             if error:
                 return
@@ -306,7 +336,7 @@ class Agent:
                 if sent is not None:
                     self.fence.evidence(sent)
 
-        self.consensus.submit({"op": "heartbeat", "now": time.time(), "leader": self.node_id, "term": term}, committed)
+        consensus.submit({"op": "heartbeat", "now": time.time(), "leader": self.node_id, "term": term}, committed)
 
     def _on_follower_heartbeat(self, applied_at: float) -> None:
         """pysyncobj applied a committed heartbeat of the leader we follow (its thread).
@@ -604,6 +634,8 @@ class Agent:
     def _liveness_tick(self, now: float) -> None:
         assert self.consensus is not None
         ages = self.node_liveness()
+        # Answers come every append period: one three periods old is a member going quiet.
+        self._member_late = any(age > 3 * self.config.timing.append_entries_period for age in ages.values())
         nodes = self.consensus.cluster.read(lambda s: {n: r.status for n, r in s.nodes.items()})
         for node_id, status in nodes.items():
             age = ages.get(node_id)
@@ -664,11 +696,18 @@ class Agent:
                 # systemd restarts a hung one (WatchdogSec in the unit).
                 sdnotify.notify("WATCHDOG=1")
                 last_watchdog = started
-            pause = max(0.0, TICK - (time.monotonic() - started))
+            pause = max(0.0, self._tick_period() - (time.monotonic() - started))
             expected = time.monotonic() + pause
             self._stop.wait(pause)
         self._shutdown()
         return 0
+
+    def _tick_period(self) -> float:
+        if self.consensus is None or self.formation.phase != "member":
+            return TICK_BUSY
+        if self._was_leader and (not self._may_act or self._member_late):
+            return TICK_BUSY
+        return TICK
 
     def _turning(self, now: float) -> bool:
         """Feed systemd's watchdog only while consensus (once a member) and convergence both turn."""

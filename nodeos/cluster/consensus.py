@@ -295,11 +295,12 @@ class _WatchedSyncObj(PreVote, SyncObj):
     """
 
     def __init__(self, *args: Any, on_failed: Callable[[str], None], candidacy_window: tuple[float, float],
-                 min_timeout: float, **kwargs: Any) -> None:
+                 min_timeout: float, before_append: Callable[[], None] | None = None, **kwargs: Any) -> None:
         # Set before SyncObj.__init__ (which starts the tick thread, and never
         # serializes the attributes it finds): ours stay out of Raft dumps.
         self._nodeos_failures = 0
         self._nodeos_on_failed = on_failed
+        self._nodeos_before_append = before_append
         self._nodeos_candidacy_window = candidacy_window
         self.prevote_init(min_timeout, candidacy_window)
         self._nodeos_waker: PipeNotifier | None = None
@@ -356,6 +357,7 @@ class _WatchedSyncObj(PreVote, SyncObj):
         try:
             self.prevote_before_tick()
             if self._SyncObj__raftState == LEADER and raft_clock() > self._SyncObj__newAppendEntriesTime:  # type: ignore[attr-defined]
+                self._before_append()
                 # pysyncobj sends before it takes the queued proposals in: they would wait a period more.
                 self._checkCommandsToApply()
             super()._onTick(timeToWait)
@@ -367,6 +369,16 @@ class _WatchedSyncObj(PreVote, SyncObj):
         self._nodeos_failures = 0
         if self._SyncObj__raftState == CANDIDATE and self._SyncObj__raftCurrentTerm != term_before:  # type: ignore[attr-defined]
             self._retry_candidacy_sooner()
+
+    def _before_append(self) -> None:
+        """A leader's append is about to go out: what rides in it is proposed now (the Monitor's
+        heartbeat, consensus.Consensus on_append_due), so it waits for no later one."""
+        if self._nodeos_before_append is None:
+            return
+        try:
+            self._nodeos_before_append()
+        except Exception as exc:  # not a tick failure: the agent's loop proposes it late instead
+            log.event("raft.before_append_failed", level="error", error=repr(exc))
 
     def _retry_candidacy_sooner(self) -> None:
         """A candidacy that gets no majority (a split vote) is retried after a short random wait.
@@ -437,7 +449,8 @@ class Consensus:
     def __init__(self, self_addr: str, members: list[str], password: str, state_dir: Path, timing: Timing,
                  on_state_changed: Callable[[int, int], None] | None = None,
                  on_follower_heartbeat: Callable[[float], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None, node_id: str | None = None) -> None:
+                 on_failed: Callable[[str], None] | None = None, node_id: str | None = None,
+                 on_append_due: Callable[[], None] | None = None) -> None:
         if not password:
             raise ConsensusError("refusing to start consensus without the cluster password (pysyncobj unpickles unauthenticated input)")
         self.self_addr = self_addr
@@ -456,7 +469,7 @@ class Consensus:
         try:
             self._syncobj = _WatchedSyncObj(self_addr, others, conf, consumers=[self.cluster], transportClass=GuardedTransport,
                                             on_failed=self._tick_failed, candidacy_window=candidacy_window(timing),
-                                            min_timeout=timing.raft_min_timeout)
+                                            min_timeout=timing.raft_min_timeout, before_append=on_append_due)
         except Exception as exc:  # whatever pysyncobj's reader hit (struct.error, ValueError, ...): retrying will not help
             raise ConsensusError(f"pysyncobj could not start from {journal} ({exc!r}): if the journal is damaged, "
                                  f"{journal_remedy(journal)}") from exc

@@ -42,12 +42,35 @@ if TYPE_CHECKING:
     from nodeos.cluster.agent import Agent
     from nodeos.cluster.consensus import Consensus
 
-# Node and Monitor passes 10 times a second, and at once when an op other than a heartbeat
-# is applied (a decision, a node lost, a report): 20 timed passes a second cost an idle agent
-# a third of its CPU (issue 11, item 5) and still lagged a decision by up to 50 ms.
+# Node and Monitor passes run at once when an op other than a heartbeat is applied (a
+# decision, a node lost, a report), when a local service's process exits or one of its
+# checks fails (node.py), and when this node gains the lease. Between those, 10 times a
+# second while anything is in flux; 4 times a second once all is settled, and twice a
+# second for the Monitor thread of a node without the lease. 20 timed passes a second
+# cost an idle agent a third of its CPU (issue 11, item 5), 10 a fifth.
 PASS = 0.1
+PASS_SETTLED = 0.25
+PASS_NOT_MONITOR = 0.5
 DECISION_RETRY = 2.0  # re-propose a decision whose commit we never saw
 PROBE_INTERVAL = 0.5
+PROBE_INTERVAL_SETTLED = 1.0  # once nothing moves, a VIP that stops answering is news within a second
+
+
+def cluster_settled(state: ClusterState) -> bool:
+    """Every node up, nothing moving, every service healthy where it runs: nothing the
+    Monitor watches by the clock (a restart's back-off, a lost node's fence margin)."""
+    up = set(state.up_nodes())
+    if len(up) != len(state.nodes):
+        return False
+    for record in state.services.values():
+        if record.migration:
+            return False
+        if record.placement == "singleton":
+            if record.node is None or record.health.get(record.node, {}).get("state") != "healthy":
+                return False
+        elif any(report.get("state") not in ("healthy", "stopped") for node, report in record.health.items() if node in up):
+            return False
+    return True
 
 
 def resolve_catalog_path(setting: str | None) -> Path | None:
@@ -102,10 +125,12 @@ class ServicesLayer:
         self._wake = {"services": threading.Event(), "monitor": threading.Event()}  # the state changed: pass now
         # Two threads: a node stuck stopping one of its services must not stall
         # the Monitor's decisions for the whole cluster (and the other way round).
-        self._threads = [threading.Thread(target=self._loop, args=(self.node_pass, "services.pass_failed",
-                                                                        self._wake["services"]), name="services", daemon=True),
-                         threading.Thread(target=self._loop, args=(self.monitor_pass, "monitor.pass_failed",
-                                                                        self._wake["monitor"]), name="monitor", daemon=True)]
+        self.node.attention = self._wake["services"].set
+        self._threads = [threading.Thread(target=self._loop, args=(self.node_pass, "services.pass_failed", self._wake["services"],
+                                                                        self._node_period), name="services", daemon=True),
+                         threading.Thread(target=self._loop, args=(self.monitor_pass, "monitor.pass_failed", self._wake["monitor"],
+                                                                        self._monitor_period), name="monitor", daemon=True)]
+        self._monitor_settled = False  # the last Monitor pass found nothing in flux (cluster_settled)
         self._catalog: tuple[int, Catalog | None] = (-1, None)
         self._inflight: dict[tuple[str, str], float] = {}
         self._inflight_lock = threading.Lock()
@@ -162,7 +187,7 @@ class ServicesLayer:
         assert self.consensus is not None
         return self.consensus.submit_sync(op, timeout=5.0)
 
-    def _loop(self, step: Callable[[float], None], failure: str, wake: threading.Event) -> None:
+    def _loop(self, step: Callable[[float], None], failure: str, wake: threading.Event, period: Callable[[], float]) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
             wake.clear()  # before the pass: a change applied during it brings the next one at once
@@ -170,7 +195,19 @@ class ServicesLayer:
                 step(started)
             except Exception as exc:  # keep going; one bad pass must not end the thread
                 log.event(failure, level="error", error=repr(exc))
-            wake.wait(max(0.0, PASS - (time.monotonic() - started)))
+            wake.wait(max(0.0, period() - (time.monotonic() - started)))
+
+    def _node_period(self) -> float:
+        return PASS_SETTLED if self.node.settled else PASS
+
+    def _monitor_period(self) -> float:
+        if not self.agent.may_act():
+            return PASS_NOT_MONITOR
+        return PASS_SETTLED if self._monitor_settled else PASS
+
+    def lease_acquired(self) -> None:
+        """The agent gained the Monitor lease: its first pass runs now, not at the next slow turn."""
+        self._wake["monitor"].set()
 
     def _snapshot(self) -> ClusterState:
         assert self.consensus is not None
@@ -198,9 +235,14 @@ class ServicesLayer:
         self.last_pass = time.monotonic()
 
     def monitor_pass(self, now: float) -> None:
+        settled = False
         if self.consensus is not None and self.agent.may_act():
             snapshot = self._snapshot()
-            self._monitor_pass(snapshot, self.catalog_of(snapshot), now)
+            catalog = self.catalog_of(snapshot)
+            self._monitor_pass(snapshot, catalog, now)
+            with self._inflight_lock:
+                settled = catalog is not None and not self._inflight and cluster_settled(snapshot)
+        self._monitor_settled = settled
         self.last_monitor_pass = time.monotonic()
 
     def _term(self) -> int:
@@ -312,7 +354,7 @@ class ServicesLayer:
                 if record.probe.get("ok") != ok:
                     self._submit({"op": "probe", "now": time.time(), "service": spec.name, "ok": ok, "detail": detail,
                                   "term": self._term()})
-            elif future is None and now - last >= PROBE_INTERVAL:
+            elif future is None and now - last >= (PROBE_INTERVAL_SETTLED if self._monitor_settled else PROBE_INTERVAL):
                 self._probes[spec.name] = (now, self._pool.submit(_probe_through_vip, spec, record.vip))
 
     # -- operator API -----------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Protocol
 from nodeos import log
 from . import arp
 from .catalog import Catalog, ServiceSpec, render_template
+from .exits import ExitWatch
 from .health import CheckResult, CheckTarget, ServiceHealth, run_check
 from .placement import release_set
 from .runtime import Runtime, ServiceContext, ServiceRuntimeError
@@ -142,6 +143,11 @@ class NodeServices:
         self._reported: dict[str, tuple[str, int]] = {}
         self._last_report: dict[str, float] = {}
         self._checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="check")
+        # What wakes the services pass between its turns: a main process that exits, a check
+        # that fails (the layer sets it). Passes may then turn slowly while all is well.
+        self.attention: Callable[[], None] = lambda: None
+        self._exits = ExitWatch(lambda: self.attention())
+        self.settled = False  # the last pass found every local service healthy, nothing to start or stop
         self._fenced_logged = False
         self._check_values = {"node_id": node_id, "ceph_dir": str(ceph_dir or "")}
 
@@ -177,6 +183,9 @@ class NodeServices:
                 self._remove_vip(want.vip)  # e.g. left by a previous agent process
         self._run_checks(catalog, now, {n: r.vip for n, r in state.services.items() if r.vip})
         self._reannounce(held, now)
+        self.settled = not fenced and all(
+            (local := self.local.get(name)) is not None and local.state == "healthy" and not local.stuck
+            for name, want in desired.items() if want.run) and set(self.local) <= {n for n, w in desired.items() if w.run}
 
     # -- starting and stopping -------------------------------------------------
     def _ensure_running(self, spec: ServiceSpec, want: Desired, now: float, held: set[str]) -> None:
@@ -257,6 +266,7 @@ class NodeServices:
 
     def _stop(self, name: str, reason: str, report: bool) -> None:
         local = self.local.pop(name, None)
+        self._exits.forget(name)  # an exit we cause is no news
         if local is not None and local.vip:
             self._remove_vip(local.vip)  # first: clients stop coming while it stops
         error = self._stop_process(name)
@@ -336,6 +346,7 @@ class NodeServices:
         for name in list(self.local):
             self._stop(name, reason="agent stopping", report=False)
         self._checks.shutdown(wait=False, cancel_futures=True)
+        self._exits.stop()
 
     # -- health -------------------------------------------------------------------
     def _run_checks(self, catalog: Catalog, now: float, vips: Mapping[str, str]) -> None:
@@ -343,6 +354,7 @@ class NodeServices:
             if name not in catalog:
                 continue
             pid = self.runtime.main_pid(name)
+            self._exits.watch(name, pid)
             if local.stuck:
                 self._watch_stuck(name, local, pid, now)
                 continue
@@ -357,12 +369,22 @@ class NodeServices:
             target = CheckTarget(host="127.0.0.1", pid=pid, values=self._check_values, vip=local.vip, vips=vips)
             for index in local.health.due(now):
                 if index not in local.pending:
-                    local.pending[index] = self._checks.submit(run_check, local.health.check_spec(index), target)
+                    local.pending[index] = future = self._checks.submit(run_check, local.health.check_spec(index), target)
+                    future.add_done_callback(self._check_finished)
             new_state = local.health.state
             if local.state != "failed" or new_state == "healthy":
                 local.state = new_state
             detail = "; ".join(f"{d['type']}: {d['detail']}" for d in local.health.details() if d["detail"] and d["ok"] is False)
             self._report(name, local.state, local.generation, detail or local.state, now)
+
+    def _check_finished(self, future: Future) -> None:
+        """A failing check wakes the pass: it is counted now, not at the pass's next turn."""
+        try:
+            ok = future.result().ok
+        except Exception:
+            ok = False
+        if not ok:
+            self.attention()
 
     def _watch_stuck(self, name: str, local: Local, pid: int | None, now: float) -> None:
         """A stuck instance is not checked: it is failed until its old process is gone; then it is

@@ -379,6 +379,23 @@ def mount_namespace_argv(ns_file: Path) -> list[str]:
     return ["nsenter", f"--mount={ns_file}"]
 
 
+def _parse_show(name: str, text: str, count: int) -> list[UnitStatus]:
+    """`systemctl show -p ActiveState -p MainPID U1 U2 ...`: one block of KEY=value lines per
+    unit, in the order asked, blank lines between."""
+    blocks = [block for block in text.strip().split("\n\n") if block.strip()]
+    if len(blocks) != count:
+        raise ServiceRuntimeError(f"{name}: systemctl show gave {len(blocks)} units' status for {count} asked")
+    out = []
+    for block in blocks:
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        try:
+            pid = int(fields.get("MainPID", ""))
+        except ValueError:
+            raise ServiceRuntimeError(f"{name}: systemctl show gave MainPID {fields.get('MainPID')!r}") from None
+        out.append(UnitStatus(fields.get("ActiveState", "unknown"), pid if pid > 0 else None))
+    return out
+
+
 def unit_cgroup(unit: str) -> str:
     """The cgroup systemd gives a system unit: an instance of a template unit
     (ceph-mon@x.service) sits in its template's slice, system-ceph\\x2dmon.slice."""
@@ -388,11 +405,35 @@ def unit_cgroup(unit: str) -> str:
     return f"{CGROUP_ROOT}/system.slice/system-{prefix}.slice/{unit}"
 
 
+# Seconds one `systemctl show` of every known unit answers is_running and main_pid. The
+# services pass asks about each service every turn: a systemctl process per service and
+# per turn (17 with the cloud catalog, 10 turns a second) was most of a real node's idle CPU.
+STATUS_MAX_AGE = 1.0
+RUNNING_STATES = ("active", "reloading")  # what `systemctl is-active` answers 0 for
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    active_state: str
+    main_pid: int | None
+
+
 class SystemdRuntime:
     """systemctl on each service's unit (real nodes).
 
-    Not integration-tested: the lab and test machines have no systemd as
-    PID 1. Unit tests inject a fake `runner` and check the commands built.
+    Not integration-tested here: the lab and test machines have no systemd as
+    PID 1 (the image tier boots it). Unit tests inject a fake `runner` and
+    check the commands built.
     """
 
     def __init__(
@@ -401,13 +442,17 @@ class SystemdRuntime:
         runner: Runner = _run_subprocess,
         command_timeout: float = 30.0,
         systemctl: str = "systemctl",
+        pid_alive: Callable[[int], bool] = _pid_alive,
     ) -> None:
         # name -> unit; pass the catalog's units so a restarted agent can stop them.
         self._units: dict[str, str] = dict(units or {})
         self._runner = runner
         self._timeout = command_timeout
         self._systemctl = systemctl
+        self._pid_alive = pid_alive
         self._lock = threading.Lock()
+        self._status: dict[str, UnitStatus] = {}  # unit -> its state at _status_at (one batched call)
+        self._status_at = float("-inf")
 
     def unit_for(self, name: str) -> str:
         return self._units.get(name, f"{name}.service")
@@ -420,26 +465,51 @@ class SystemdRuntime:
             raise ServiceRuntimeError(f"{spec.name}: no start.unit for the systemd runtime")
         with self._lock:
             self._units[spec.name] = spec.unit
-        self._systemctl_ok(spec.name, ["start", spec.unit], self._timeout)
+        try:
+            self._systemctl_ok(spec.name, ["start", spec.unit], self._timeout)
+        finally:
+            self._forget_status()
         log.event("runtime.started", service=spec.name, unit=spec.unit)
 
     def stop(self, name: str, timeout: float = 5.0) -> None:
         # systemd applies the unit's own stop timeout; ours bounds the call itself.
-        self._systemctl_ok(name, ["stop", self.unit_for(name)], max(timeout, self._timeout))
+        try:
+            self._systemctl_ok(name, ["stop", self.unit_for(name)], max(timeout, self._timeout))
+        finally:
+            self._forget_status()
         log.event("runtime.stopped", service=name, unit=self.unit_for(name))
 
     def is_running(self, name: str) -> bool:
-        result = self._call(name, ["is-active", "--quiet", self.unit_for(name)], self._timeout)
-        return result.returncode == 0
+        return self._unit_status(name).active_state in RUNNING_STATES
 
     def main_pid(self, name: str) -> int | None:
-        result = self._systemctl_ok(name, ["show", "-p", "MainPID", "--value", self.unit_for(name)], self._timeout)
-        text = result.stdout.strip()
-        try:
-            pid = int(text)
-        except ValueError:
-            raise ServiceRuntimeError(f"{name}: systemctl show MainPID gave {text!r}") from None
-        return pid if pid > 0 else None
+        return self._unit_status(name).main_pid
+
+    def _forget_status(self) -> None:
+        """After a start or stop: what we changed is asked again."""
+        with self._lock:
+            self._status_at = float("-inf")
+
+    def _unit_status(self, name: str) -> UnitStatus:
+        """From the last batched call if it is recent and its main process still lives (a crash
+        is seen at once: systemd reaps the process, and we ask again)."""
+        unit = self.unit_for(name)
+        with self._lock:
+            cached = self._status.get(unit)
+            fresh = time.monotonic() - self._status_at < STATUS_MAX_AGE
+        if cached is not None and fresh and (cached.main_pid is None or self._pid_alive(cached.main_pid)):
+            return cached
+        return self._refresh(name, unit)
+
+    def _refresh(self, name: str, unit: str) -> UnitStatus:
+        with self._lock:
+            units = sorted(set(self._units.values()) | {unit})
+        asked = time.monotonic()
+        result = self._systemctl_ok(name, ["show", "-p", "ActiveState", "-p", "MainPID", *units], self._timeout)
+        status = dict(zip(units, _parse_show(name, result.stdout, len(units))))
+        with self._lock:
+            self._status, self._status_at = status, asked
+        return status[unit]
 
     def running(self) -> set[str]:
         with self._lock:

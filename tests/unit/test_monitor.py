@@ -249,3 +249,22 @@ def test_a_lost_node_s_or_a_moving_singleton_s_old_report_is_not_healthy_for_its
     assert target != home and "memcached" not in state.healthy_services()
     report(state, "memcached", target, "healthy", 6.0)
     assert "memcached" in state.healthy_services()
+
+
+def test_cluster_settles_only_when_every_service_is_healthy_where_it_runs(state):
+    """The Monitor's pass slows down (services/layer.py) only once nothing it times by the clock
+    is under way: every node up, nothing moving, every service healthy where it runs."""
+    from nodeos.services.layer import cluster_settled
+
+    run_monitor(state, 2.0)
+    assert not cluster_settled(state)  # placed, nothing reported yet
+    for name, record in state.services.items():
+        for node in ([record.node] if record.placement == "singleton" else ["a", "b", "c"]):
+            report(state, name, node, "healthy", 3.0)
+    assert cluster_settled(state)
+    report(state, "nginx", state.services["nginx"].node, "failed", 4.0)
+    assert not cluster_settled(state)  # a restart's back-off is timed by the clock
+    report(state, "nginx", state.services["nginx"].node, "healthy", 5.0)
+    assert cluster_settled(state)
+    apply(state, {"op": "node_status", "now": 6.0, "node": "c", "status": "lost", "reason": "test"})
+    assert not cluster_settled(state)  # its singletons wait for the fence margin

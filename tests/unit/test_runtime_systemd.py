@@ -33,26 +33,48 @@ def test_is_a_runtime() -> None:
     assert isinstance(SystemdRuntime(runner=FakeSystemctl()), Runtime)
 
 
+def _show(*units: tuple[str, int]) -> tuple[int, str, str]:
+    """What `systemctl show -p ActiveState -p MainPID U...` prints: a block per unit."""
+    return 0, "\n".join(f"ActiveState={state}\nMainPID={pid}\n" for state, pid in units), ""
+
+
 def test_start_stop_status_commands() -> None:
-    fake = FakeSystemctl({"show": (0, "4242\n", "")})
-    runtime = SystemdRuntime(runner=fake, command_timeout=12.0)
+    fake = FakeSystemctl({"show": _show(("active", 4242))})
+    runtime = SystemdRuntime(runner=fake, command_timeout=12.0, pid_alive=lambda pid: True)
     runtime.start(CATALOG["nginx"], CTX)
     assert runtime.is_running("nginx")
     assert runtime.main_pid("nginx") == 4242
     runtime.stop("nginx", timeout=20.0)
     assert [argv for argv, _ in fake.calls] == [
         ["systemctl", "start", "nginx.service"],
-        ["systemctl", "is-active", "--quiet", "nginx.service"],
-        ["systemctl", "show", "-p", "MainPID", "--value", "nginx.service"],
+        ["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "nginx.service"],
         ["systemctl", "stop", "nginx.service"],
     ]
-    assert [timeout for _, timeout in fake.calls] == [12.0, 12.0, 12.0, 20.0]
+    assert [timeout for _, timeout in fake.calls] == [12.0, 12.0, 20.0]
+
+
+def test_one_systemctl_call_answers_for_every_unit_until_a_process_dies() -> None:
+    """The services pass asks about every service every turn: one batched `show` serves them
+    all for a second, and a main process found dead is asked about again at once."""
+    units = {"memcached": "memcached.service", "nginx": "nginx.service"}
+    fake = FakeSystemctl({"show": _show(("active", 11), ("active", 22))})
+    alive = {11, 22}
+    runtime = SystemdRuntime(units=units, runner=fake, pid_alive=lambda pid: pid in alive)
+    for _ in range(5):
+        assert runtime.main_pid("memcached") == 11 and runtime.main_pid("nginx") == 22
+        assert runtime.is_running("memcached") and runtime.is_running("nginx")
+    assert len(fake.calls) == 1
+    assert fake.calls[0][0][-2:] == ["memcached.service", "nginx.service"]
+    alive.discard(22)  # nginx crashed: systemd reaped it
+    fake.replies["show"] = _show(("active", 11), ("failed", 0))
+    assert runtime.main_pid("nginx") is None and not runtime.is_running("nginx")
+    assert len(fake.calls) == 2
 
 
 def test_main_pid_zero_means_none_and_inactive_means_not_running() -> None:
     runtime = SystemdRuntime(
         units={"memcached": "memcached.service"},
-        runner=FakeSystemctl({"show": (0, "0\n", ""), "is-active": (3, "", "")}),
+        runner=FakeSystemctl({"show": _show(("inactive", 0))}),
     )
     assert runtime.main_pid("memcached") is None
     assert not runtime.is_running("memcached")
@@ -60,11 +82,12 @@ def test_main_pid_zero_means_none_and_inactive_means_not_running() -> None:
 
 
 def test_known_units_are_used_after_an_agent_restart() -> None:
-    fake = FakeSystemctl()
     units = {spec.name: spec.unit for spec in CATALOG if spec.unit}
-    runtime = SystemdRuntime(units=units, runner=fake)
+    fake = FakeSystemctl({"show": _show(*[("active", 100 + i) for i in range(len(units))])})
+    runtime = SystemdRuntime(units=units, runner=fake, pid_alive=lambda pid: True)
     runtime.stop_all()
-    assert sorted(argv[2] for argv, _ in fake.calls) == ["memcached.service", "nginx.service", "node-http.service"]
+    stops = [argv for argv, _ in fake.calls if argv[1] == "stop"]
+    assert sorted(argv[2] for argv in stops) == ["memcached.service", "nginx.service", "node-http.service"]
     assert runtime.running() == {"memcached", "nginx", "node-http"}
 
 
@@ -90,10 +113,13 @@ def test_spec_without_unit_is_refused() -> None:
         SystemdRuntime(runner=FakeSystemctl()).start(lab["nginx"], CTX)
 
 
-def test_garbage_main_pid() -> None:
-    runtime = SystemdRuntime(runner=FakeSystemctl({"show": (0, "n/a\n", "")}))
+def test_garbage_status_is_a_clear_error() -> None:
+    runtime = SystemdRuntime(runner=FakeSystemctl({"show": (0, "ActiveState=active\nMainPID=n/a\n", "")}))
     with pytest.raises(ServiceRuntimeError, match="MainPID"):
         runtime.main_pid("nginx")
+    runtime = SystemdRuntime(units={"a": "a.service", "b": "b.service"}, runner=FakeSystemctl({"show": _show(("active", 1))}))
+    with pytest.raises(ServiceRuntimeError, match="1 units' status for 2 asked"):
+        runtime.is_running("a")
 
 
 def test_fence_target_is_the_units_cgroup_also_for_template_instances() -> None:
