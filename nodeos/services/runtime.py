@@ -379,21 +379,24 @@ def mount_namespace_argv(ns_file: Path) -> list[str]:
     return ["nsenter", f"--mount={ns_file}"]
 
 
-def _parse_show(name: str, text: str, count: int) -> list[UnitStatus]:
-    """`systemctl show -p ActiveState -p MainPID U1 U2 ...`: one block of KEY=value lines per
-    unit, in the order asked, blank lines between."""
+def _parse_show(name: str, text: str, units: list[str]) -> dict[str, UnitStatus]:
+    """`systemctl show -p Id -p ActiveState -p MainPID U1 U2 ...`: one block of KEY=value lines
+    per unit, in the order asked, blank lines between. By Id where every block names one asked
+    for; by order otherwise (an alias asked for shows its unit's own Id)."""
     blocks = [block for block in text.strip().split("\n\n") if block.strip()]
-    if len(blocks) != count:
-        raise ServiceRuntimeError(f"{name}: systemctl show gave {len(blocks)} units' status for {count} asked")
-    out = []
+    if len(blocks) != len(units):
+        raise ServiceRuntimeError(f"{name}: systemctl show gave {len(blocks)} units' status for {len(units)} asked")
+    parsed = []
     for block in blocks:
         fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         try:
             pid = int(fields.get("MainPID", ""))
         except ValueError:
             raise ServiceRuntimeError(f"{name}: systemctl show gave MainPID {fields.get('MainPID')!r}") from None
-        out.append(UnitStatus(fields.get("ActiveState", "unknown"), pid if pid > 0 else None))
-    return out
+        parsed.append((fields.get("Id", ""), UnitStatus(fields.get("ActiveState", "unknown"), pid if pid > 0 else None)))
+    if sorted(unit_id for unit_id, _ in parsed) == sorted(units):
+        return dict(parsed)
+    return {unit: status for unit, (_, status) in zip(units, parsed)}
 
 
 def unit_cgroup(unit: str) -> str:
@@ -505,8 +508,8 @@ class SystemdRuntime:
         with self._lock:
             units = sorted(set(self._units.values()) | {unit})
         asked = time.monotonic()
-        result = self._systemctl_ok(name, ["show", "-p", "ActiveState", "-p", "MainPID", *units], self._timeout)
-        status = dict(zip(units, _parse_show(name, result.stdout, len(units))))
+        result = self._systemctl_ok(name, ["show", "-p", "Id", "-p", "ActiveState", "-p", "MainPID", *units], self._timeout)
+        status = _parse_show(name, result.stdout, units)
         with self._lock:
             self._status, self._status_at = status, asked
         return status[unit]

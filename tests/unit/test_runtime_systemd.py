@@ -34,7 +34,8 @@ def test_is_a_runtime() -> None:
 
 
 def _show(*units: tuple[str, int]) -> tuple[int, str, str]:
-    """What `systemctl show -p ActiveState -p MainPID U...` prints: a block per unit."""
+    """What `systemctl show -p Id -p ActiveState -p MainPID U...` prints: a block per unit
+    (Ids left out: an alias shows its unit's own Id, so order is what counts then)."""
     return 0, "\n".join(f"ActiveState={state}\nMainPID={pid}\n" for state, pid in units), ""
 
 
@@ -47,7 +48,7 @@ def test_start_stop_status_commands() -> None:
     runtime.stop("nginx", timeout=20.0)
     assert [argv for argv, _ in fake.calls] == [
         ["systemctl", "start", "nginx.service"],
-        ["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "nginx.service"],
+        ["systemctl", "show", "-p", "Id", "-p", "ActiveState", "-p", "MainPID", "nginx.service"],
         ["systemctl", "stop", "nginx.service"],
     ]
     assert [timeout for _, timeout in fake.calls] == [12.0, 12.0, 20.0]
@@ -69,6 +70,14 @@ def test_one_systemctl_call_answers_for_every_unit_until_a_process_dies() -> Non
     fake.replies["show"] = _show(("active", 11), ("failed", 0))
     assert runtime.main_pid("nginx") is None and not runtime.is_running("nginx")
     assert len(fake.calls) == 2
+
+
+def test_blocks_are_matched_by_their_unit_id() -> None:
+    units = {"memcached": "memcached.service", "nginx": "nginx.service"}
+    text = "Id=nginx.service\nActiveState=active\nMainPID=22\n\nId=memcached.service\nActiveState=failed\nMainPID=0\n"
+    runtime = SystemdRuntime(units=units, runner=FakeSystemctl({"show": (0, text, "")}), pid_alive=lambda pid: True)
+    assert runtime.main_pid("nginx") == 22 and runtime.is_running("nginx")
+    assert runtime.main_pid("memcached") is None and not runtime.is_running("memcached")
 
 
 def test_main_pid_zero_means_none_and_inactive_means_not_running() -> None:
