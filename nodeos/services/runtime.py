@@ -415,16 +415,6 @@ STATUS_MAX_AGE = 1.0
 RUNNING_STATES = ("active", "reloading")  # what `systemctl is-active` answers 0 for
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass(frozen=True)
 class UnitStatus:
     active_state: str
@@ -445,7 +435,7 @@ class SystemdRuntime:
         runner: Runner = _run_subprocess,
         command_timeout: float = 30.0,
         systemctl: str = "systemctl",
-        pid_alive: Callable[[int], bool] = _pid_alive,
+        pid_alive: Callable[[int], bool] = psutil.pid_exists,
     ) -> None:
         # name -> unit; pass the catalog's units so a restarted agent can stop them.
         self._units: dict[str, str] = dict(units or {})
