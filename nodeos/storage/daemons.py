@@ -32,6 +32,12 @@ from .keys import (ADMIN, BOOTSTRAP_OSD, MGR_CAPS, CephKeys, RandomBytes, admin_
 
 CLI_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10  # the ceph CLI waits forever for a quorum without it
+
+
+def connect_timeout(command_timeout: float) -> int:
+    """The CLI's wait for the mons: 10 s, or a sixth of a raised `storage.command_timeout`
+    (emulated CPUs: under TCG, `auth import` timed out connecting after 10 s, again and again)."""
+    return max(CONNECT_TIMEOUT, int(command_timeout / 6))
 MKFS_TIMEOUT = 600.0  # a mon store or a bluestore on a slow disk; only the launcher waits
 OSD_READY = "nodeos-ready"  # written after a complete mkfs (a crash mid-way leaves none)
 
@@ -111,7 +117,8 @@ def run(node: CephNode, argv: Sequence[str], *, stdin: str | None = None, timeou
 def ceph(node: CephNode, *args: str, name: str = ADMIN, stdin: str | None = None,
          timeout: float | None = None) -> str:
     """The `ceph` CLI on `node` as `name`, whose keyring the conf's [client] section names."""
-    return run(node, ["ceph", "--conf", node.conf, "--name", name, "--connect-timeout", str(CONNECT_TIMEOUT), *args],
+    return run(node, ["ceph", "--conf", node.conf, "--name", name, "--connect-timeout",
+                      str(connect_timeout(node.command_timeout)), *args],
                stdin=stdin, timeout=timeout)
 
 
@@ -388,7 +395,7 @@ def rados(node: CephNode, *args: str, timeout: float | None = None) -> str:
 def _json(conf: str, keyring: str, args: Sequence[str], name: str, prefix: Sequence[str],
           timeout: float) -> dict[str, Any]:
     argv = [*prefix, "ceph", "--conf", conf, "--keyring", keyring, "--name", name,
-            "--connect-timeout", str(CONNECT_TIMEOUT), *args, "-f", "json"]
+            "--connect-timeout", str(connect_timeout(timeout)), *args, "-f", "json"]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

@@ -132,7 +132,7 @@ import psutil
 
 from nodeos import log
 
-from .daemons import CONNECT_TIMEOUT, CephNode
+from .daemons import CephNode, connect_timeout
 from .keys import ADMIN, node_entity
 from .volume_spec import (BLOCKLIST_EXPIRE, FILESYSTEMS, FUSE, KRBD, LOCK_TIMEOUT, MOUNT_TIMEOUT, Attachment,
                           BlocklistEntry, Leftovers, MountEntry, VolumeError, Watcher, blocklist_reply_until,
@@ -197,7 +197,7 @@ def _rbd(node: CephNode, name: str, *args: str, what: str, ok: Sequence[int] = (
 
 
 def _ceph(node: CephNode, name: str, *args: str, what: str) -> subprocess.CompletedProcess[str]:
-    argv = ["ceph", "--conf", node.conf, "--name", name, "--connect-timeout", str(CONNECT_TIMEOUT), *args]
+    argv = ["ceph", "--conf", node.conf, "--name", name, "--connect-timeout", str(connect_timeout(node.command_timeout)), *args]
     return _run(argv, what=f"{what} on {node.node_id}", prefix=node.prefix)
 
 

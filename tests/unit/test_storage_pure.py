@@ -42,3 +42,11 @@ def test_every_pure_function_runs_without_io(no_io: None) -> None:
     assert pool_size(3) == (3, 2)
     assert [d.name for d in choose_osd_disks(parse_lsblk(LSBLK), "sda").taken] == ["sdb"]
     assert summarize({}).health == "HEALTH_UNKNOWN"
+
+
+def test_the_mon_connect_wait_grows_with_a_raised_command_timeout() -> None:
+    from nodeos.storage.daemons import CONNECT_TIMEOUT, connect_timeout
+
+    assert connect_timeout(30.0) == CONNECT_TIMEOUT == 10  # the default stays
+    assert connect_timeout(5.0) == 10
+    assert connect_timeout(180.0) == 30  # the image tier under TCG
