@@ -24,6 +24,7 @@ class ExitWatch:
         self._watched: dict[str, tuple[int, int]] = {}  # service -> (pid, pidfd)
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # "the set changed": poll again
         self._stopped = False
+        self._failed: set[str] = set()
         self._thread: threading.Thread | None = None  # started by the first process held
 
     def _start(self) -> None:
@@ -47,8 +48,10 @@ class ExitWatch:
                     self._start()
                 except ProcessLookupError:
                     pid = None  # gone already: the pass that asks next sees it
-                except OSError as exc:  # e.g. out of descriptors: the timed passes still find it
-                    log.event("services.exit_watch_failed", level="warning", service=name, error=str(exc))
+                except OSError as exc:  # e.g. out of descriptors, or a seccomp filter: the timed passes still find it
+                    if name not in self._failed:  # said once per service: every pass tries again
+                        self._failed.add(name)
+                        log.event("services.exit_watch_failed", level="warning", service=name, error=str(exc))
         if pid is None and current is None:
             return
         self._changed()
