@@ -183,9 +183,10 @@ class NodeServices:
                 self._remove_vip(want.vip)  # e.g. left by a previous agent process
         self._run_checks(catalog, now, {n: r.vip for n, r in state.services.items() if r.vip})
         self._reannounce(held, now)
-        self.settled = not fenced and all(
-            (local := self.local.get(name)) is not None and local.state == "healthy" and not local.stuck
-            for name, want in desired.items() if want.run) and set(self.local) <= {n for n, w in desired.items() if w.run}
+        # Exactly what should run here runs, and all of it is healthy.
+        running_here = {name for name, want in desired.items() if want.run}
+        self.settled = not fenced and set(self.local) == running_here and all(
+            local.state == "healthy" and not local.stuck for local in self.local.values())
 
     # -- starting and stopping -------------------------------------------------
     def _ensure_running(self, spec: ServiceSpec, want: Desired, now: float, held: set[str]) -> None:
