@@ -158,6 +158,8 @@ class NodeServices:
     # -- one pass ------------------------------------------------------------
     def converge(self, state: ClusterState, catalog: Catalog, fenced: bool, now: float) -> None:
         self._seen = state.applied
+        if self._pass is None or self._pass[1] is not catalog:
+            self.runtime.know(catalog)
         self._pass = (state, catalog)
         if fenced != self._fenced_logged:
             log.event("fence.engaged" if fenced else "fence.released", level="warning" if fenced else "info")

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import psutil
 
@@ -69,6 +69,10 @@ class Runtime(Protocol):
         """What the fencer kills for this service (fencer.py), without asking the runtime."""
         ...
 
+    def know(self, specs: Iterable[ServiceSpec]) -> None:
+        """The catalog's services, before any is started or asked about."""
+        ...
+
 
 # ---------------------------------------------------------------- process runtime
 
@@ -108,6 +112,9 @@ class ProcessRuntime:
 
     def fence_target(self, name: str) -> dict[str, str]:
         return {"run_dir": str(self.run_dir(name))}
+
+    def know(self, specs: Iterable[ServiceSpec]) -> None:
+        """Nothing to learn: a service's place is its name (run_dir)."""
 
     # -- interface
 
@@ -452,6 +459,13 @@ class SystemdRuntime:
 
     def fence_target(self, name: str) -> dict[str, str]:
         return {"cgroup": unit_cgroup(self.unit_for(name))}
+
+    def know(self, specs: Iterable[ServiceSpec]) -> None:
+        # A unit is often not "<name>.service" (rabbitmq-server, ceph-mon@nodeos): the guard's
+        # first claim, and a restarted agent's questions, must name the catalog's unit.
+        units = {spec.name: spec.unit for spec in specs if spec.unit is not None}
+        with self._lock:
+            self._units.update(units)
 
     def start(self, spec: ServiceSpec, ctx: ServiceContext) -> None:
         if spec.unit is None:

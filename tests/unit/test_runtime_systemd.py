@@ -12,7 +12,7 @@ from typing import Sequence
 import pytest
 
 from nodeos.services.catalog import load_catalog, packaged_catalog
-from nodeos.services.runtime import Runtime, ServiceContext, ServiceRuntimeError, SystemdRuntime
+from nodeos.services.runtime import Runtime, ServiceContext, ServiceRuntimeError, SystemdRuntime, unit_cgroup
 
 CATALOG = load_catalog(packaged_catalog("default"))
 CTX = ServiceContext(node_id="n1", vip="10.0.0.200")
@@ -137,3 +137,16 @@ def test_fence_target_is_the_units_cgroup_also_for_template_instances() -> None:
     # What systemd does for getty@tty1.service (system-getty.slice), with '-' escaped in the slice name.
     assert runtime.fence_target("ceph-mgr") == {
         "cgroup": "/sys/fs/cgroup/system.slice/system-ceph\\x2dmgr.slice/ceph-mgr@nodeos.service"}
+
+
+def test_the_catalog_names_each_unit_before_the_first_start() -> None:
+    """rabbitmq runs as rabbitmq-server.service: the guard's first claim (made before the start)
+    must name that unit's cgroup, and a restarted agent must ask about it, not rabbitmq.service."""
+    cloud = load_catalog(packaged_catalog("cloud"))
+    fake = FakeSystemctl({"show": _show(*[("active", 77 + i) for i, _ in enumerate(cloud)])})
+    runtime = SystemdRuntime(runner=fake, pid_alive=lambda pid: True)
+    runtime.know(cloud)
+    assert runtime.fence_target("rabbitmq") == {"cgroup": unit_cgroup("rabbitmq-server.service")}
+    assert runtime.is_running("ceph-mon")
+    assert "ceph-mon@nodeos.service" in fake.calls[-1][0]
+    assert "ceph-mon.service" not in fake.calls[-1][0]

@@ -94,6 +94,7 @@ class StuckRuntime:
         self.pid: int | None = None
         self.starts = 0
         self.stuck = False
+        self.known: list[str] = []
 
     def start(self, spec: Any, ctx: Any) -> None:
         if self.pid is None:
@@ -118,6 +119,9 @@ class StuckRuntime:
 
     def fence_target(self, name: str) -> dict[str, str]:
         return {}
+
+    def know(self, specs: Any) -> None:
+        self.known += [spec.name for spec in specs]
 
 
 class Vips:
@@ -171,7 +175,7 @@ services:
     agent = NodeServices(home, runtime, Vips(), sent.append, Gate(), root=tmp_path)
     try:
         agent.converge(state, catalog, False, 3.0)
-        assert runtime.starts == 1
+        assert runtime.starts == 1 and runtime.known == ["memcached"]  # told before it started
         apply(state, {"op": "restart", "now": 4.0, "service": "memcached", "node": home, "by": "a", "term": 1,
                       "backoff_until": 4.5, "reason": "unhealthy"})
         runtime.stuck = True
