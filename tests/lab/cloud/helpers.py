@@ -112,10 +112,15 @@ def openrc_env(lab: Lab) -> dict[str, str]:
 
 def openstack(lab: Lab, *args: str, timeout: float = 60.0) -> Any:
     """The real client, from the lab's client namespace; JSON output."""
-    argv = ["ip", "netns", "exec", lab.add_client(), "openstack", *args, "-f", "json"]
+    return json.loads(openstack_do(lab, *args, "-f", "json", timeout=timeout))
+
+
+def openstack_do(lab: Lab, *args: str, timeout: float = 60.0) -> str:
+    """The real client, from the lab's client namespace; what it printed (a delete prints nothing)."""
+    argv = ["ip", "netns", "exec", lab.add_client(), "openstack", *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=openrc_env(lab))
     assert result.returncode == 0, f"openstack {' '.join(args)}: {result.stderr[-800:]}"
-    return json.loads(result.stdout)
+    return result.stdout
 
 
 def answers(lab: Lab, *args: str) -> Any:

@@ -25,7 +25,7 @@ from nodeos.lab.lab import Lab
 
 from ..cluster_helpers import lab_marks, status_json, wait_until
 from ..test_storage_agent import ceph_dir
-from .helpers import answers, killed_and_restarted, live_node, openrc_env, openstack, rows, up_in
+from .helpers import answers, killed_and_restarted, live_node, openstack, openstack_do, rows, up_in
 
 pytestmark = lab_marks("cinder-volume", what="cinder")
 
@@ -97,8 +97,6 @@ def test_volume_killed_is_restarted_and_keeps_managing_its_volumes(lab: Lab, vol
     print(f"a second volume available {time.monotonic() - healthy_again:.1f}s after cinder-volume was healthy again")
     assert {f"volume-{volume['id']}", f"volume-{second['id']}"} <= set(rbd_images(lab, live_node(lab)))
     # The restarted cinder-volume manages the volume made before it: it deletes its RBD image.
-    deleted = subprocess.run(["ip", "netns", "exec", lab.add_client(), "openstack", "volume", "delete", volume["id"]],
-                             capture_output=True, text=True, timeout=60, env=openrc_env(lab))
-    assert deleted.returncode == 0, deleted.stderr[-800:]
+    openstack_do(lab, "volume", "delete", volume["id"])
     wait_until(lambda: f"volume-{volume['id']}" not in rbd_images(lab, live_node(lab)), 60,
                "the first volume's RBD image deleted", interval=1.0)

@@ -1,8 +1,10 @@
 """`nodeos chaos` on the running cloud (issue 10): a seeded campaign with every fault kind on the
 package's lab-cloud, checked the whole time by the neutral observers (one lease holder, one MAC
 per VIP, one writer per volume, every acknowledged keystone write read back, every fault
-recovered within its bound). A violation fails the test. Then a VIP planted on a second host,
-which the ARP observer must report (the checker is honest).
+recovered within its bound). A violation fails the test. Then the checker's honesty, each
+violation planted on the running cloud and reported: a VIP on a second host (the ARP observer),
+a lease a second node claims (the lease observer asks each node's own control socket), an
+acknowledged keystone write dropped before the read-back.
 
 Seed 196 draws every fault kind in 9 rounds on the lab-cloud catalog's services
 (test_the_schedule_covers_every_fault); one round costs 0.5-2 minutes on 2 cores. A long
@@ -11,19 +13,24 @@ campaign is `nodeos chaos run --rounds 1000` (README, Chaos).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from nodeos.chaos.history import History
-from nodeos.chaos.invariants import check, one_mac_per_vip
+from nodeos.chaos.invariants import check, no_acknowledged_write_lost, one_lease_holder, one_mac_per_vip
+from nodeos.chaos.observers import ClientObserver, may_act
 from nodeos.chaos.runner import Campaign, Options, write_outputs
 from nodeos.chaos.schedule import FAULTS, plan
+from nodeos.cluster.control import ControlServer
 from nodeos.lab import netns
 from nodeos.lab.lab import PREFIXLEN, SUBNET_PREFIX, Lab
 
 from ..cluster_helpers import lab_marks
-from .helpers import rows
+from .helpers import openstack_do, rows
 
 pytestmark = lab_marks("keystone-manage", what="keystone")
 
@@ -75,3 +82,70 @@ def test_a_vip_planted_on_a_second_host_is_reported(lab: Lab) -> None:
     assert any(v.invariant == "one-mac-per-vip" for v in check(campaign.history))
     # Before the plant, the VIP had one MAC: the checker found an episode, not a standing condition.
     assert found[0].at > campaign.history.of("arp")[0]["t"]
+
+
+@contextmanager
+def observed(lab: Lab, prefix: str) -> Iterator[tuple[Campaign, ClientObserver]]:
+    """The campaign's observers running (lease, ARP, volumes, the client's reads and writes)
+    while the body plants something; their records are in the campaign's history afterwards."""
+    campaign = Campaign(lab, Options(seed=0, rounds=1, faults=["load"]))
+    samplers, client = campaign.observers(prefix)
+    try:
+        time.sleep(2.0)  # samples of the honest cluster first
+        yield campaign, client
+    finally:
+        for sampler in samplers:
+            sampler.stop()
+        client.stop(campaign.history)
+        client.close()
+
+
+@contextmanager
+def forged_lease(lab: Lab, node: str) -> Iterator[None]:
+    """`node`'s control socket answers "may act" (a second Monitor, as a broken lease would
+    make one). The agent's own socket is set aside, not closed, and put back."""
+    path = lab.node_socket(node)
+    aside = path.with_name(path.name + ".real")
+    os.rename(path, aside)
+    forger = None
+    try:
+        forger = ControlServer(path, None, {"/lease": lambda _query: (200, {"may_act": True})}, {}, set())
+        forger.start()
+        yield
+    finally:
+        if forger is not None:
+            forger.stop()
+        os.replace(aside, path)
+
+
+def lease_holders(lab: Lab) -> list[str]:
+    return [name for name in sorted(lab.spec.nodes) if may_act(lab, name, 2.0)]
+
+
+def test_a_lease_forged_on_a_second_node_is_reported(lab: Lab) -> None:
+    [holder] = lease_holders(lab)
+    second = next(name for name in sorted(lab.spec.nodes) if name != holder)
+    with observed(lab, "forged-") as (campaign, _):
+        with forged_lease(lab, second):
+            time.sleep(1.0)
+        time.sleep(1.0)
+    assert lease_holders(lab) == [holder]  # the agent's own socket is back
+    found = one_lease_holder(campaign.history)
+    assert len(found) == 1 and str(sorted([holder, second])) in found[0].detail, campaign.history.of("lease")[-5:]
+    assert found[0].at > campaign.history.of("lease")[0]["t"]  # an episode, after honest samples
+    print(f"\nforged lease on {second}: {found[0].detail}")
+
+
+def test_an_acknowledged_write_dropped_is_reported(lab: Lab) -> None:
+    """The client's acknowledged project creations (one a second) are read back after the run;
+    one deleted behind its back, as a lost commit would be, is reported by name, and only it."""
+    with observed(lab, f"dropped-{int(time.time())}-") as (campaign, client):
+        time.sleep(6.0)
+    written = [w["key"] for w in campaign.history.of("write")]
+    assert len(written) >= 3, campaign.history.of("poll")[-5:]
+    dropped = written[1]
+    openstack_do(lab, "project", "delete", dropped)
+    assert client.read_back(campaign.history) is None
+    assert no_acknowledged_write_lost(campaign.history)[0].detail == \
+        f"keystone-projects: 1 of {len(written)} acknowledged writes lost ({dropped})"
+    print(f"\ndropped {dropped} of {len(written)}: reported")
