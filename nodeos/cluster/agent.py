@@ -50,6 +50,10 @@ from nodeos.realtime import set_realtime
 # second were a fifth of an idle agent's CPU, 20 a sixth.
 TICK = 0.2
 TICK_BUSY = 0.05
+# A services or Monitor pass this long is reported with its thread's stack (the watchdog
+# restarts the agent at 30 s); then every STALL_REPORT_EVERY while it lasts.
+STALL_REPORT_AFTER = 10.0
+STALL_REPORT_EVERY = 10.0
 STATUS_SCHEMA = 1
 AGENT_PRIORITY = 10  # SCHED_RR, below the guard's (nodeos/realtime.py says why)
 LAG_WINDOW = 3000  # loop-lag samples kept (one per tick: about a minute)
@@ -106,6 +110,7 @@ class Agent:
         self.loop_lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self.control_counters: Callable[[], dict[str, Any]] = dict  # the control server's, once it runs
         self._was_leader = False
+        self._stall_reported = float("-inf")
         self._leader_term: int | None = None  # the term of the leadership the lease clock counts
         self._may_act = False
         self._member_late = False  # a member answered the leader late: tick at TICK_BUSY (_liveness_tick)
@@ -696,6 +701,7 @@ class Agent:
                 # systemd restarts a hung one (WatchdogSec in the unit).
                 sdnotify.notify("WATCHDOG=1")
                 last_watchdog = started
+            self._report_stalls(started)
             pause = max(0.0, self._tick_period() - (time.monotonic() - started))
             expected = time.monotonic() + pause
             self._stop.wait(pause)
@@ -708,6 +714,18 @@ class Agent:
         if self._was_leader and (not self._may_act or self._member_late):
             return TICK_BUSY
         return TICK
+
+    def _report_stalls(self, now: float) -> None:
+        """A pass unfinished for STALL_REPORT_AFTER: which, and where its thread is (said once per
+        STALL_REPORT_EVERY), before the watchdog restarts the agent at the services' 30 s limit."""
+        if self.services is None or now - self._stall_reported < STALL_REPORT_EVERY:
+            return
+        stalls = self.services.stalled(now, STALL_REPORT_AFTER)
+        if stalls:
+            self._stall_reported = now
+            for stall in stalls:
+                log.event("agent.pass_stalled", level="warning", thread=stall.thread, seconds=stall.seconds,
+                          where=stall.where)
 
     def _turning(self, now: float) -> bool:
         """Feed systemd's watchdog only while consensus (once a member) and convergence both turn."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from nodeos import log
+from nodeos.stall import Stall, where_is
 from . import arp
 from nodeos.fencing.policy import Vip
 from .catalog import Catalog, CatalogError, HealthCheckSpec, ServiceSpec, load_catalog, packaged_catalog, parse_catalog
@@ -177,6 +178,15 @@ class ServicesLayer:
     def healthy(self, now: float, limit: float = 30.0) -> bool:
         """False when convergence or the Monitor is stuck (a hung check, runtime or netlink call)."""
         return self.consensus is None or (now - self.last_pass < limit and now - self.last_monitor_pass < limit)
+
+    def stalled(self, now: float, after: float) -> list[Stall]:
+        """The passes that have not finished for `after` seconds, each with where its thread is now
+        (the watchdog restarts the agent soon: this says what it was waiting on)."""
+        if self.consensus is None:
+            return []
+        ages = {"services": now - self.last_pass, "monitor": now - self.last_monitor_pass}
+        return [Stall(thread.name, round(ages[thread.name], 1), where_is(thread))
+                for thread in self._threads if ages[thread.name] >= after]
 
     def _submit(self, op: dict[str, Any], callback: Any = None) -> None:
         if self.consensus is not None:

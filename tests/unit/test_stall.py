@@ -1,0 +1,58 @@
+"""The agent names the call a stuck pass waits on (nodeos/stall.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from nodeos.stall import where_is
+
+
+def waits_on_an_unreachable_ceph(release: threading.Event) -> None:
+    release.wait(10)
+
+
+def test_a_blocked_thread_is_found_in_the_call_it_waits_on() -> None:
+    release = threading.Event()
+    thread = threading.Thread(target=waits_on_an_unreachable_ceph, args=(release,), name="services")
+    thread.start()
+    try:
+        for _ in range(100):  # until it is inside the wait
+            where = where_is(thread)
+            if any("waits_on_an_unreachable_ceph" in frame for frame in where):
+                break
+            release.wait(0.01)
+        assert any(frame.endswith(" waits_on_an_unreachable_ceph") and "test_stall.py:" in frame for frame in where), where
+        assert where[-1].split(" ")[-1] == "wait"  # innermost last: Event.wait, then Condition.wait
+        assert len(where) <= 8
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_an_ended_thread_is_nowhere() -> None:
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    assert where_is(thread) == []
+
+
+def test_the_layer_reports_only_the_pass_that_is_late() -> None:
+    from nodeos.services.layer import ServicesLayer
+    release = threading.Event()
+    services = threading.Thread(target=waits_on_an_unreachable_ceph, args=(release,), name="services")
+    monitor = threading.Thread(target=release.wait, name="monitor")
+    layer = object.__new__(ServicesLayer)  # only what stalled() reads
+    layer.consensus, layer._threads = object(), [services, monitor]
+    layer.last_pass, layer.last_monitor_pass = 100.0, 125.0
+    services.start()
+    monitor.start()
+    try:
+        [stall] = layer.stalled(130.0, after=10.0)
+        assert (stall.thread, stall.seconds) == ("services", 30.0)
+        assert layer.stalled(130.0, after=31.0) == []
+        layer.consensus = None  # between two memberships: nothing is expected to turn
+        assert layer.stalled(130.0, after=10.0) == []
+    finally:
+        release.set()
+        services.join()
+        monitor.join()
