@@ -29,6 +29,7 @@ from .health import CheckTarget, run_check
 from .monitor import choose_node, decide
 from .node import NodeServices
 from .runtime import ProcessRuntime, Runtime, SystemdRuntime, mount_namespace_argv
+from .systemd_bus import SystemdBus
 from nodeos.cloud.host import host_for
 from nodeos.cloud.layer import CloudLayer, ceph_clients, uses_cloud
 from nodeos.storage.layer import StorageLayer
@@ -106,7 +107,7 @@ class ServicesLayer:
         self.me = agent.node_id
         runtime: Runtime = (ProcessRuntime(agent.state_dir / "services",
                                            enter=mount_namespace_argv(agent.mount_ns) if agent.mount_ns else ())
-                            if agent.config.runtime == "process" else SystemdRuntime())
+                            if agent.config.runtime == "process" else SystemdRuntime(bus=SystemdBus().unit_states))
         self.vips = VipManager(agent.iface.name)
         self.storage = StorageLayer(self.me, agent.iface.ip, str(agent.iface.network), agent.state_dir,
                                     agent.config.storage, self._submit)

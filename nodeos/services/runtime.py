@@ -26,6 +26,7 @@ import psutil
 
 from nodeos import log
 from .catalog import ServiceSpec
+from .systemd_bus import AT_REST, BusError, UnitStates
 
 PID_FILE = "pid.json"
 LOG_FILE = "service.log"
@@ -433,7 +434,6 @@ def unit_cgroup(unit: str) -> str:
 # per turn (17 with the cloud catalog, 10 turns a second) was most of a real node's idle CPU.
 STATUS_MAX_AGE = 1.0
 RUNNING_STATES = ("active", "reloading")  # what `systemctl is-active` answers 0 for
-AT_REST = ("inactive", "failed")  # no main process to ask for
 
 
 @dataclass(frozen=True)
@@ -458,6 +458,7 @@ class SystemdRuntime:
         command_timeout: float = 30.0,
         systemctl: str = "systemctl",
         pid_alive: Callable[[int], bool] = psutil.pid_exists,
+        bus: UnitStates | None = None,
     ) -> None:
         # name -> unit; pass the catalog's units so a restarted agent can stop them.
         self._units: dict[str, str] = dict(units or {})
@@ -465,6 +466,8 @@ class SystemdRuntime:
         self._timeout = command_timeout
         self._systemctl = systemctl
         self._pid_alive = pid_alive
+        self._bus = bus  # states without a systemctl process (systemd_bus.py); systemctl when it fails
+        self._bus_failed = False
         self._lock = threading.Lock()
         self._status: dict[str, UnitStatus] = {}  # unit -> its state at _status_at (one batched call)
         self._status_at = float("-inf")
@@ -524,16 +527,39 @@ class SystemdRuntime:
         return self._refresh(name, unit)
 
     def _refresh(self, name: str, unit: str) -> UnitStatus:
-        """`list-units` for every known unit, then `show` for the main pids of those not at rest.
+        """Every known unit's state at once: over D-Bus when it answers, else from systemctl."""
+        with self._lock:
+            units = sorted(set(self._units.values()) | {unit})
+        asked = time.monotonic()
+        status = self._from_bus(units) if self._bus is not None else None
+        if status is None:
+            status = self._from_systemctl(name, units)
+        with self._lock:
+            self._status, self._status_at = status, asked
+        return status[unit]
+
+    def _from_bus(self, units: list[str]) -> dict[str, UnitStatus] | None:
+        assert self._bus is not None
+        try:
+            states = self._bus(units)
+        except BusError as exc:
+            if not self._bus_failed:
+                log.event("runtime.bus_failed", level="warning", error=str(exc), instead="systemctl")
+            self._bus_failed = True
+            return None
+        if self._bus_failed:
+            log.event("runtime.bus_back")
+            self._bus_failed = False
+        return {unit: UnitStatus(*states[unit]) for unit in units}
+
+    def _from_systemctl(self, name: str, units: list[str]) -> dict[str, UnitStatus]:
+        """`list-units` for every unit, then `show` for the main pids of those not at rest.
 
         list-units answers from the units systemd holds in memory; a unit it does not hold is not
         running. `show` would load such a unit, and what it names After= and Requires=, to answer,
         every time: for the cloud catalog's 17 units on an emulated CPU, over 30 s a call, and
         the agent, its passes stalled, was restarted by its watchdog every 70 s (2026-12-02).
         """
-        with self._lock:
-            units = sorted(set(self._units.values()) | {unit})
-        asked = time.monotonic()
         listed = self._systemctl_ok(name, ["list-units", "--all", "--plain", "--no-legend", "--no-pager", *units],
                                     self._timeout)
         states = _parse_list_units(listed.stdout)
@@ -542,9 +568,7 @@ class SystemdRuntime:
         if busy:
             shown = self._systemctl_ok(name, ["show", "-p", "Id", "-p", "ActiveState", "-p", "MainPID", *busy], self._timeout)
             status.update(_parse_show(name, shown.stdout, busy))
-        with self._lock:
-            self._status, self._status_at = status, asked
-        return status[unit]
+        return status
 
     def running(self) -> set[str]:
         with self._lock:

@@ -121,6 +121,14 @@ def test_three_vms_form_cluster_and_fail_over(minimal_image: BuiltImage, artifac
     print(f"after killing {victim.name}: loss reported in {lost_seen:.0f} s, VIP answered from another node "
           f"in {time.monotonic() - killed_at:.0f} s: {moved_body.strip()!r}")
 
+    # 5. The agents asked systemd for their units over D-Bus (services/systemd_bus.py), never
+    # falling back to a systemctl process per turn.
+    for vm in vms:
+        console = vm.serial_log.read_text(errors="replace")
+        assert '"event":"agent.started"' in console, f"{vm.name}: the agent's events are not on its console"
+        assert '"event":"runtime.bus_failed"' not in console, \
+            [line for line in console.splitlines() if "runtime.bus_failed" in line][:2]
+
 
 def _wait_vip(statuses: list[dict[str, Any] | None], ips: list[str], deadline: float) -> tuple[str | None, str | None]:
     vip = body = None
