@@ -33,9 +33,9 @@ class BusError(Exception):
 class SystemdBus:
     """One connection to the system bus, shared by the threads that ask (calls are serialized)."""
 
-    def __init__(self, connect: Callable[[], DBusConnection] = lambda: open_dbus_connection(bus="SYSTEM"),
-                 timeout: float = CALL_TIMEOUT) -> None:
-        self._connect = connect
+    def __init__(self, connect: Callable[[], DBusConnection] | None = None, timeout: float = CALL_TIMEOUT) -> None:
+        # jeepney's own authentication time-out is 1 s: too short for a node booting on an emulated CPU.
+        self._connect = connect or (lambda: open_dbus_connection(bus="SYSTEM", auth_timeout=timeout))
         self._timeout = timeout
         self._conn: DBusConnection | None = None
         self._lock = threading.Lock()
