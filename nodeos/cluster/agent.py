@@ -50,8 +50,10 @@ from nodeos.realtime import set_realtime
 # second were a fifth of an idle agent's CPU, 20 a sixth.
 TICK = 0.2
 TICK_BUSY = 0.05
-# A services or Monitor pass this long is reported with its thread's stack (the watchdog
-# restarts the agent at 30 s); then every STALL_REPORT_EVERY while it lasts.
+# A services or Monitor pass unfinished this long (times service_time_scale) stops the
+# watchdog's feeding: systemd restarts the agent (WatchdogSec=30 in its unit).
+PASS_LIMIT = 30.0
+# A pass this long is reported with its thread's stack, then every STALL_REPORT_EVERY while it lasts.
 STALL_REPORT_AFTER = 10.0
 STALL_REPORT_EVERY = 10.0
 STATUS_SCHEMA = 1
@@ -717,7 +719,7 @@ class Agent:
 
     def _report_stalls(self, now: float) -> None:
         """A pass unfinished for STALL_REPORT_AFTER: which, and where its thread is (said once per
-        STALL_REPORT_EVERY), before the watchdog restarts the agent at the services' 30 s limit."""
+        STALL_REPORT_EVERY), before the watchdog restarts the agent at PASS_LIMIT."""
         if self.services is None or now - self._stall_reported < STALL_REPORT_EVERY:
             return
         stalls = self.services.stalled(now, STALL_REPORT_AFTER)
@@ -728,9 +730,16 @@ class Agent:
                           where=stall.where)
 
     def _turning(self, now: float) -> bool:
-        """Feed systemd's watchdog only while consensus (once a member) and convergence both turn."""
+        """Feed systemd's watchdog only while consensus (once a member) and convergence both turn.
+
+        A pass may take PASS_LIMIT x service_time_scale: on an emulated CPU a unit's start or
+        stop, or a volume's attach, takes longer than 30 s, and a restarted agent would only
+        begin them again (the cloud image under TCG, 2026-12-02). Consensus is held to
+        systemd's own 30 s.
+        """
         consensus_ok = self.formation.phase != "member" or self.consensus_running()
-        return consensus_ok and (self.services is None or self.services.healthy(now))
+        limit = PASS_LIMIT * self.config.service_time_scale
+        return consensus_ok and (self.services is None or self.services.healthy(now, limit))
 
     def stop(self, *_: Any) -> None:
         self._stop.set()

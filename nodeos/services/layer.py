@@ -176,7 +176,7 @@ class ServicesLayer:
         self.storage.shutdown()
         self.cloud.shutdown()
 
-    def healthy(self, now: float, limit: float = 30.0) -> bool:
+    def healthy(self, now: float, limit: float) -> bool:
         """False when convergence or the Monitor is stuck (a hung check, runtime or netlink call)."""
         return self.consensus is None or (now - self.last_pass < limit and now - self.last_monitor_pass < limit)
 

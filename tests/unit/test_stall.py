@@ -56,3 +56,23 @@ def test_the_layer_reports_only_the_pass_that_is_late() -> None:
         release.set()
         services.join()
         monitor.join()
+
+
+def test_a_slow_pass_keeps_the_watchdog_fed_within_the_time_scale() -> None:
+    """On an emulated CPU (service_time_scale 10) a 40 s volume attach is not a hung agent;
+    at scale 1 it is. Consensus keeps systemd's own 30 s either way."""
+    from types import SimpleNamespace
+    from nodeos.cluster.agent import Agent
+    from nodeos.services.layer import ServicesLayer
+    layer = object.__new__(ServicesLayer)
+    layer.consensus, layer.last_pass, layer.last_monitor_pass = object(), 100.0, 139.0
+    agent = object.__new__(Agent)
+    agent.services, agent.formation, agent.fatal = layer, SimpleNamespace(phase="member"), None
+    agent.consensus = SimpleNamespace(running=lambda: True)
+    agent.config = SimpleNamespace(service_time_scale=1.0)
+    assert not agent._turning(140.0)
+    agent.config = SimpleNamespace(service_time_scale=10.0)
+    assert agent._turning(140.0)
+    assert not agent._turning(400.0)
+    agent.consensus = SimpleNamespace(running=lambda: False)
+    assert not agent._turning(140.0)
