@@ -33,7 +33,9 @@ def where_is(thread: threading.Thread, frames: int = FRAMES) -> list[str]:
 
 def _short(path: str) -> str:
     """From the package down (nodeos/..., pysyncobj/..., subprocess.py): the rest is the venv's."""
-    for marker in ("/nodeos/", "/site-packages/", "/python3.11/", "/lib/python3/"):
+    for marker in ("/site-packages/", "/python3.11/", "/lib/python3/"):
         if marker in path:
-            return path.split(marker, 1)[1] if marker != "/nodeos/" else "nodeos/" + path.split(marker, 1)[1]
+            return path.rsplit(marker, 1)[1]
+    if "/nodeos/" in path:  # a source checkout (the lab)
+        return "nodeos/" + path.rsplit("/nodeos/", 1)[1]
     return path

@@ -79,7 +79,3 @@ class SystemdBus:
             except OSError:
                 pass
             self._conn = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()

@@ -76,3 +76,10 @@ def test_a_slow_pass_keeps_the_watchdog_fed_within_the_time_scale() -> None:
     assert not agent._turning(400.0)
     agent.consensus = SimpleNamespace(running=lambda: False)
     assert not agent._turning(140.0)
+
+
+def test_frames_are_named_from_the_package_down() -> None:
+    from nodeos.stall import _short
+    assert _short("/opt/nodeos/venv/lib/python3.11/site-packages/nodeos/services/runtime.py") == "nodeos/services/runtime.py"
+    assert _short("/usr/lib/python3.11/subprocess.py") == "subprocess.py"
+    assert _short("/work/main/nodeos/services/layer.py") == "nodeos/services/layer.py"
