@@ -63,20 +63,15 @@ def test_a_vip_planted_on_a_second_host_is_reported(lab: Lab) -> None:
     """A second host on the LAN answers ARP for keystone's VIP (what fencing exists to prevent).
     A rogue namespace, not a node: a node's agent removes a VIP it does not hold at its next look."""
     vip = rows(lab)["keystone"]["vip"]
-    campaign = Campaign(lab, Options(seed=0, rounds=1, faults=["load"]))
     rogue, veth = f"nodeos-{lab.spec.name}-rogue", f"nlv-{lab.spec.name}-r"
-    samplers, client = campaign.observers("planted-")
-    try:
-        netns.create_namespace(rogue, lab.spec.bridge, veth, f"{SUBNET_PREFIX}.6/{PREFIXLEN}")
-        time.sleep(1.5)
-        subprocess.run(["ip", "-n", rogue, "addr", "add", f"{vip}/32", "dev", "eth0"], check=True)
-        time.sleep(2.0)
-    finally:
-        netns.delete_namespace(rogue)
-        for sampler in samplers:
-            sampler.stop()
-        client.stop(campaign.history)
-        client.close()
+    with observed(lab, "planted-") as (campaign, _):
+        try:
+            netns.create_namespace(rogue, lab.spec.bridge, veth, f"{SUBNET_PREFIX}.6/{PREFIXLEN}")
+            time.sleep(1.5)
+            subprocess.run(["ip", "-n", rogue, "addr", "add", f"{vip}/32", "dev", "eth0"], check=True)
+            time.sleep(2.0)
+        finally:
+            netns.delete_namespace(rogue)
     found = one_mac_per_vip(campaign.history)
     assert found and vip in found[0].detail, [r for r in campaign.history.of("arp") if r["vip"] == vip][-5:]
     assert any(v.invariant == "one-mac-per-vip" for v in check(campaign.history))
